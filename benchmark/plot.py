@@ -1,0 +1,322 @@
+"""Turn benchmark result files into a markdown table and learning-curve PNGs.
+
+    python -m benchmark.plot --results-dir benchmark/results/cpu
+
+reads every `{results-dir}/{env}/{row}/{task}__seed{N}.json` written by `benchmark/table.py`
+(one file per finished run) and writes
+
+- `{results-dir}/table.md`: one markdown table per environment, mean +- std over seeds;
+- `{results-dir}/curves_{env}.png`: success rate against environment steps, mean over
+  seeds with a +-1 std band, one panel per task.
+
+Learning curves come from each run's tensorboard scalar `charts/success_rate`, read with
+tensorboard's EventAccumulator when the run finished and stored in its result file, so the
+table and the plots survive deleting `runs/`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import tyro
+
+# Display order and labels of the rows (benchmark/table.py writes these keys).
+ROW_LABELS = {
+    "ppo": "PPO (no guidance, beta = 0)",
+    "prior": "Prior alone, greedy (no RL)",
+    "lago": "LaGO, pretrained LM",
+    "lago-random": "LaGO, random-init LM",
+    "lago-adaptive": "LaGO, pretrained LM, adaptive beta",
+}
+ENV_TITLES = {"clevr": "CLEVR-Robot", "metaworld": "Meta-World"}
+CURVE_TAG = "charts/success_rate"
+RETURN_TAG = "charts/episodic_return"
+
+
+@dataclass
+class Args:
+    results_dir: str = "benchmark/results/cpu"
+    """directory that holds the `{env}/{row}/{task}__seed{N}.json` result files of benchmark/table.py"""
+    out_table: Optional[str] = None
+    """where to write the markdown table (default: {results-dir}/table.md)"""
+    bins: int = 40
+    """number of env-step bins the learning curves are averaged into"""
+
+
+def read_scalars(run_dir: str | os.PathLike, tag: str = CURVE_TAG) -> tuple[list[int], list[float]]:
+    """(steps, values) of one tensorboard scalar from the event files under `run_dir`.
+
+    Returns two empty lists when the run logged no such scalar (e.g. no episode finished)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist: cannot read tensorboard scalars from it")
+    steps: list[int] = []
+    values: list[float] = []
+    # a run may hold several event files (e.g. resumed writers): read them all, in name order
+    event_files = sorted(run_dir.rglob("events.out.tfevents.*"))
+    for event_file in event_files:
+        acc = EventAccumulator(str(event_file), size_guidance={"scalars": 0})  # 0 = keep every point
+        acc.Reload()
+        if tag in acc.Tags().get("scalars", []):
+            for event in acc.Scalars(tag):
+                steps.append(int(event.step))
+                values.append(float(event.value))
+    order = np.argsort(steps, kind="stable")
+    return [steps[i] for i in order], [values[i] for i in order]
+
+
+def load_results(results_dir: str | os.PathLike) -> list[dict]:
+    """Every result file under `results_dir`, sorted by (env, row, task, seed)."""
+    results = []
+    for path in sorted(Path(results_dir).glob("*/*/*__seed*.json")):
+        with open(path) as f:
+            try:
+                results.append(json.load(f))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"result file {path} is not valid JSON ({e}); delete it to re-run that run") from e
+    return results
+
+
+def _row_order(rows) -> list[str]:
+    known = [r for r in ROW_LABELS if r in rows]
+    return known + sorted(r for r in rows if r not in ROW_LABELS)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    if arr.size == 0:
+        return float("nan"), float("nan")
+    return float(arr.mean()), float(arr.std(ddof=0))
+
+
+def _fmt(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    mean, std = _mean_std(values)
+    if math.isnan(mean):
+        return "n/a"
+    if len([v for v in values if v is not None]) < 2:
+        return f"{mean * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def _label(result: dict) -> str:
+    label = ROW_LABELS.get(result["row"], result["row"])
+    if result.get("llm") and result["row"] != "ppo":
+        label += f" ({result['llm']})"
+    return label
+
+
+def _group(results: list[dict], env: str) -> dict[str, list[dict]]:
+    by_row: dict[str, list[dict]] = {}
+    for r in results:
+        if r["env"] == env:
+            by_row.setdefault(r["row"], []).append(r)
+    return {row: by_row[row] for row in _row_order(by_row)}
+
+
+def _tasks(results: list[dict], env: str) -> list[str]:
+    tasks = []
+    for r in results:
+        if r["env"] == env and r["task"] not in tasks:
+            tasks.append(r["task"])
+    return tasks
+
+
+def _per_seed(runs: list[dict], fn) -> list[float]:
+    """fn(runs of one seed) -> value, for every seed of a row: the spread is over seeds."""
+    seeds = sorted({r["seed"] for r in runs})
+    return [fn([r for r in runs if r["seed"] == s]) for s in seeds]
+
+
+def clevr_table(results: list[dict]) -> str:
+    rows = _group(results, "clevr")
+    if not rows:
+        return ""
+    lines = [
+        "| Method | Seeds | Success, train goals (%) | Success, held-out goals (%) | Return | Wall time / run (min) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row, runs in rows.items():
+        lines.append(
+            "| {} | {} | {} | {} | {} | {} |".format(
+                _label(runs[0]),
+                len({r["seed"] for r in runs}),
+                _fmt([r["success"].get("train") for r in runs], 100),
+                _fmt([r["success"].get("heldout") for r in runs], 100),
+                _fmt([r.get("return") for r in runs], 1, 2),
+                _fmt([r.get("wall_time_s") for r in runs], 1 / 60, 1),
+            )
+        )
+    return "\n".join(lines)
+
+
+def metaworld_table(results: list[dict]) -> str:
+    rows = _group(results, "metaworld")
+    if not rows:
+        return ""
+    tasks = _tasks(results, "metaworld")
+    header = "| Method | Seeds | " + " | ".join(f"{t} (%)" for t in tasks) + " | Mean (%) | Return | Wall time / run (min) |"
+    lines = [header, "|" + "---|" * (len(tasks) + 5)]
+    for row, runs in rows.items():
+        cells = [_label(runs[0]), str(len({r["seed"] for r in runs}))]
+        for task in tasks:
+            cells.append(_fmt([r["success"].get(task) for r in runs if r["task"] == task], 100))
+
+        def seed_mean(seed_runs, key="success"):
+            vals = [r[key].get(r["task"]) if key == "success" else r.get(key) for r in seed_runs]
+            vals = [v for v in vals if v is not None]
+            return float(np.mean(vals)) if vals else float("nan")
+
+        cells.append(_fmt(_per_seed(runs, seed_mean), 100))
+        cells.append(_fmt(_per_seed(runs, lambda rs: seed_mean(rs, "return")), 1, 1))
+        cells.append(_fmt([r.get("wall_time_s") for r in runs], 1 / 60, 1))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(results: list[dict]) -> str:
+    """The whole results section: one table per environment, with its budget in a caption."""
+    parts = []
+    for env, make in (("clevr", clevr_table), ("metaworld", metaworld_table)):
+        table = make(results)
+        if not table:
+            continue
+        env_results = [r for r in results if r["env"] == env]
+        steps = sorted({r["total_timesteps"] for r in env_results if r.get("total_timesteps")})
+        seeds = sorted({r["seed"] for r in env_results})
+        caption = (
+            f"**{ENV_TITLES.get(env, env)}**: {', '.join(f'{s:,}' for s in steps)} env steps per run, "
+            f"seeds {seeds}; mean ± std over seeds; success rate of the evaluation episodes after training "
+            f"(the prior row: the fine-tuned prior acting greedily, no RL)."
+        )
+        parts.append(caption + "\n\n" + table)
+    return "\n\n".join(parts) + "\n"
+
+
+def binned_curve(steps, values, edges: np.ndarray) -> np.ndarray:
+    """Mean of the values in each step bin, carried forward over empty bins (NaN before the first point)."""
+    steps = np.asarray(steps, dtype=float)
+    values = np.asarray(values, dtype=float)
+    out = np.full(len(edges) - 1, np.nan)
+    last = np.nan
+    for i in range(len(edges) - 1):
+        upper = steps <= edges[i + 1] if i == len(edges) - 2 else steps < edges[i + 1]
+        mask = (steps >= edges[i]) & upper
+        if mask.any():
+            last = float(values[mask].mean())
+        out[i] = last
+    return out
+
+
+def plot_curves(results: list[dict], env: str, out_png: str | os.PathLike, bins: int = 40) -> Optional[Path]:
+    """Success rate against env steps (mean +- std over seeds), one panel per task; None if no curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _group(results, env)
+    tasks = _tasks(results, env)
+    curves = [r for r in results if r["env"] == env and r.get("curve", {}).get("steps")]
+    if not curves:
+        return None
+    max_step = max(max(r["curve"]["steps"]) for r in curves)
+    max_step = max(max_step, max(r.get("total_timesteps") or 0 for r in curves))
+    edges = np.linspace(0, max_step, bins + 1)
+    centers = (edges[:-1] + edges[1:]) / 2
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.0 * len(tasks), 3.8), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, task in zip(axes[0], tasks):
+        for i, (row, runs) in enumerate(rows.items()):
+            runs = [r for r in runs if r["task"] == task]
+            color = colors[i % len(colors)]
+            if not runs:
+                continue
+            if row == "prior":
+                # no learning curve: the greedy prior's evaluation success as a reference line
+                split = "train" if env == "clevr" else task
+                mean, std = _mean_std([r["success"].get(split) for r in runs])
+                if not math.isnan(mean):
+                    ax.axhline(mean, color=color, linestyle="--", label=_label(runs[0]))
+                continue
+            per_seed = [
+                binned_curve(r["curve"]["steps"], r["curve"]["values"], edges)
+                for r in runs
+                if r.get("curve", {}).get("steps")
+            ]
+            if not per_seed:
+                continue
+            stack = np.vstack(per_seed)
+            with np.errstate(all="ignore"), _quiet_nanmean():
+                mean = np.nanmean(stack, axis=0)
+                std = np.nanstd(stack, axis=0)
+            ax.plot(centers, mean, color=color, label=f"{_label(runs[0])}, n={len(per_seed)}")
+            ax.fill_between(centers, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+        ax.set_title(task)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel("training success rate")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, max(1, len(labels))), fontsize=8, frameon=False)
+    fig.suptitle(f"{ENV_TITLES.get(env, env)}: success rate of training episodes (mean ± std over seeds)")
+    fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(labels) - 1) // 3), 1, 1))
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+class _quiet_nanmean:
+    """np.nanmean warns on all-NaN columns (bins before any seed finished an episode): expected here."""
+
+    def __enter__(self):
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+
+    def __exit__(self, *exc):
+        return self._ctx.__exit__(*exc)
+
+
+def make_report(results_dir: str | os.PathLike, out_table: Optional[str] = None, bins: int = 40) -> tuple[Path, list[Path]]:
+    """Write table.md and curves_{env}.png for the results under `results_dir`; return their paths."""
+    results_dir = Path(results_dir)
+    results = load_results(results_dir)
+    if not results:
+        raise FileNotFoundError(
+            f"no result files (*/*/*__seed*.json) under {results_dir}: run `python -m benchmark.table` first"
+        )
+    table_path = Path(out_table) if out_table else results_dir / "table.md"
+    pngs = []
+    for env in sorted({r["env"] for r in results}):
+        png = plot_curves(results, env, results_dir / f"curves_{env}.png", bins=bins)
+        if png is not None:
+            pngs.append(png)
+    text = markdown(results)
+    if pngs:
+        text += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"
+    tmp = table_path.with_suffix(table_path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, table_path)
+    return table_path, pngs
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    try:
+        table, pngs = make_report(args.results_dir, args.out_table, args.bins)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"error: {e}")
+    print(table.read_text())
+    print(f"wrote {table}" + "".join(f", {p}" for p in pngs))

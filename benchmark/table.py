@@ -1,0 +1,639 @@
+"""Reproduce the LaGO results table with one command.
+
+    python -m benchmark.table --preset cpu      # the whole table on a 2-core CPU, <= 3 h
+    python -m benchmark.table --preset smoke    # one seed, a few hundred steps (the test)
+    python -m benchmark.table --preset gpu      # full scale, Qwen2.5-1.5B prior, on a GPU
+
+Rows (same env-step budget and PPO hyperparameters, differing only in guidance):
+  ppo            vanilla PPO (--kl-coef 0: no language model is loaded)
+  prior          the fine-tuned prior alone, acting greedily (argmax / mean action), no RL
+  lago           LaGO with the pretrained language model (preset `llm`)
+  lago-random    LaGO with its random-init twin (same architecture, no pretraining)
+  lago-adaptive  LaGO, pretrained model, adaptive beta holding a target KL
+
+Environments: CLEVR-Robot (success on train goals and on held-out goals) and a Meta-World
+task subset (one PPO run per task, one multi-task prior per language model).
+
+The scripts stay the single source of truth: stage 1 runs `finetune_prior.py` (skipped when
+the prior directory exists), stage 2 runs `lago_ppo_discrete.py` / `lago_ppo_continuous.py`,
+each through `subprocess` with this interpreter. Every finished run writes one result file
+`{results-dir}/{env}/{row}/{task}__seed{N}.json` (atomically); a run whose result file
+exists is skipped, so an interrupted benchmark resumes where it stopped. At the end
+`benchmark/plot.py` writes `{results-dir}/table.md` and `{results-dir}/curves_{env}.png`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal, Optional
+
+import numpy as np
+import tyro
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # `python benchmark/table.py` as well as `python -m benchmark.table`
+    sys.path.insert(0, str(REPO))
+
+from benchmark import plot  # noqa: E402
+
+ROWS = ("ppo", "prior", "lago", "lago-random", "lago-adaptive")
+ENVS = ("clevr", "metaworld")
+CLEVR_ENV_ID = "CLEVR-Robot-v0"
+PRETRAINED_LLM = "all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything that defines the numbers of a table (the budget); the CLI can override some fields."""
+
+    seeds: tuple[int, ...]
+    llm: str
+    """the pretrained language model of the `prior`, `lago` and `lago-adaptive` rows"""
+    random_llm: str
+    """its random-init twin (the `lago-random` row)"""
+    clevr_timesteps: int
+    metaworld_timesteps: int
+    metaworld_tasks: tuple[str, ...]
+    clevr_demo_episodes: int
+    """CLEVR demonstrations for stage 1: episodes of the noisy scripted expert on train goals only"""
+    clevr_demo_noise: float
+    """probability that the CLEVR expert takes a random action instead"""
+    metaworld_demo_episodes: int
+    """Meta-World demonstrations for stage 1, per task"""
+    metaworld_demo_noise: float
+    """std of the Gaussian noise added to the Meta-World scripted expert's actions"""
+    finetune_args: tuple[str, ...]
+    """extra flags for finetune_prior.py (same for every language model)"""
+    clevr_ppo_args: tuple[str, ...]
+    """PPO flags shared by every CLEVR row (num envs, rollout length, ...)"""
+    metaworld_ppo_args: tuple[str, ...]
+    """PPO flags shared by every Meta-World row"""
+    clevr_kl_coef: float
+    metaworld_kl_coef: float
+    clevr_kl_target: float
+    metaworld_kl_target: float
+    eval_episodes: int
+    """evaluation episodes per split (CLEVR) or per task (Meta-World) after training"""
+    metaworld_max_episode_steps: int = 500
+    device_args: tuple[str, ...] = ()
+    """flags that select the device, given to every script"""
+
+
+PRESETS: dict[str, Preset] = {
+    # 2-core CPU, <= 3 h for the whole table (see benchmark/README.md for the measured estimate)
+    "cpu": Preset(
+        seeds=(1, 2, 3),
+        llm=PRETRAINED_LLM,
+        random_llm=f"{PRETRAINED_LLM}-random",
+        clevr_timesteps=100_000,
+        metaworld_timesteps=100_000,
+        metaworld_tasks=("reach-v3", "button-press-topdown-v3", "drawer-close-v3"),
+        clevr_demo_episodes=200,
+        clevr_demo_noise=0.3,
+        metaworld_demo_episodes=10,
+        metaworld_demo_noise=0.3,
+        finetune_args=(),
+        clevr_ppo_args=(),
+        metaworld_ppo_args=(),
+        clevr_kl_coef=0.1,
+        metaworld_kl_coef=0.1,
+        clevr_kl_target=0.5,
+        metaworld_kl_target=0.5,
+        eval_episodes=50,
+    ),
+    # one seed, a few hundred steps: checks the pipeline end to end (tests/test_benchmark_harness.py)
+    "smoke": Preset(
+        seeds=(1,),
+        llm=PRETRAINED_LLM,
+        random_llm=f"{PRETRAINED_LLM}-random",
+        clevr_timesteps=256,
+        metaworld_timesteps=256,
+        metaworld_tasks=("reach-v3",),
+        clevr_demo_episodes=4,
+        clevr_demo_noise=0.3,
+        metaworld_demo_episodes=1,
+        metaworld_demo_noise=0.3,
+        finetune_args=(),
+        clevr_ppo_args=(),
+        metaworld_ppo_args=(),
+        clevr_kl_coef=0.1,
+        metaworld_kl_coef=0.1,
+        clevr_kl_target=0.5,
+        metaworld_kl_target=0.5,
+        eval_episodes=2,
+        metaworld_max_episode_steps=64,
+    ),
+    # the paper's scale on one GPU (not runnable on the 2-core CPU machine)
+    "gpu": Preset(
+        seeds=(1, 2, 3, 4, 5),
+        llm="Qwen2.5-1.5B",
+        random_llm="Qwen2.5-1.5B-random",
+        clevr_timesteps=1_000_000,
+        metaworld_timesteps=1_000_000,
+        metaworld_tasks=(
+            "reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3",
+            "drawer-close-v3", "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3",
+        ),
+        clevr_demo_episodes=1000,
+        clevr_demo_noise=0.3,
+        metaworld_demo_episodes=50,
+        metaworld_demo_noise=0.3,
+        finetune_args=(),
+        clevr_ppo_args=(),
+        metaworld_ppo_args=(),
+        clevr_kl_coef=0.1,
+        metaworld_kl_coef=0.1,
+        clevr_kl_target=0.5,
+        metaworld_kl_target=0.5,
+        eval_episodes=100,
+        device_args=(),
+    ),
+}
+
+
+@dataclass
+class Args:
+    preset: Literal["cpu", "smoke", "gpu"] = "cpu"
+    """budget preset: `cpu` (whole table on 2 cores in <= 3 h, 3 seeds), `smoke` (1 seed, a few hundred
+    steps), `gpu` (Qwen2.5-1.5B prior, MT10, 5 seeds, 1M steps)"""
+    envs: tuple[Literal["clevr", "metaworld"], ...] = ENVS
+    """environments to run"""
+    rows: tuple[Literal["ppo", "prior", "lago", "lago-random", "lago-adaptive"], ...] = ROWS
+    """rows of the table to run"""
+    seeds: Optional[tuple[int, ...]] = None
+    """override the preset's seeds"""
+    llm: Optional[str] = None
+    """override the preset's pretrained language model (e.g. `tiny-random` for a quick check)"""
+    random_llm: Optional[str] = None
+    """override the random-init twin (default: the preset's, or `--llm` itself when `--llm` is given)"""
+    metaworld_tasks: Optional[str] = None
+    """override the Meta-World tasks, comma separated (e.g. `reach-v3,push-v3`)"""
+    clevr_timesteps: Optional[int] = None
+    """override the CLEVR env-step budget of every RL run"""
+    metaworld_timesteps: Optional[int] = None
+    """override the Meta-World env-step budget of every RL run"""
+    results_dir: Optional[str] = None
+    """where result files, priors and run logs go (default: benchmark/results/{preset})"""
+    jobs: int = 2
+    """runs executed at the same time (one per CPU core is the right number on CPU)"""
+    threads_per_job: int = 1
+    """torch / OpenMP threads of each run"""
+    dry_run: bool = False
+    """print the plan and the commands, run nothing"""
+    plot: bool = True
+    """write table.md and the learning-curve PNGs at the end"""
+
+
+# ----------------------------------------------------------------------------------------------
+# configuration
+
+
+def resolve(args: Args) -> Preset:
+    """The preset with the command-line overrides applied."""
+    p = PRESETS[args.preset]
+    changes = {}
+    if args.seeds is not None:
+        changes["seeds"] = tuple(args.seeds)
+    if args.llm is not None:
+        changes["llm"] = args.llm
+        # a model named on the command line has no known twin: use the same model unless told
+        changes["random_llm"] = args.random_llm or (f"{args.llm}-random" if args.llm == PRETRAINED_LLM else args.llm)
+    elif args.random_llm is not None:
+        changes["random_llm"] = args.random_llm
+    if args.metaworld_tasks is not None:
+        changes["metaworld_tasks"] = tuple(t.strip() for t in args.metaworld_tasks.split(",") if t.strip())
+    if args.clevr_timesteps is not None:
+        changes["clevr_timesteps"] = args.clevr_timesteps
+    if args.metaworld_timesteps is not None:
+        changes["metaworld_timesteps"] = args.metaworld_timesteps
+    return dataclasses.replace(p, **changes)
+
+
+def budget_fields(p: Preset) -> dict:
+    """The fields that make results comparable: resuming into a results dir made with others is refused."""
+    d = dataclasses.asdict(p)
+    d.pop("seeds")  # more seeds may be added later
+    d.pop("metaworld_tasks")  # so may more tasks
+    return json.loads(json.dumps(d))  # tuples -> lists, as read back from JSON
+
+
+def check_or_write_config(results_dir: Path, p: Preset, preset_name: str) -> None:
+    path = results_dir / "config.json"
+    mine = {"preset": preset_name, "budget": budget_fields(p)}
+    if path.exists():
+        theirs = json.loads(path.read_text())
+        if theirs.get("budget") != mine["budget"]:
+            diff = sorted(
+                k for k in set(mine["budget"]) | set(theirs.get("budget", {}))
+                if mine["budget"].get(k) != theirs.get("budget", {}).get(k)
+            )
+            raise SystemExit(
+                f"error: {results_dir} holds results made with a different budget (differs in: {', '.join(diff)}).\n"
+                f"Resuming would mix them. Use another --results-dir, or delete {results_dir} to start over."
+            )
+        return
+    write_json_atomic(path, mine)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def tasks_of(env: str, p: Preset) -> tuple[str, ...]:
+    return (CLEVR_ENV_ID,) if env == "clevr" else p.metaworld_tasks
+
+
+def prior_env_id(env: str, p: Preset) -> str:
+    """The env id a prior is fine-tuned for: CLEVR, or the comma list of Meta-World tasks (one multi-task prior)."""
+    return CLEVR_ENV_ID if env == "clevr" else ",".join(p.metaworld_tasks)
+
+
+def prior_dir(results_dir: Path, env: str, llm: str) -> Path:
+    return results_dir / "priors" / f"{env}__{llm.replace('/', '_')}"
+
+
+def prior_is_complete(path: Path) -> bool:
+    """A prior dir counts as done when its config JSON exists: finetune_prior.py writes it last."""
+    return (path / "config.json").is_file()
+
+
+def llm_of_row(row: str, p: Preset) -> Optional[str]:
+    return {"ppo": None, "lago-random": p.random_llm}.get(row, p.llm)
+
+
+# ----------------------------------------------------------------------------------------------
+# commands (the scripts' command lines: the one place that knows their flags)
+
+
+def finetune_command(env: str, llm: str, out: Path, p: Preset) -> list[str]:
+    cmd = [sys.executable, str(REPO / "finetune_prior.py"), "--env-id", prior_env_id(env, p), "--llm", llm,
+           "--output-dir", str(out), "--seed", "1"]
+    if env == "clevr":
+        cmd += ["--num-episodes", str(p.clevr_demo_episodes), "--noise", str(p.clevr_demo_noise)]
+    else:
+        cmd += ["--num-episodes", str(p.metaworld_demo_episodes), "--noise", str(p.metaworld_demo_noise),
+                "--max-episode-steps", str(p.metaworld_max_episode_steps)]
+    return cmd + list(p.finetune_args) + list(p.device_args)
+
+
+def ppo_command(env: str, task: str, row: str, seed: int, prior_path: Optional[Path], p: Preset) -> list[str]:
+    script = "lago_ppo_discrete.py" if env == "clevr" else "lago_ppo_continuous.py"
+    steps = p.clevr_timesteps if env == "clevr" else p.metaworld_timesteps
+    kl_coef = p.clevr_kl_coef if env == "clevr" else p.metaworld_kl_coef
+    kl_target = p.clevr_kl_target if env == "clevr" else p.metaworld_kl_target
+    cmd = [sys.executable, str(REPO / script), "--env-id", task, "--seed", str(seed),
+           "--total-timesteps", str(steps), "--eval-episodes", str(p.eval_episodes), "--exp-name", f"bench-{row}"]
+    if row == "ppo":
+        cmd += ["--kl-coef", "0"]
+    else:
+        cmd += ["--llm", llm_of_row(row, p), "--prior-path", str(prior_path), "--kl-coef", str(kl_coef),
+                "--kl-schedule", "adaptive" if row == "lago-adaptive" else "constant", "--kl-target", str(kl_target)]
+    if env == "metaworld":
+        cmd += ["--max-episode-steps", str(p.metaworld_max_episode_steps)]
+    return cmd + list(p.clevr_ppo_args if env == "clevr" else p.metaworld_ppo_args) + list(p.device_args)
+
+
+# ----------------------------------------------------------------------------------------------
+# running
+
+
+_children: set[subprocess.Popen] = set()
+_children_lock = threading.Lock()
+
+
+def run_logged(cmd: list[str], cwd: Path, log: Path, threads: int) -> tuple[int, float]:
+    """Run `cmd` in `cwd`, stdout+stderr to `log`; return (exit code, wall seconds)."""
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
+        WANDB_MODE=env.get("WANDB_MODE", "disabled"), PYTHONUNBUFFERED="1",
+    )
+    cwd.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with open(log, "w") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        with _children_lock:
+            _children.add(proc)
+        try:
+            code = proc.wait()
+        finally:
+            with _children_lock:
+                _children.discard(proc)
+    return code, time.time() - start
+
+
+def kill_children() -> None:
+    with _children_lock:
+        for proc in list(_children):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def tail(path: Path, n: int = 15) -> str:
+    try:
+        return "".join(path.read_text(errors="replace").splitlines(keepends=True)[-n:])
+    except OSError:
+        return ""
+
+
+@dataclass
+class Job:
+    name: str
+    fn: Callable[[], str]
+    """runs the job, returns a one-line summary; raises RuntimeError with an actionable message on failure"""
+
+
+def stage1_job(env: str, llm: str, p: Preset, results_dir: Path, threads: int) -> Job:
+    out = prior_dir(results_dir, env, llm)
+
+    def fn() -> str:
+        if out.exists():
+            shutil.rmtree(out)  # an incomplete dir from an interrupted fine-tuning
+        work = results_dir / "runs" / "stage1" / out.name
+        shutil.rmtree(work, ignore_errors=True)
+        log = work / "log.txt"
+        work.mkdir(parents=True)
+        code, secs = run_logged(finetune_command(env, llm, out, p), work, log, threads)
+        if code != 0 or not prior_is_complete(out):
+            raise RuntimeError(f"finetune_prior.py failed (exit {code}); log {log}:\n{tail(log)}")
+        write_json_atomic(results_dir / "stage1" / f"{out.name}.json",
+                          {"env": env, "llm": llm, "prior_dir": str(out.relative_to(results_dir)), "wall_time_s": secs})
+        return f"prior {out.name} fine-tuned in {secs:.0f} s"
+
+    return Job(f"stage 1 {env} {llm}", fn)
+
+
+def result_path(results_dir: Path, env: str, row: str, task: str, seed: int) -> Path:
+    return results_dir / env / row / f"{task}__seed{seed}.json"
+
+
+def ppo_job(env: str, task: str, row: str, seed: int, p: Preset, results_dir: Path, threads: int) -> Job:
+    out = result_path(results_dir, env, row, task, seed)
+    llm = llm_of_row(row, p)
+    prior_path = prior_dir(results_dir, env, llm) if llm else None
+    cmd = ppo_command(env, task, row, seed, prior_path, p)
+
+    def fn() -> str:
+        if prior_path is not None and not prior_is_complete(prior_path):
+            raise RuntimeError(f"no prior at {prior_path}: its stage-1 fine-tuning failed (see above)")
+        work = results_dir / "runs" / env / row / f"{task}__seed{seed}"
+        shutil.rmtree(work, ignore_errors=True)  # leftovers of an interrupted attempt
+        log = work / "log.txt"
+        code, secs = run_logged(cmd, work, log, threads)
+        run_dirs = sorted(d for d in (work / "runs").glob("*") if d.is_dir()) if (work / "runs").is_dir() else []
+        if code != 0 or len(run_dirs) != 1 or not (run_dirs[0] / "eval.json").is_file():
+            raise RuntimeError(f"{Path(cmd[1]).name} failed (exit {code}, run dirs {len(run_dirs)}); log {log}:\n{tail(log)}")
+        run_dir = run_dirs[0]
+        ev = json.loads((run_dir / "eval.json").read_text())
+        steps, values = plot.read_scalars(run_dir, plot.CURVE_TAG)
+        result = {
+            "env": env, "task": task, "row": row, "seed": seed, "llm": llm,
+            "total_timesteps": p.clevr_timesteps if env == "clevr" else p.metaworld_timesteps,
+            "success": eval_success(env, task, ev),
+            "return": eval_return(ev),
+            "wall_time_s": float(ev.get("wall_time_s", secs)),
+            "subprocess_wall_time_s": secs,
+            "run_dir": str(run_dir.relative_to(results_dir)),
+            "curve": {"tag": plot.CURVE_TAG, "steps": steps, "values": values},
+            "command": [Path(c).name if i < 2 else c for i, c in enumerate(cmd)],
+            "eval": ev,
+        }
+        write_json_atomic(out, result)
+        return f"{row} {task} seed {seed}: success {fmt_success(result['success'])} in {secs:.0f} s"
+
+    return Job(f"{env} {row} {task} seed {seed}", fn)
+
+
+def eval_success(env: str, task: str, ev: dict) -> dict:
+    """Evaluation success rates from a run's eval.json: {"train", "heldout"} (CLEVR) or {task} (Meta-World)."""
+    if env == "clevr":
+        return {"train": float(ev["success_rate"]["train"]), "heldout": float(ev["success_rate"]["heldout"])}
+    sr = ev["success_rate"]
+    return {task: float(sr[task] if isinstance(sr, dict) else sr)}
+
+
+def eval_return(ev: dict) -> Optional[float]:
+    ret = ev.get("episodic_return")
+    if isinstance(ret, dict):  # per split / per task: the mean over them
+        return float(np.mean([float(v) for v in ret.values()]))
+    return None if ret is None else float(ret)
+
+
+def fmt_success(success: dict) -> str:
+    return ", ".join(f"{k} {100 * v:.0f}%" for k, v in success.items())
+
+
+# ----------------------------------------------------------------------------------------------
+# the prior alone, acting greedily (no RL)
+
+
+def evaluate_prior_greedy(prior_path: Path, env: str, task: str, seed: int, episodes: int,
+                          max_episode_steps: Optional[int] = None) -> dict:
+    """Success and return of the prior's greedy policy (argmax logits / Gaussian mean, clipped).
+
+    Runs `episodes` environments in lockstep so that the prior sees one batch per step.
+    CLEVR: on train and on held-out goals; Meta-World: on `task`. Success = the episode's
+    `info["success"]` was true at some step (CLEVR terminates there)."""
+    import gymnasium as gym
+    import torch
+
+    import envs  # noqa: F401  (registers CLEVR-Robot-v0)
+    from finetune_prior import load_prior
+
+    prior = load_prior(str(prior_path))
+    splits = ("train", "heldout") if env == "clevr" else (task,)
+    success, returns = {}, []
+    for split in splits:
+        if env == "clevr":
+            kw = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+            vec = [gym.make(CLEVR_ENV_ID, goal_split=split, **kw) for _ in range(episodes)]
+        else:
+            from envs.metaworld import make_env
+
+            vec = [make_env(task, seed=10_000 * seed + i, max_episode_steps=max_episode_steps or 500)
+                   for i in range(episodes)]
+        obs, instr = [], []
+        for i, e in enumerate(vec):
+            o, info = e.reset(seed=10_000 * seed + i)
+            obs.append(o)
+            instr.append(info["instruction"])
+        active = np.ones(episodes, dtype=bool)
+        succ = np.zeros(episodes, dtype=bool)
+        ret = np.zeros(episodes)
+        while active.any():
+            idx = np.flatnonzero(active)
+            x = torch.as_tensor(np.stack([obs[i] for i in idx]), dtype=torch.float32)
+            with torch.inference_mode():
+                out = prior(x, [instr[i] for i in idx])
+            if env == "clevr":
+                actions = out.argmax(-1).cpu().numpy()
+            else:
+                space = vec[0].action_space
+                actions = np.clip(out[0].cpu().numpy(), space.low, space.high)
+            for a, i in zip(actions, idx):
+                o, r, term, trunc, info = vec[i].step(a.item() if env == "clevr" else a)
+                obs[i] = o
+                ret[i] += float(r)
+                succ[i] |= bool(info.get("success", False))
+                if term or trunc:
+                    active[i] = False
+        for e in vec:
+            e.close()
+        success[split] = float(succ.mean())
+        returns.append(float(ret.mean()))
+    return {"success": success, "return": float(np.mean(returns))}
+
+
+def prior_job(env: str, task: str, seed: int, p: Preset, results_dir: Path) -> Job:
+    out = result_path(results_dir, env, "prior", task, seed)
+    path = prior_dir(results_dir, env, p.llm)
+
+    def fn() -> str:
+        if not prior_is_complete(path):
+            raise RuntimeError(f"no prior at {path}: its stage-1 fine-tuning failed (see above)")
+        start = time.time()
+        try:
+            ev = evaluate_prior_greedy(path, env, task, seed, p.eval_episodes,
+                                       None if env == "clevr" else p.metaworld_max_episode_steps)
+        except Exception as e:  # noqa: BLE001 - reported with the run's name, the other runs go on
+            raise RuntimeError(f"greedy evaluation of the prior {path} failed: {type(e).__name__}: {e}") from e
+        secs = time.time() - start
+        stage1 = results_dir / "stage1" / f"{path.name}.json"
+        result = {
+            "env": env, "task": task, "row": "prior", "seed": seed, "llm": p.llm,
+            "total_timesteps": 0, "success": ev["success"], "return": ev["return"], "wall_time_s": secs,
+            "finetune_wall_time_s": json.loads(stage1.read_text())["wall_time_s"] if stage1.exists() else None,
+            "curve": {"steps": [], "values": []}, "eval_episodes": p.eval_episodes,
+        }
+        write_json_atomic(out, result)
+        return f"prior {task} seed {seed}: success {fmt_success(ev['success'])} in {secs:.0f} s"
+
+    return Job(f"{env} prior {task} seed {seed}", fn)
+
+
+def run_jobs(jobs: list[Job], n_parallel: int) -> list[str]:
+    """Run the jobs, n_parallel at a time; print one line per finished job; return the failures."""
+    failures = []
+    if not jobs:
+        return failures
+    start = time.time()
+    with ThreadPoolExecutor(max_workers=max(1, n_parallel)) as pool:
+        pending = {pool.submit(job.fn): job for job in jobs}
+        done_count = 0
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    job = pending.pop(fut)
+                    done_count += 1
+                    elapsed = (time.time() - start) / 60
+                    try:
+                        print(f"[{done_count}/{len(jobs)} {elapsed:.1f} min] {fut.result()}", flush=True)
+                    except Exception as e:  # noqa: BLE001 - keep going, report at the end
+                        failures.append(f"{job.name}: {e}")
+                        print(f"[{done_count}/{len(jobs)} {elapsed:.1f} min] FAILED {job.name}: {e}", flush=True)
+        except KeyboardInterrupt:
+            for fut in pending:
+                fut.cancel()
+            kill_children()
+            raise
+    return failures
+
+
+def main(args: Args) -> int:
+    p = resolve(args)
+    results_dir = Path(args.results_dir or REPO / "benchmark" / "results" / args.preset).resolve()
+    if args.envs and "metaworld" in args.envs and not p.metaworld_tasks:
+        raise SystemExit("error: no Meta-World tasks selected (--metaworld-tasks is empty)")
+
+    # stage 1: one prior per (env, language model) that a selected row needs
+    stage1, seen = [], set()
+    for env in args.envs:
+        for row in args.rows:
+            llm = llm_of_row(row, p)
+            if llm is None or (env, llm) in seen:
+                continue
+            seen.add((env, llm))
+            if not prior_is_complete(prior_dir(results_dir, env, llm)):
+                stage1.append(stage1_job(env, llm, p, results_dir, args.threads_per_job))
+
+    # stage 2: seed-major order, so that an interrupted benchmark has whole seeds
+    stage2, skipped = [], 0
+    for seed in p.seeds:
+        for env in args.envs:
+            for task in tasks_of(env, p):
+                for row in args.rows:
+                    if result_path(results_dir, env, row, task, seed).exists():
+                        skipped += 1
+                        continue
+                    if row == "prior":
+                        stage2.append(prior_job(env, task, seed, p, results_dir))
+                    else:
+                        stage2.append(ppo_job(env, task, row, seed, p, results_dir, args.threads_per_job))
+
+    print(f"benchmark preset {args.preset!r} -> {results_dir}")
+    print(f"  rows {', '.join(args.rows)}; envs {', '.join(args.envs)}; seeds {list(p.seeds)}")
+    print(f"  llm {p.llm} (random twin {p.random_llm}); CLEVR {p.clevr_timesteps:,} steps; "
+          f"Meta-World {', '.join(p.metaworld_tasks)} at {p.metaworld_timesteps:,} steps")
+    print(f"  stage 1: {len(stage1)} priors to fine-tune; stage 2: {len(stage2)} runs to do, "
+          f"{skipped} finished already (skipped)")
+    if args.dry_run:
+        for env, llm in sorted(seen):
+            print("  $ " + " ".join(finetune_command(env, llm, prior_dir(results_dir, env, llm), p)))
+        for seed in p.seeds:
+            for env in args.envs:
+                for task in tasks_of(env, p):
+                    for row in args.rows:
+                        if row == "prior":
+                            print(f"  (in-process) greedy prior {prior_dir(results_dir, env, p.llm).name} on {task}, seed {seed}")
+                        else:
+                            llm = llm_of_row(row, p)
+                            pp = prior_dir(results_dir, env, llm) if llm else None
+                            print("  $ " + " ".join(ppo_command(env, task, row, seed, pp, p)))
+        return 0
+
+    check_or_write_config(results_dir, p, args.preset)
+    start = time.time()
+    failures = run_jobs(stage1, args.jobs)
+    failures += run_jobs(stage2, args.jobs)
+    print(f"benchmark done in {(time.time() - start) / 60:.1f} min")
+    if args.plot and any(results_dir.glob("*/*/*__seed*.json")):
+        table, pngs = plot.make_report(results_dir)
+        print(table.read_text())
+        print(f"wrote {table}" + "".join(f", {p_}" for p_ in pngs))
+    if failures:
+        print(f"{len(failures)} job(s) failed; fix and re-run the same command (finished runs are skipped):")
+        for f in failures:
+            print("  - " + f.splitlines()[0])
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(tyro.cli(Args)))
+    except KeyboardInterrupt:
+        kill_children()
+        print("\ninterrupted: finished runs are saved; re-run the same command to resume", file=sys.stderr)
+        sys.exit(130)
