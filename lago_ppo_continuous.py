@@ -1,0 +1,625 @@
+"""LaGO with continuous actions: PPO guided by a language-model action prior (Meta-World by default).
+
+    python lago_ppo_continuous.py --llm Qwen2.5-1.5B                        # LaGO on Meta-World reach-v3
+    python lago_ppo_continuous.py --kl-coef 0                               # vanilla PPO, nothing of the LLM loaded
+    python lago_ppo_continuous.py --env-id MT10 --num-envs 10 --kl-coef 0   # multi-task: env i runs task i % 10
+
+CleanRL's ppo_continuous_action.py (vwxyzjn/cleanrl) on gymnasium 1.x, plus LaGO's guidance: the latent
+action prior p(a | s, instruction) made by finetune_prior.py, a diagonal Gaussian, is evaluated once per
+environment step (batched over the envs, no gradients), its mean and std are stored in the rollout buffer,
+and the PPO loss adds `beta * KL(pi(.|s) || p(.|s))`, in closed form between diagonal Gaussians.
+`--kl-coef 0` is vanilla PPO through the same code, and then nothing of the language model is imported.
+
+Episode ends: the vector env autoresets in the same step (gymnasium's AutoresetMode.SAME_STEP), so the
+`next_obs` of a finished env is already the first observation of its next episode. A termination ends
+the return there (no bootstrap). A truncation (time limit) is not a failure: the value of the episode's
+real final observation (`infos["final_obs"]`) is added to the last reward, `r + gamma * V(s_final)`, and
+GAE then stops at the episode boundary as usual. CleanRL treats truncation like termination instead.
+
+Meta-World: `--env-id` is one of its 50 v3 tasks, "MT10", "MT50" or a comma list; an episode succeeds if
+`info["success"]` held at any step, logged per task. Its gym.make already records episode statistics (a
+second RecordEpisodeStatistics fails at step 500). The prior reads RAW observations (it applies its own
+saved normalisation), so the policy's observation normalisation lives here (`obs_rms`, saved with the
+model) instead of in a NormalizeObservation wrapper. Rewards are normalised and clipped as CleanRL does:
+Meta-World's dense reward reaches 10 per step and 500-step returns in the thousands.
+"""
+
+import json
+import os
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.optim as optim
+import tyro
+from gymnasium.wrappers.utils import RunningMeanStd
+from torch.distributions import Independent, kl_divergence
+from torch.distributions.normal import Normal
+from torch.utils.tensorboard import SummaryWriter
+
+from envs.metaworld import make_env as make_metaworld_env
+from envs.metaworld import resolve_tasks
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=False`"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled by default"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanRL"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    save_model: bool = False
+    """whether to save model (agent + observation normalisation statistics) into the `runs/{run_name}` folder"""
+
+    # Algorithm specific arguments
+    env_id: str = "reach-v3"
+    """a Meta-World v3 task, "MT10", "MT50" or a comma list of tasks (multi-task: env i runs task i % len(tasks))"""
+    total_timesteps: int = 1000000
+    """total timesteps of the experiments"""
+    learning_rate: float = 3e-4
+    """the learning rate of the optimizer"""
+    num_envs: int = 1
+    """the number of parallel game environments"""
+    num_steps: int = 2048
+    """the number of steps to run in each environment per policy rollout"""
+    anneal_lr: bool = True
+    """Toggle learning rate annealing for policy and value networks"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.95
+    """the lambda for the general advantage estimation"""
+    num_minibatches: int = 32
+    """the number of mini-batches"""
+    update_epochs: int = 10
+    """the K epochs to update the policy"""
+    norm_adv: bool = True
+    """Toggles advantages normalization"""
+    clip_coef: float = 0.2
+    """the surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """Toggles whether or not to use a clipped loss for the value function, as per the paper."""
+    ent_coef: float = 0.0
+    """coefficient of the entropy"""
+    vf_coef: float = 0.5
+    """coefficient of the value function"""
+    max_grad_norm: float = 0.5
+    """the maximum norm for the gradient clipping"""
+    target_kl: Optional[float] = None
+    """the target KL divergence threshold"""
+    max_episode_steps: int = 500
+    """Meta-World episode length before truncation (its own is 500)"""
+    reward_type: Literal["dense", "sparse"] = "dense"
+    """Meta-World reward: dense (its shaped reward) or sparse (1 on success steps, else 0)"""
+
+    # LaGO guidance
+    llm: str = "all-MiniLM-L6-v2"
+    """language model of the prior (finetune_prior.py's --llm): picks the default --prior-path"""
+    prior_path: Optional[str] = None
+    """directory of the prior made by finetune_prior.py (default: finetune_prior.default_prior_path(env_id, llm))"""
+    kl_coef: float = 0.01
+    """beta, the weight of the KL to the prior in the loss (0 = vanilla PPO: no language model is loaded)"""
+    kl_schedule: Literal["constant", "linear", "adaptive"] = "constant"
+    """beta over training: constant; linear (decays from --kl-coef to 0); adaptive (starts at --kl-coef, steers the KL toward --kl-target)"""
+    kl_target: float = 1.0
+    """the KL (nats per state, summed over action dimensions) that the adaptive schedule holds"""
+    kl_direction: Literal["reverse", "forward"] = "reverse"
+    """reverse: KL(pi || prior), mode-seeking; forward: KL(prior || pi), covers every action the prior likes"""
+    eval_episodes: int = 10
+    """episodes of the final evaluation on each task (0 = no evaluation); written to runs/{run_name}/eval.json"""
+
+    # to be filled in runtime
+    batch_size: int = 0
+    """the batch size (computed in runtime)"""
+    minibatch_size: int = 0
+    """the mini-batch size (computed in runtime)"""
+    num_iterations: int = 0
+    """the number of iterations (computed in runtime)"""
+
+
+def make_env(env_id, seed, max_episode_steps, reward_type, gamma=None):
+    def thunk():
+        # Meta-World's gym.make already adds RecordEpisodeStatistics (raw returns): not wrapped again
+        env = make_metaworld_env(env_id, seed=seed, max_episode_steps=max_episode_steps, reward_type=reward_type)
+        env = gym.wrappers.ClipAction(env)
+        # observations are normalised in the script (obs_rms): the prior needs the raw ones
+        if gamma is not None:  # training; the evaluation (gamma None) sees the raw reward
+            env = gym.wrappers.NormalizeReward(env, gamma=gamma)
+            env = gym.wrappers.TransformReward(env, lambda reward: np.clip(reward, -10, 10))
+        return env
+
+    return thunk
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class Agent(nn.Module):
+    def __init__(self, envs):
+        super().__init__()
+        self.critic = nn.Sequential(
+            layer_init(nn.Linear(np.array(envs.single_observation_space.shape).prod(), 64)),
+            nn.Tanh(),
+            layer_init(nn.Linear(64, 64)),
+            nn.Tanh(),
+            layer_init(nn.Linear(64, 1), std=1.0),
+        )
+        self.actor_mean = nn.Sequential(
+            layer_init(nn.Linear(np.array(envs.single_observation_space.shape).prod(), 64)),
+            nn.Tanh(),
+            layer_init(nn.Linear(64, 64)),
+            nn.Tanh(),
+            layer_init(nn.Linear(64, np.prod(envs.single_action_space.shape)), std=0.01),
+        )
+        self.actor_logstd = nn.Parameter(torch.zeros(1, np.prod(envs.single_action_space.shape)))
+
+    def get_value(self, x):
+        return self.critic(x)
+
+    def get_action_and_value(self, x, action=None):
+        action_mean = self.actor_mean(x)
+        action_logstd = self.actor_logstd.expand_as(action_mean)
+        action_std = torch.exp(action_logstd)
+        # a diagonal Gaussian over the action vector: log_prob, entropy and KL sum over its dimensions
+        probs = Independent(Normal(action_mean, action_std), 1)
+        if action is None:
+            action = probs.sample()
+        # LaGO: the distribution itself is returned too, for the closed-form KL to the prior
+        return action, probs.log_prob(action), probs.entropy(), self.critic(x), probs
+
+
+def normalize_obs(obs_rms, obs):
+    """The policy's input: observations standardised with the running statistics and clipped to +-10, as
+    CleanRL's NormalizeObservation + TransformObservation wrappers do."""
+    return np.clip((obs - obs_rms.mean) / np.sqrt(obs_rms.var + 1e-8), -10, 10)
+
+
+def prior_dist(prior_mean, prior_std):
+    """The prior's action distribution from its stored output (mean and std [..., d]): a diagonal Gaussian."""
+    return Independent(Normal(prior_mean, prior_std), 1)
+
+
+def prior_kl(policy_dist, prior_dist, direction="reverse"):
+    """Exact KL between the policy and the prior at each state: reverse KL(pi || prior) or forward KL(prior || pi)."""
+    if direction == "reverse":
+        return kl_divergence(policy_dist, prior_dist)
+    if direction == "forward":
+        return kl_divergence(prior_dist, policy_dist)
+    raise ValueError(f"kl direction must be 'reverse' or 'forward', got {direction!r}")
+
+
+def kl_coef_schedule(schedule, kl_coef, iteration, num_iterations):
+    """beta of the fixed schedules at `iteration` (1-based): constant, or linear decay from kl_coef to 0."""
+    if schedule == "constant":
+        return kl_coef
+    if schedule == "linear":
+        return kl_coef * (1.0 - (iteration - 1.0) / num_iterations)
+    raise ValueError(f"kl schedule {schedule!r} is not a fixed schedule (constant, linear)")
+
+
+def update_adaptive_kl_coef(kl_coef, measured_kl, kl_target, low=1e-4, high=1e4):
+    """PPO-penalty's controller (Schulman et al. 2017): double beta when the KL to the prior is above
+    1.5 x target, halve it when below target / 1.5, keep it in between; clipped to [low, high]."""
+    if measured_kl > 1.5 * kl_target:
+        kl_coef = kl_coef * 2.0
+    elif measured_kl < kl_target / 1.5:
+        kl_coef = kl_coef / 2.0
+    return float(min(max(kl_coef, low), high))
+
+
+def load_guidance_prior(args, envs, device="cpu"):
+    """The prior for this run, checked against the env; clear errors for a missing or mismatched prior."""
+    from finetune_prior import default_prior_path, load_prior  # LaGO: imported only when guidance is on
+
+    path = args.prior_path or default_prior_path(args.env_id, args.llm)
+    make_cmd = f"python finetune_prior.py --env-id {args.env_id} --llm {args.llm}"
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"no prior at {path!r} (env {args.env_id!r}, --llm {args.llm!r}). Make one with:\n    {make_cmd}\n"
+            f"or pass --prior-path DIR, or run vanilla PPO with --kl-coef 0."
+        )
+    prior = load_prior(path, device=device)
+    config = prior.config
+    # a multi-task prior guides any of its tasks: e.g. one made for MT10 serves a reach-v3 run
+    prior_tasks = config.get("tasks") or resolve_tasks(config.get("env_id", ""))
+    missing = [task for task in resolve_tasks(args.env_id) if task not in prior_tasks]
+    if missing:
+        raise ValueError(
+            f"the prior at {path!r} was made for env {config.get('env_id')!r}, which lacks {', '.join(missing)} of "
+            f"--env-id {args.env_id!r}. Make one for this env with:\n    {make_cmd}"
+        )
+    space = config.get("action_space", {})
+    d = int(np.prod(envs.single_action_space.shape))
+    if space.get("type") != "continuous" or space.get("dim") != d:
+        raise ValueError(
+            f"the prior at {path!r} has action space {space}, but {args.env_id} has Box({d},). "
+            f"Make a matching one with:\n    {make_cmd}"
+        )
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    if config.get("obs_dim") != obs_dim:
+        raise ValueError(
+            f"the prior at {path!r} reads observations of size {config.get('obs_dim')}, but {args.env_id} gives {obs_dim}. "
+            f"Make a matching one with:\n    {make_cmd}"
+        )
+    if args.prior_path and config.get("llm") != args.llm:
+        print(f"note: the prior at {path!r} was made with --llm {config.get('llm')!r}; --llm {args.llm!r} is ignored")
+    return prior, path
+
+
+def evaluate(agent, make_env, env_id, eval_episodes, seed, device, obs_rms, max_episode_steps, reward_type):
+    """Mean return and success rate of the policy (its mean action) over `eval_episodes` episodes of one task.
+    An episode succeeds if `info["success"]` held at any step."""
+    env = make_env(env_id, seed, max_episode_steps, reward_type)()
+    returns, successes = [], []
+    obs, info = env.reset(seed=seed)
+    episodic_return, episode_success = 0.0, bool(info["success"])
+    while len(returns) < eval_episodes:
+        with torch.inference_mode():
+            x = torch.tensor(normalize_obs(obs_rms, obs), dtype=torch.float32, device=device)[None]
+            action = agent.get_action_and_value(x)[4].mode[0].cpu().numpy()
+        obs, reward, terminated, truncated, info = env.step(action)
+        episodic_return += float(reward)
+        episode_success = episode_success or bool(info["success"])
+        if terminated or truncated:
+            returns.append(episodic_return)
+            successes.append(float(episode_success))
+            obs, info = env.reset()
+            episodic_return, episode_success = 0.0, bool(info["success"])
+    env.close()
+    return {
+        "episodes": eval_episodes,
+        "episodic_return": float(np.mean(returns)) if returns else None,
+        "success_rate": float(np.mean(successes)) if successes else None,
+    }
+
+
+if __name__ == "__main__":
+    script_start = time.time()
+    args = tyro.cli(Args)
+    args.batch_size = int(args.num_envs * args.num_steps)
+    args.minibatch_size = int(args.batch_size // args.num_minibatches)
+    args.num_iterations = args.total_timesteps // args.batch_size
+    if args.num_iterations < 1:
+        raise SystemExit(
+            f"error: --total-timesteps {args.total_timesteps} is less than one rollout "
+            f"(--num-envs x --num-steps = {args.batch_size})"
+        )
+    try:
+        tasks = resolve_tasks(args.env_id)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    if args.num_envs < len(tasks):
+        raise SystemExit(
+            f"error: --env-id {args.env_id} has {len(tasks)} tasks but --num-envs is {args.num_envs}; env i runs task "
+            f"i % {len(tasks)}, so pass --num-envs {len(tasks)} (or a multiple)"
+        )
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args),
+            name=run_name,
+            monitor_gym=True,
+            save_code=True,
+        )
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
+    )
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # env setup
+    # LaGO: env i runs task i % len(tasks), seeded through make (Meta-World ignores reset(seed=))
+    env_tasks = [tasks[i % len(tasks)] for i in range(args.num_envs)]
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(env_tasks[i], args.seed + i, args.max_episode_steps, args.reward_type, args.gamma) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    assert isinstance(envs.single_action_space, gym.spaces.Box), "only continuous action space is supported"
+    obs_rms = RunningMeanStd(shape=envs.single_observation_space.shape)
+
+    # LaGO: the prior is loaded only when it is used; with --kl-coef 0 no language model is imported
+    use_prior = args.kl_coef > 0
+    prior = None
+    if use_prior:
+        try:
+            prior, prior_path = load_guidance_prior(args, envs, device)
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"error: {e}")
+        print(f"LaGO prior: {prior_path} (llm {prior.config.get('llm')}), kl_coef={args.kl_coef} {args.kl_schedule}")
+
+    agent = Agent(envs).to(device)
+    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+
+    # ALGO Logic: Storage setup
+    obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape).to(device)
+    actions = torch.zeros((args.num_steps, args.num_envs) + envs.single_action_space.shape).to(device)
+    logprobs = torch.zeros((args.num_steps, args.num_envs)).to(device)
+    rewards = torch.zeros((args.num_steps, args.num_envs)).to(device)
+    dones = torch.zeros((args.num_steps, args.num_envs)).to(device)
+    values = torch.zeros((args.num_steps, args.num_envs)).to(device)
+    # LaGO: the prior's mean and std at every rollout state, so that the update epochs never call the LLM
+    prior_means = torch.zeros((args.num_steps, args.num_envs) + envs.single_action_space.shape).to(device)
+    prior_stds = torch.ones((args.num_steps, args.num_envs) + envs.single_action_space.shape).to(device)
+
+    # TRY NOT TO MODIFY: start the game
+    global_step = 0
+    start_time = time.time()
+    prior_time = 0.0
+    kl_coef = args.kl_coef
+    recent_returns, recent_successes = deque(maxlen=100), deque(maxlen=100)
+    next_raw_obs, infos = envs.reset(seed=args.seed)
+    obs_rms.update(next_raw_obs)
+    next_obs = torch.Tensor(normalize_obs(obs_rms, next_raw_obs)).to(device)
+    next_done = torch.zeros(args.num_envs).to(device)
+    episode_success = infos["success"].astype(bool)  # success held at some step of the running episode
+    if use_prior and "instruction" not in infos:
+        raise SystemExit(f"error: {args.env_id} gives no info['instruction'], which the prior reads")
+
+    for iteration in range(1, args.num_iterations + 1):
+        # Annealing the rate if instructed to do so.
+        if args.anneal_lr:
+            frac = 1.0 - (iteration - 1.0) / args.num_iterations
+            lrnow = frac * args.learning_rate
+            optimizer.param_groups[0]["lr"] = lrnow
+        # LaGO: beta of this iteration (the adaptive controller updates it after each update instead)
+        if args.kl_schedule != "adaptive":
+            kl_coef = kl_coef_schedule(args.kl_schedule, args.kl_coef, iteration, args.num_iterations)
+        iteration_successes = {task: [] for task in tasks}
+
+        for step in range(0, args.num_steps):
+            global_step += args.num_envs
+            obs[step] = next_obs
+            dones[step] = next_done
+
+            # LaGO: one batched prior call per env step, on the raw observations, with the instructions of the episodes now running
+            if use_prior:
+                prior_start = time.time()
+                with torch.inference_mode():
+                    raw_obs = torch.tensor(next_raw_obs, dtype=torch.float32, device=device)
+                    prior_means[step], prior_stds[step] = prior(raw_obs, [str(s) for s in infos["instruction"]])
+                prior_time += time.time() - prior_start
+
+            # ALGO LOGIC: action logic
+            with torch.no_grad():
+                action, logprob, _, value, _ = agent.get_action_and_value(next_obs)
+                values[step] = value.flatten()
+            actions[step] = action
+            logprobs[step] = logprob
+
+            # TRY NOT TO MODIFY: execute the game and log data.
+            next_raw_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
+            next_done = np.logical_or(terminations, truncations)
+            # time-limit truncation: bootstrap from the real final observation (next_obs is already the reset one)
+            truncated = truncations & ~terminations
+            if truncated.any():
+                final_obs = torch.Tensor(normalize_obs(obs_rms, np.stack(infos["final_obs"][truncated]))).to(device)
+                with torch.no_grad():
+                    final_values = agent.get_value(final_obs).flatten().cpu().numpy()
+                reward = reward.copy()
+                reward[truncated] += args.gamma * final_values
+            rewards[step] = torch.tensor(reward).to(device).view(-1)
+            obs_rms.update(next_raw_obs)
+            next_obs, next_done = torch.Tensor(normalize_obs(obs_rms, next_raw_obs)).to(device), torch.Tensor(next_done).to(device)
+
+            if "final_info" in infos and "episode" in infos["final_info"]:
+                final_info = infos["final_info"]
+                for i in np.nonzero(final_info["_episode"])[0]:
+                    episodic_return = float(final_info["episode"]["r"][i])
+                    recent_returns.append(episodic_return)
+                    writer.add_scalar("charts/episodic_return", episodic_return, global_step)
+                    writer.add_scalar("charts/episodic_length", final_info["episode"]["l"][i], global_step)
+                    success = float(episode_success[i] or final_info["success"][i])
+                    iteration_successes[env_tasks[i]].append(success)
+                    recent_successes.append(success)
+            # a finished env starts its next episode from the reset info
+            episode_success = (episode_success & ~(terminations | truncations)) | infos["success"].astype(bool)
+
+        # bootstrap value if not done
+        with torch.no_grad():
+            next_value = agent.get_value(next_obs).reshape(1, -1)
+            advantages = torch.zeros_like(rewards).to(device)
+            lastgaelam = 0
+            for t in reversed(range(args.num_steps)):
+                if t == args.num_steps - 1:
+                    nextnonterminal = 1.0 - next_done
+                    nextvalues = next_value
+                else:
+                    nextnonterminal = 1.0 - dones[t + 1]
+                    nextvalues = values[t + 1]
+                delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
+                advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
+            returns = advantages + values
+
+        # flatten the batch
+        b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)
+        b_logprobs = logprobs.reshape(-1)
+        b_actions = actions.reshape((-1,) + envs.single_action_space.shape)
+        b_advantages = advantages.reshape(-1)
+        b_returns = returns.reshape(-1)
+        b_values = values.reshape(-1)
+        b_prior_means = prior_means.reshape((-1,) + envs.single_action_space.shape)
+        b_prior_stds = prior_stds.reshape((-1,) + envs.single_action_space.shape)
+
+        # Optimizing the policy and value network
+        b_inds = np.arange(args.batch_size)
+        clipfracs = []
+        prior_kls = []
+        for epoch in range(args.update_epochs):
+            np.random.shuffle(b_inds)
+            for start in range(0, args.batch_size, args.minibatch_size):
+                end = start + args.minibatch_size
+                mb_inds = b_inds[start:end]
+
+                _, newlogprob, entropy, newvalue, newdist = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
+                logratio = newlogprob - b_logprobs[mb_inds]
+                ratio = logratio.exp()
+
+                with torch.no_grad():
+                    # calculate approx_kl http://joschu.net/blog/kl-approx.html
+                    old_approx_kl = (-logratio).mean()
+                    approx_kl = ((ratio - 1) - logratio).mean()
+                    clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
+
+                mb_advantages = b_advantages[mb_inds]
+                if args.norm_adv:
+                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+
+                # Policy loss
+                pg_loss1 = -mb_advantages * ratio
+                pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+                pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+
+                # Value loss
+                newvalue = newvalue.view(-1)
+                if args.clip_vloss:
+                    v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
+                    v_clipped = b_values[mb_inds] + torch.clamp(
+                        newvalue - b_values[mb_inds],
+                        -args.clip_coef,
+                        args.clip_coef,
+                    )
+                    v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
+                    v_loss_max = torch.max(v_loss_unclipped, v_loss_clipped)
+                    v_loss = 0.5 * v_loss_max.mean()
+                else:
+                    v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
+
+                entropy_loss = entropy.mean()
+                loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+                # LaGO: pull the policy toward the prior, closed-form KL between diagonal Gaussians at the rollout states
+                if use_prior:
+                    kl_loss = prior_kl(newdist, prior_dist(b_prior_means[mb_inds], b_prior_stds[mb_inds]), args.kl_direction).mean()
+                    loss = loss + kl_coef * kl_loss
+                    prior_kls.append(kl_loss.item())
+
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                optimizer.step()
+
+            if args.target_kl is not None and approx_kl > args.target_kl:
+                break
+
+        y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+        var_y = np.var(y_true)
+        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+
+        # TRY NOT TO MODIFY: record rewards for plotting purposes
+        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+        writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
+        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+        writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
+        writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
+        writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
+        writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+        writer.add_scalar("losses/explained_variance", explained_var, global_step)
+        # LaGO: success rate of the episodes that ended in this rollout, over all tasks and per task
+        all_successes = [s for task_successes in iteration_successes.values() for s in task_successes]
+        if all_successes:
+            writer.add_scalar("charts/success_rate", np.mean(all_successes), global_step)
+        for task, task_successes in iteration_successes.items():
+            if len(tasks) > 1 and task_successes:
+                writer.add_scalar(f"charts/success_rate/{task}", np.mean(task_successes), global_step)
+        # LaGO: the KL to the prior (mean over this update's minibatches), beta, and the prior's share of wall time
+        if use_prior:
+            measured_kl = float(np.mean(prior_kls))
+            writer.add_scalar("losses/prior_kl", measured_kl, global_step)
+            writer.add_scalar("charts/kl_coef", kl_coef, global_step)
+            if args.kl_schedule == "adaptive":
+                kl_coef = update_adaptive_kl_coef(kl_coef, measured_kl, args.kl_target)
+        elapsed = time.time() - start_time
+        writer.add_scalar("charts/prior_time_share", prior_time / elapsed, global_step)
+        sps = int(global_step / elapsed)
+        writer.add_scalar("charts/SPS", sps, global_step)
+        progress = f"global_step={global_step} SPS={sps}"
+        if recent_returns:
+            progress += f" return(last {len(recent_returns)})={np.mean(recent_returns):.2f}"
+        if recent_successes:
+            progress += f" success={np.mean(recent_successes):.2f}"
+        if use_prior:
+            progress += f" prior_kl={measured_kl:.3f} kl_coef={kl_coef:.4g} prior_time={prior_time / elapsed:.0%}"
+        print(progress)
+
+    train_time = time.time() - start_time
+    if args.save_model:
+        model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
+        # the observation statistics are part of the policy: saved with it, in one file
+        obs_rms_state = {"mean": obs_rms.mean, "var": obs_rms.var, "count": obs_rms.count}
+        torch.save({"agent": agent.state_dict(), "obs_rms": obs_rms_state}, model_path + ".tmp")
+        os.replace(model_path + ".tmp", model_path)  # atomic: a crash never leaves a half-written model
+        print(f"model saved to {model_path}")
+
+    # LaGO: final evaluation on each task, then one summary line
+    eval_start = time.time()
+    results = {}
+    if args.eval_episodes > 0:
+        for i, task in enumerate(tasks):
+            name = task
+            results[name] = evaluate(
+                agent, make_env, task, args.eval_episodes, args.seed + 100_000 + i, device, obs_rms,
+                args.max_episode_steps, args.reward_type,
+            )
+            for key in ("episodic_return", "success_rate"):
+                if results[name][key] is not None:
+                    writer.add_scalar(f"eval/{name}_{key}", results[name][key], global_step)
+    summary = {
+        "env_id": args.env_id,
+        "run_name": run_name,
+        "global_step": global_step,
+        "wall_time_s": train_time,
+        "prior_time_s": prior_time,
+        "eval_time_s": time.time() - eval_start,
+        "total_time_s": time.time() - script_start,
+        "final_episodic_return": float(np.mean(recent_returns)) if recent_returns else None,
+        "final_success_rate": float(np.mean(recent_successes)) if recent_successes else None,
+        "final_episodes": len(recent_returns),
+        "eval": results,
+        "args": vars(args),
+    }
+    with open(f"runs/{run_name}/eval.json.tmp", "w") as f:
+        json.dump(summary, f, indent=2)
+    os.replace(f"runs/{run_name}/eval.json.tmp", f"runs/{run_name}/eval.json")
+
+    line = f"summary: {run_name} steps={global_step} time={train_time:.0f}s (prior {prior_time / train_time:.0%})"
+    if recent_returns:
+        line += f" return(last {len(recent_returns)})={np.mean(recent_returns):.2f}"
+    if recent_successes:
+        line += f" success(last {len(recent_successes)})={np.mean(recent_successes):.2f}"
+    for name, result in results.items():
+        line += f" | eval {name}: return={result['episodic_return']:.2f}"
+        if result["success_rate"] is not None:
+            line += f" success={result['success_rate']:.2f}"
+    print(line + f" -> runs/{run_name}/eval.json")
+
+    envs.close()
+    writer.close()
