@@ -1,0 +1,321 @@
+"""Meta-World (metaworld 3.1.1) for LaGO: task names, instructions, one thin wrapper, vector envs, expert demos.
+
+Every env is built by `gym.make("Meta-World/MT1", env_name=task, seed=seed)` and wrapped once by `MetaWorldTask`.
+Facts of metaworld 3.1.1 this module handles (see tests/test_metaworld.py, which checks each one):
+- `gym.make` already adds RecordEpisodeStatistics (inside its own TimeLimit and success-termination wrappers).
+  Wrapping it again, as CleanRL's `make_env` does, raises an AssertionError at the end of the first episode.
+- `reset(seed=...)` is ignored: the seed goes through `gym.make(seed=)` (goal sampling and the env's RNG).
+- A new goal (one of 50 per task, fixed by the seed) is drawn at every reset.
+- The observation (39 float64: hand xyz, gripper, 2 objects' pose, the same 18 numbers of the previous step,
+  goal xyz) shows the goal, but Meta-World's `observation_space` says the goal is always 0: `MetaWorldTask`
+  declares the goal bounds (and we build with `disable_env_checker=True`, whose only findings were that).
+- The env's own step limit (`max_path_length` = 500) raises a ValueError past it, so `max_episode_steps` is set
+  on the env and on Meta-World's TimeLimit, not by adding a second TimeLimit (that one would be outside
+  RecordEpisodeStatistics: no "episode" stats at truncation).
+- `info["success"]` is a float at steps and absent at reset; `MetaWorldTask` makes it a bool, always present.
+
+This file imports no torch. `python -m envs.bench_metaworld` measures its speed and the experts' success.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from typing import Callable, Sequence
+
+import gymnasium as gym
+import metaworld  # noqa: F401  (registers the "Meta-World/..." gymnasium ids)
+import numpy as np
+from metaworld.policies import ENV_POLICY_MAP
+
+STATE_DIM = 39
+"""Observation size of every Meta-World v3 task (the prior sees all of it)."""
+ACTION_DIM = 4
+"""Action size: end-effector dx, dy, dz and gripper effort, each in [-1, 1]."""
+
+# One instruction per task: our own short imperative sentences, all distinct (tests check it).
+INSTRUCTIONS: dict[str, str] = {
+    "assembly-v3": "pick up the ring and put it onto the peg",
+    "basketball-v3": "pick up the ball and dunk it into the basketball hoop",
+    "bin-picking-v3": "move the cube from one bin into the other bin",
+    "box-close-v3": "pick up the lid and close the box with it",
+    "button-press-topdown-v3": "press the button down from above",
+    "button-press-topdown-wall-v3": "reach past the wall and press the button down from above",
+    "button-press-v3": "press the button in from the front",
+    "button-press-wall-v3": "reach around the wall and press the button in from the front",
+    "coffee-button-v3": "press the button on the coffee machine",
+    "coffee-pull-v3": "pull the mug away from the coffee machine",
+    "coffee-push-v3": "push the mug under the coffee machine",
+    "dial-turn-v3": "turn the dial around",
+    "disassemble-v3": "pick up the ring and lift it off the peg",
+    "door-close-v3": "swing the door closed",
+    "door-lock-v3": "turn the knob to lock the door",
+    "door-open-v3": "pull the door open",
+    "door-unlock-v3": "turn the knob to unlock the door",
+    "hand-insert-v3": "push the puck into the hole in the table",
+    "drawer-close-v3": "push the drawer closed",
+    "drawer-open-v3": "pull the drawer open",
+    "faucet-open-v3": "turn the faucet handle to open the faucet",
+    "faucet-close-v3": "turn the faucet handle to close the faucet",
+    "hammer-v3": "pick up the hammer and drive the nail into the wall",
+    "handle-press-side-v3": "press the handle down from the side",
+    "handle-press-v3": "press the handle down from the front",
+    "handle-pull-side-v3": "pull the handle up from the side",
+    "handle-pull-v3": "pull the handle up from the front",
+    "lever-pull-v3": "pull the lever up",
+    "pick-place-wall-v3": "pick up the puck and place it at the goal behind the wall",
+    "pick-out-of-hole-v3": "pick the peg up out of the hole",
+    "pick-place-v3": "pick up the puck and place it at the goal",
+    "plate-slide-v3": "slide the plate forward into the cabinet",
+    "plate-slide-side-v3": "slide the plate sideways into the cabinet",
+    "plate-slide-back-v3": "slide the plate back out of the cabinet",
+    "plate-slide-back-side-v3": "slide the plate sideways out of the cabinet",
+    "peg-insert-side-v3": "pick up the peg and insert it into the hole from the side",
+    "peg-unplug-side-v3": "pull the peg sideways out of the socket",
+    "soccer-v3": "kick the soccer ball into the goal",
+    "stick-push-v3": "grasp the stick and use it to push the thermos to the goal",
+    "stick-pull-v3": "grasp the stick and use it to pull the thermos to the goal",
+    "push-v3": "push the puck to the goal",
+    "push-wall-v3": "push the puck around the wall to the goal",
+    "push-back-v3": "pull the puck back toward you to the goal",
+    "reach-v3": "move the gripper to the goal position",
+    "reach-wall-v3": "move the gripper past the wall to the goal position",
+    "shelf-place-v3": "pick up the puck and place it on the shelf",
+    "sweep-into-v3": "sweep the cube into the hole",
+    "sweep-v3": "sweep the cube off the edge of the table",
+    "window-open-v3": "slide the window open",
+    "window-close-v3": "slide the window closed",
+}
+
+ALL_TASKS: tuple[str, ...] = tuple(metaworld.MT1.ENV_NAMES)
+"""The 50 Meta-World v3 task names, in Meta-World's order (this is also MT50)."""
+MT50 = ALL_TASKS
+MT10: tuple[str, ...] = (
+    "reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3",
+    "drawer-close-v3", "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3",
+)  # fmt: skip
+BENCHMARKS: dict[str, tuple[str, ...]] = {"MT10": MT10, "MT50": MT50}
+
+
+def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
+    """Task names from a spec: one task ("reach-v3"), "MT10", "MT50", or a comma-separated mix of those.
+
+    A list of names is accepted too. Duplicates are dropped (first occurrence kept). Unknown names raise a
+    ValueError that suggests the closest valid name and lists all of them.
+    """
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    tasks: list[str] = []
+    for item in items:
+        name = str(item).strip()
+        if not name:
+            continue
+        if name.upper() in BENCHMARKS:
+            names = BENCHMARKS[name.upper()]
+        elif name in INSTRUCTIONS:
+            names = (name,)
+        else:
+            valid = list(BENCHMARKS) + list(ALL_TASKS)
+            close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+            if not close and not name.endswith("-v3"):
+                close = difflib.get_close_matches(name + "-v3", valid, n=1, cutoff=0.5)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ValueError(
+                f"Unknown Meta-World task {name!r} in {spec!r}.{hint} Valid: a task name, 'MT10', 'MT50', "
+                f"or a comma-separated list of them. Task names: {', '.join(ALL_TASKS)}"
+            )
+        tasks += [t for t in names if t not in tasks]
+    if not tasks:
+        raise ValueError(f"No Meta-World task in {spec!r}: give a task name (e.g. 'reach-v3'), 'MT10' or 'MT50'")
+    return tasks
+
+
+def spec_string(tasks: str | Sequence[str]) -> str:
+    """The env id string for a task spec: a string is returned as given, a list is joined with commas."""
+    return tasks if isinstance(tasks, str) else ",".join(tasks)
+
+
+class MetaWorldTask(gym.Wrapper):
+    """The one wrapper: a correct observation space, sparse reward on request, and the contract's info keys.
+
+    info at reset and at every step: "success" (bool), "instruction" (str), "task" (str). At the end of an
+    episode Meta-World's own RecordEpisodeStatistics puts "episode" = {"r", "l", "t"} in info; we add
+    "success" there (True if success was reached at any step of the episode) and, with the sparse reward,
+    make "r" the sparse return.
+    """
+
+    def __init__(self, env: gym.Env, task: str, reward_type: str = "dense"):
+        super().__init__(env)
+        self.task = task
+        self.instruction = INSTRUCTIONS[task]
+        self.sparse = reward_type == "sparse"
+        space = env.observation_space
+        goal = env.unwrapped.goal_space
+        low, high = space.low.copy(), space.high.copy()
+        low[-3:], high[-3:] = goal.low, goal.high
+        self.observation_space = gym.spaces.Box(low, high, dtype=space.dtype)
+        self._ever_success = False
+        self._sparse_return = 0.0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._ever_success = False
+        self._sparse_return = 0.0
+        info["success"] = False
+        info["instruction"] = self.instruction
+        info["task"] = self.task
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        success = bool(info["success"])
+        info["success"] = success
+        info["instruction"] = self.instruction
+        info["task"] = self.task
+        self._ever_success |= success
+        if self.sparse:
+            reward = float(success)
+            self._sparse_return += reward
+        if "episode" in info:
+            info["episode"]["success"] = self._ever_success
+            if self.sparse:
+                info["episode"]["r"] = self._sparse_return
+        return obs, reward, terminated, truncated, info
+
+
+def make_env(
+    task: str,
+    seed: int | None,
+    max_episode_steps: int = 500,
+    reward_type: str = "dense",
+    terminate_on_success: bool = False,
+) -> gym.Env:
+    """One Meta-World task as a gymnasium env: obs Box(39,) float64, action Box(-1, 1, (4,)) float32.
+
+    Args:
+        task: a Meta-World v3 task name, e.g. "reach-v3" (see ALL_TASKS).
+        seed: seeds the 50 goals of the task and the env's RNG (reset(seed=) is ignored by Meta-World).
+        max_episode_steps: truncation after this many steps (Meta-World's default is 500).
+        reward_type: "dense" (Meta-World's shaped reward, 0 to 10 per step) or "sparse" (1.0 on steps where
+            info["success"], else 0.0).
+        terminate_on_success: terminated=True on the first successful step (else episodes run to truncation).
+    """
+    resolved = resolve_tasks(task)
+    if len(resolved) != 1:
+        raise ValueError(f"make_env takes one task name, got {task!r}; use make_vector_env for several tasks")
+    if reward_type not in ("dense", "sparse"):
+        raise ValueError(f"reward_type must be 'dense' or 'sparse', got {reward_type!r}")
+    if int(max_episode_steps) != max_episode_steps or max_episode_steps < 1:
+        raise ValueError(f"max_episode_steps must be a positive integer, got {max_episode_steps!r}")
+    env = gym.make(
+        "Meta-World/MT1",
+        env_name=resolved[0],
+        seed=seed,
+        terminate_on_success=terminate_on_success,
+        disable_env_checker=True,
+    )
+    # The step limit lives in two places: the Sawyer env (raises past it) and Meta-World's TimeLimit.
+    env.unwrapped.max_path_length = int(max_episode_steps)
+    inner = env
+    while isinstance(inner, gym.Wrapper):
+        if isinstance(inner, gym.wrappers.TimeLimit):
+            inner._max_episode_steps = int(max_episode_steps)
+        inner = inner.env
+    return MetaWorldTask(env, resolved[0], reward_type)
+
+
+def env_thunk(task: str, seed: int | None, **kwargs) -> Callable[[], gym.Env]:
+    """A no-argument constructor of make_env(task, seed, **kwargs), for gym.vector.SyncVectorEnv."""
+
+    def thunk() -> gym.Env:
+        return make_env(task, seed, **kwargs)
+
+    return thunk
+
+
+def make_vector_env(
+    tasks: str | Sequence[str], num_envs: int, seed: int, **kwargs
+) -> gym.vector.SyncVectorEnv:
+    """num_envs envs in a SyncVectorEnv (same-step autoreset): env i runs tasks[i % len(tasks)] with seed seed + i.
+
+    tasks: a spec for resolve_tasks ("MT10", "reach-v3", "push-v3,reach-v3") or a list of names.
+    kwargs go to make_env (max_episode_steps, reward_type, terminate_on_success).
+    """
+    names = resolve_tasks(tasks)
+    if num_envs < 1:
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+    return gym.vector.SyncVectorEnv(
+        [env_thunk(names[i % len(names)], seed + i, **kwargs) for i in range(num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+
+
+def expert_policy(task: str):
+    """Meta-World's scripted expert for a task: an object with get_action(obs) -> action (4,)."""
+    return ENV_POLICY_MAP[resolve_tasks(task)[0]]()
+
+
+def collect_demos(
+    tasks: str | Sequence[str],
+    episodes_per_task: int,
+    noise_std: float = 0.0,
+    seed: int = 0,
+    max_episode_steps: int = 500,
+    steps_after_success: int | None = 10,
+) -> dict:
+    """Demonstrations of Meta-World's scripted experts, in the contract's demo format.
+
+    Each task gets its own env (seed + index of the task); each episode has a new goal. The expert's action plus
+    Gaussian noise N(0, noise_std) is clipped to [-1, 1] and recorded with the observation it answered.
+    An episode ends at truncation, or `steps_after_success` steps after the first successful step (default 10:
+    the expert holding the goal is kept a little, 450 steps of it are not; None keeps the full episode).
+
+    Returns: observations float32 [N, 39], actions float32 [N, 4], instructions str [N], episode_ids int64 [N],
+    episode_success bool [E] (success at any step), env_id (the spec string), state_dim 39.
+    """
+    names = resolve_tasks(tasks)
+    if episodes_per_task < 1:
+        raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
+    if noise_std < 0:
+        raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+    rng = np.random.default_rng(seed)
+    observations, actions, instructions, episode_ids, episode_success = [], [], [], [], []
+    with warnings.catch_warnings():
+        # the experts' `move` warns whenever a gain saturates the action: every few steps, harmless
+        warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
+        for k, task in enumerate(names):
+            env = make_env(task, seed + k, max_episode_steps=max_episode_steps)
+            policy = ENV_POLICY_MAP[task]()
+            for _ in range(episodes_per_task):
+                episode = len(episode_success)
+                obs, info = env.reset()
+                first_success = None
+                t = 0
+                while True:
+                    action = np.asarray(policy.get_action(obs), dtype=np.float64)
+                    if noise_std > 0:
+                        action = action + rng.normal(0.0, noise_std, size=action.shape)
+                    action = np.clip(action, -1.0, 1.0).astype(np.float32)
+                    observations.append(obs.astype(np.float32))
+                    actions.append(action)
+                    episode_ids.append(episode)
+                    obs, _, terminated, truncated, info = env.step(action)
+                    if info["success"] and first_success is None:
+                        first_success = t
+                    t += 1
+                    if terminated or truncated:
+                        break
+                    if first_success is not None and steps_after_success is not None:
+                        if t - first_success > steps_after_success:
+                            break
+                episode_success.append(first_success is not None)
+                instructions += [INSTRUCTIONS[task]] * t
+            env.close()
+    return {
+        "observations": np.stack(observations).astype(np.float32),
+        "actions": np.stack(actions).astype(np.float32),
+        "instructions": np.array(instructions, dtype=np.str_),
+        "episode_ids": np.array(episode_ids, dtype=np.int64),
+        "episode_success": np.array(episode_success, dtype=bool),
+        "env_id": spec_string(tasks),
+        "state_dim": STATE_DIM,
+    }
