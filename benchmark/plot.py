@@ -28,11 +28,11 @@ import tyro
 
 # Display order and labels of the rows (benchmark/table.py writes these keys).
 ROW_LABELS = {
-    "ppo": "PPO (no guidance, beta = 0)",
-    "prior": "Prior alone, greedy (no RL)",
-    "lago": "LaGO, pretrained LM",
-    "lago-random": "LaGO, random-init LM",
-    "lago-adaptive": "LaGO, pretrained LM, adaptive beta",
+    "ppo": "PPO (beta = 0)",
+    "prior": "Prior alone, greedy, no RL ({llm})",
+    "lago": "LaGO ({llm})",
+    "lago-random": "LaGO ({llm}, random init)",
+    "lago-adaptive": "LaGO ({llm}), adaptive beta",
 }
 ENV_TITLES = {"clevr": "CLEVR-Robot", "metaworld": "Meta-World"}
 CURVE_TAG = "charts/success_rate"
@@ -107,10 +107,10 @@ def _fmt(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
 
 
 def _label(result: dict) -> str:
-    label = ROW_LABELS.get(result["row"], result["row"])
-    if result.get("llm") and result["row"] != "ppo":
-        label += f" ({result['llm']})"
-    return label
+    llm = result.get("llm") or "?"
+    if result["row"] == "lago-random" and llm.endswith("-random"):
+        llm = llm[: -len("-random")]
+    return ROW_LABELS.get(result["row"], result["row"]).format(llm=llm)
 
 
 def _group(results: list[dict], env: str) -> dict[str, list[dict]]:

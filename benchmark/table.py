@@ -79,12 +79,16 @@ class Preset:
     """PPO flags shared by every CLEVR row (num envs, rollout length, ...)"""
     metaworld_ppo_args: tuple[str, ...]
     """PPO flags shared by every Meta-World row"""
-    clevr_kl_coef: float
-    metaworld_kl_coef: float
-    clevr_kl_target: float
-    metaworld_kl_target: float
     eval_episodes: int
     """evaluation episodes per split (CLEVR) or per task (Meta-World) after training"""
+    clevr_kl_coef: Optional[float] = None
+    """beta of the CLEVR LaGO rows (the adaptive row's starting value); None = the script's default"""
+    metaworld_kl_coef: Optional[float] = None
+    """beta of the Meta-World LaGO rows; None = the script's default"""
+    clevr_kl_target: Optional[float] = None
+    """KL the adaptive row holds on CLEVR; None = the script's default"""
+    metaworld_kl_target: Optional[float] = None
+    """KL the adaptive row holds on Meta-World; None = the script's default"""
     metaworld_max_episode_steps: int = 500
     device_args: tuple[str, ...] = ()
     """flags that select the device, given to every script"""
@@ -106,10 +110,6 @@ PRESETS: dict[str, Preset] = {
         finetune_args=(),
         clevr_ppo_args=(),
         metaworld_ppo_args=(),
-        clevr_kl_coef=0.1,
-        metaworld_kl_coef=0.1,
-        clevr_kl_target=0.5,
-        metaworld_kl_target=0.5,
         eval_episodes=50,
     ),
     # one seed, a few hundred steps: checks the pipeline end to end (tests/test_benchmark_harness.py)
@@ -127,10 +127,6 @@ PRESETS: dict[str, Preset] = {
         finetune_args=(),
         clevr_ppo_args=(),
         metaworld_ppo_args=(),
-        clevr_kl_coef=0.1,
-        metaworld_kl_coef=0.1,
-        clevr_kl_target=0.5,
-        metaworld_kl_target=0.5,
         eval_episodes=2,
         metaworld_max_episode_steps=64,
     ),
@@ -152,10 +148,6 @@ PRESETS: dict[str, Preset] = {
         finetune_args=(),
         clevr_ppo_args=(),
         metaworld_ppo_args=(),
-        clevr_kl_coef=0.1,
-        metaworld_kl_coef=0.1,
-        clevr_kl_target=0.5,
-        metaworld_kl_target=0.5,
         eval_episodes=100,
         device_args=(),
     ),
@@ -303,8 +295,11 @@ def ppo_command(env: str, task: str, row: str, seed: int, prior_path: Optional[P
     if row == "ppo":
         cmd += ["--kl-coef", "0"]
     else:
-        cmd += ["--llm", llm_of_row(row, p), "--prior-path", str(prior_path), "--kl-coef", str(kl_coef),
-                "--kl-schedule", "adaptive" if row == "lago-adaptive" else "constant", "--kl-target", str(kl_target)]
+        cmd += ["--llm", llm_of_row(row, p), "--prior-path", str(prior_path)]
+        cmd += [] if kl_coef is None else ["--kl-coef", str(kl_coef)]
+        cmd += ["--kl-schedule", "adaptive" if row == "lago-adaptive" else "constant"]
+        if row == "lago-adaptive" and kl_target is not None:
+            cmd += ["--kl-target", str(kl_target)]
     if env == "metaworld":
         cmd += ["--max-episode-steps", str(p.metaworld_max_episode_steps)]
     return cmd + list(p.clevr_ppo_args if env == "clevr" else p.metaworld_ppo_args) + list(p.device_args)
@@ -411,7 +406,7 @@ def ppo_job(env: str, task: str, row: str, seed: int, p: Preset, results_dir: Pa
             "env": env, "task": task, "row": row, "seed": seed, "llm": llm,
             "total_timesteps": p.clevr_timesteps if env == "clevr" else p.metaworld_timesteps,
             "success": eval_success(env, task, ev),
-            "return": eval_return(ev),
+            "return": eval_return(env, task, ev),
             "wall_time_s": float(ev.get("wall_time_s", secs)),
             "subprocess_wall_time_s": secs,
             "run_dir": str(run_dir.relative_to(results_dir)),
@@ -427,17 +422,19 @@ def ppo_job(env: str, task: str, row: str, seed: int, p: Preset, results_dir: Pa
 
 def eval_success(env: str, task: str, ev: dict) -> dict:
     """Evaluation success rates from a run's eval.json: {"train", "heldout"} (CLEVR) or {task} (Meta-World)."""
-    if env == "clevr":
-        return {"train": float(ev["success_rate"]["train"]), "heldout": float(ev["success_rate"]["heldout"])}
-    sr = ev["success_rate"]
-    return {task: float(sr[task] if isinstance(sr, dict) else sr)}
+    splits = ("train", "heldout") if env == "clevr" else (task,)
+    try:
+        return {split: float(ev["eval"][split]["success_rate"]) for split in splits}
+    except (KeyError, TypeError) as e:
+        raise RuntimeError(f"eval.json has no eval/{{split}}/success_rate for {splits} ({e!r}): evaluation skipped?") from e
 
 
-def eval_return(ev: dict) -> Optional[float]:
-    ret = ev.get("episodic_return")
-    if isinstance(ret, dict):  # per split / per task: the mean over them
-        return float(np.mean([float(v) for v in ret.values()]))
-    return None if ret is None else float(ret)
+def eval_return(env: str, task: str, ev: dict) -> Optional[float]:
+    """Mean evaluation return (over the CLEVR goal splits, or of the Meta-World task)."""
+    splits = ("train", "heldout") if env == "clevr" else (task,)
+    values = [ev["eval"][s].get("episodic_return") for s in splits if s in ev.get("eval", {})]
+    values = [float(v) for v in values if v is not None]
+    return float(np.mean(values)) if values else None
 
 
 def fmt_success(success: dict) -> str:

@@ -1,0 +1,118 @@
+"""The benchmark harness: result files -> table + plots, resume, and one tiny end-to-end run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmark import plot, table
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_events(run_dir: Path, points):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir))
+    for step, value in points:
+        writer.add_scalar(plot.CURVE_TAG, value, step)
+    writer.close()
+
+
+def fake_result(results_dir, env, row, task, seed, success, curve=None, wall=60.0, ret=1.0):
+    result = {
+        "env": env, "task": task, "row": row, "seed": seed, "llm": None if row == "ppo" else "tiny-random",
+        "total_timesteps": 0 if row == "prior" else 1000, "success": success, "return": ret, "wall_time_s": wall,
+        "curve": {"steps": [s for s, _ in curve or []], "values": [v for _, v in curve or []]},
+    }
+    table.write_json_atomic(table.result_path(Path(results_dir), env, row, task, seed), result)
+    return result
+
+
+def test_read_scalars_reads_tensorboard_events(tmp_path):
+    write_events(tmp_path / "run", [(10, 0.0), (20, 1.0), (30, 0.5)])
+    steps, values = plot.read_scalars(tmp_path / "run")
+    assert steps == [10, 20, 30]
+    assert values == pytest.approx([0.0, 1.0, 0.5])
+    assert plot.read_scalars(tmp_path / "run", "charts/not_logged") == ([], [])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        plot.read_scalars(tmp_path / "missing")
+
+
+def test_binned_curve_means_and_carries_forward():
+    edges = np.array([0, 10, 20, 30, 40])
+    out = plot.binned_curve([12, 15, 35, 40], [0.0, 1.0, 1.0, 0.0], edges)
+    assert np.isnan(out[0])  # before the first episode
+    assert out[1] == pytest.approx(0.5)
+    assert out[2] == pytest.approx(0.5)  # empty bin: carried forward
+    assert out[3] == pytest.approx(0.5)  # the last edge is inclusive
+
+
+def test_report_table_values_and_png(tmp_path):
+    for seed, (tr, ho) in zip((1, 2), ((0.2, 0.1), (0.4, 0.3))):
+        fake_result(tmp_path, "clevr", "ppo", "CLEVR-Robot-v0", seed, {"train": tr, "heldout": ho},
+                    curve=[(100, 0.0), (500, tr), (1000, tr)])
+        fake_result(tmp_path, "clevr", "prior", "CLEVR-Robot-v0", seed, {"train": 0.5, "heldout": 0.25})
+        for task, s in (("reach-v3", 0.8), ("drawer-close-v3", 0.4)):
+            fake_result(tmp_path, "metaworld", "lago", task, seed, {task: s * seed / 2},
+                        curve=[(200, 0.1), (900, s)], ret=100.0 * seed)
+    table_path, pngs = plot.make_report(tmp_path)
+    text = table_path.read_text()
+    # CLEVR ppo: train 30 +- 10 %, held-out 20 +- 10 %
+    ppo_line = next(line for line in text.splitlines() if line.startswith("| PPO (beta = 0)"))
+    assert "30.0 ± 10.0" in ppo_line and "20.0 ± 10.0" in ppo_line
+    prior_line = next(line for line in text.splitlines() if line.startswith("| Prior alone, greedy, no RL (tiny-random)"))
+    assert "50.0 ± 0.0" in prior_line and "25.0 ± 0.0" in prior_line
+    # Meta-World: per-task columns and the mean over tasks (per seed, then over seeds)
+    assert "reach-v3 (%)" in text and "drawer-close-v3 (%)" in text
+    lago_line = next(line for line in text.splitlines() if line.startswith("| LaGO (tiny-random)"))
+    # seed 1: (40 + 20) / 2 = 30; seed 2: (80 + 40) / 2 = 60 -> 45 +- 15
+    assert "45.0 ± 15.0" in lago_line
+    assert sorted(p.name for p in pngs) == ["curves_clevr.png", "curves_metaworld.png"]
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+        assert f"]({png.name})" in text
+
+
+def test_report_without_results_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="benchmark.table"):
+        plot.make_report(tmp_path)
+
+
+def test_resume_refuses_a_results_dir_with_another_budget(tmp_path):
+    smoke = table.resolve(table.Args(preset="smoke"))
+    table.check_or_write_config(tmp_path, smoke, "smoke")
+    table.check_or_write_config(tmp_path, table.resolve(table.Args(preset="smoke", seeds=(1, 2))), "smoke")  # ok
+    other = table.resolve(table.Args(preset="smoke", clevr_timesteps=999))
+    with pytest.raises(SystemExit, match="clevr_timesteps"):
+        table.check_or_write_config(tmp_path, other, "smoke")
+
+
+def test_rows_differ_only_in_guidance():
+    """Same budget and PPO flags in every row; only --kl-coef/--llm/--prior-path/--kl-schedule differ."""
+    p = table.PRESETS["cpu"]
+    guidance = {"--llm", "--prior-path", "--kl-coef", "--kl-schedule", "--kl-target", "--exp-name"}
+    for env, task in (("clevr", table.CLEVR_ENV_ID), ("metaworld", p.metaworld_tasks[0])):
+        commands = {}
+        for row in ("ppo", "lago", "lago-random", "lago-adaptive"):
+            cmd = table.ppo_command(env, task, row, 1, Path("/p") if row != "ppo" else None, p)
+            flags = {}
+            for i, tok in enumerate(cmd[2:]):
+                if tok.startswith("--"):
+                    nxt = cmd[2 + i + 1] if 2 + i + 1 < len(cmd) else ""
+                    flags[tok] = "" if nxt.startswith("--") else nxt
+            commands[row] = flags
+        shared = {k: v for k, v in commands["ppo"].items() if k not in guidance}
+        for row, flags in commands.items():
+            assert {k: v for k, v in flags.items() if k not in guidance} == shared, row
+        assert commands["ppo"]["--kl-coef"] == "0"
+        assert commands["lago-adaptive"]["--kl-schedule"] == "adaptive"
+        assert commands["lago-random"]["--llm"] == p.random_llm
+
+
+def test_cpu_preset_budget_is_at_least_three_seeds():
+    assert len(table.PRESETS["cpu"].seeds) >= 3
+    assert table.PRESETS["gpu"].llm == "Qwen2.5-1.5B"
