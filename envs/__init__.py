@@ -1,0 +1,26 @@
+"""Environments of the LaGO reference implementation.
+
+`import envs` registers "CLEVR-Robot-v0" with gymnasium (lazily: mujoco is imported at
+`gymnasium.make`). Meta-World tasks come from `envs.metaworld`, which is not imported here so
+that `import envs` stays light (no metaworld, no torch).
+
+    import gymnasium as gym, envs
+    env = gym.make("CLEVR-Robot-v0", goal_split="train")             # TimeLimit 50 steps
+    env = gym.make("CLEVR-Robot-v0", goal_split="heldout", max_episode_steps=100)
+
+The episode limit of the registered id is gymnasium's TimeLimit wrapper (`max_episode_steps`
+of `gym.make`, default 50); the env's own counter (`ClevrRobotEnv(max_episode_steps=...)`,
+used when the class is built directly) is switched off there, so the two never disagree.
+"""
+
+from gymnasium.envs.registration import register, registry
+
+CLEVR_ROBOT_ID = "CLEVR-Robot-v0"
+
+if CLEVR_ROBOT_ID not in registry:
+    register(
+        id=CLEVR_ROBOT_ID,
+        entry_point="envs.clevr_robot:ClevrRobotEnv",
+        max_episode_steps=50,
+        kwargs={"max_episode_steps": None},
+    )
