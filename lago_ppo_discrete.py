@@ -1,0 +1,581 @@
+"""LaGO with discrete actions: PPO guided by a language-model action prior (CLEVR-Robot by default).
+
+    python lago_ppo_discrete.py --llm Qwen2.5-1.5B                  # LaGO on CLEVR-Robot-v0
+    python lago_ppo_discrete.py --kl-coef 0                         # vanilla PPO, nothing of the LLM loaded
+    python lago_ppo_discrete.py --env-id CartPole-v1 --kl-coef 0    # any gymnasium env with a Discrete action space
+
+CleanRL's ppo.py (vwxyzjn/cleanrl) on gymnasium 1.x, plus LaGO's guidance: the latent action prior
+p(a | s, instruction) made by finetune_prior.py is evaluated once per environment step (batched over the
+envs, no gradients), its logits are stored in the rollout buffer, and the PPO loss adds
+`beta * KL(pi(.|s) || p(.|s))`, computed exactly over the actions. `--kl-coef 0` is vanilla PPO through the
+same code, and then nothing of the language model is imported.
+
+Episode ends: the vector env autoresets in the same step (gymnasium's AutoresetMode.SAME_STEP), so the
+`next_obs` of a finished env is already the first observation of its next episode. A termination ends
+the return there (no bootstrap). A truncation (time limit) is not a failure: the value of the episode's
+real final observation (`infos["final_obs"]`) is added to the last reward, `r + gamma * V(s_final)`, and
+GAE then stops at the episode boundary as usual. CleanRL treats truncation like termination instead.
+"""
+
+import json
+import os
+import random
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.optim as optim
+import tyro
+from torch.distributions import kl_divergence
+from torch.distributions.categorical import Categorical
+from torch.utils.tensorboard import SummaryWriter
+
+import envs as _lago_envs  # noqa: F401  (registers CLEVR-Robot-v0 with gymnasium)
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=False`"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled by default"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "cleanRL"
+    """the wandb's project name"""
+    wandb_entity: Optional[str] = None
+    """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the agent performances (check out `videos` folder)"""
+    save_model: bool = False
+    """whether to save model into the `runs/{run_name}` folder"""
+
+    # Algorithm specific arguments
+    env_id: str = "CLEVR-Robot-v0"
+    """the id of the environment (any gymnasium env with a Discrete action space)"""
+    total_timesteps: int = 500000
+    """total timesteps of the experiments"""
+    learning_rate: float = 2.5e-4
+    """the learning rate of the optimizer"""
+    num_envs: int = 4
+    """the number of parallel game environments"""
+    num_steps: int = 128
+    """the number of steps to run in each environment per policy rollout"""
+    anneal_lr: bool = True
+    """Toggle learning rate annealing for policy and value networks"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.95
+    """the lambda for the general advantage estimation"""
+    num_minibatches: int = 4
+    """the number of mini-batches"""
+    update_epochs: int = 4
+    """the K epochs to update the policy"""
+    norm_adv: bool = True
+    """Toggles advantages normalization"""
+    clip_coef: float = 0.2
+    """the surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """Toggles whether or not to use a clipped loss for the value function, as per the paper."""
+    ent_coef: float = 0.01
+    """coefficient of the entropy"""
+    vf_coef: float = 0.5
+    """coefficient of the value function"""
+    max_grad_norm: float = 0.5
+    """the maximum norm for the gradient clipping"""
+    target_kl: Optional[float] = None
+    """the target KL divergence threshold"""
+
+    # LaGO guidance
+    llm: str = "all-MiniLM-L6-v2"
+    """language model of the prior (finetune_prior.py's --llm): picks the default --prior-path"""
+    prior_path: Optional[str] = None
+    """directory of the prior made by finetune_prior.py (default: finetune_prior.default_prior_path(env_id, llm))"""
+    kl_coef: float = 0.1
+    """beta, the weight of the KL to the prior in the loss (0 = vanilla PPO: no language model is loaded)"""
+    kl_schedule: Literal["constant", "linear", "adaptive"] = "constant"
+    """beta over training: constant; linear (decays from --kl-coef to 0); adaptive (starts at --kl-coef, steers the KL toward --kl-target)"""
+    kl_target: float = 0.1
+    """the KL (nats per state) that the adaptive schedule holds"""
+    kl_direction: Literal["reverse", "forward"] = "reverse"
+    """reverse: KL(pi || prior), mode-seeking; forward: KL(prior || pi), covers every action the prior likes"""
+    eval_episodes: int = 100
+    """episodes of the final evaluation on each goal split (0 = no evaluation); written to runs/{run_name}/eval.json"""
+
+    # to be filled in runtime
+    batch_size: int = 0
+    """the batch size (computed in runtime)"""
+    minibatch_size: int = 0
+    """the mini-batch size (computed in runtime)"""
+    num_iterations: int = 0
+    """the number of iterations (computed in runtime)"""
+
+
+def make_env(env_id, idx, capture_video, run_name, goal_split=None):
+    def thunk():
+        # CLEVR-Robot samples its goals from a split: "train" for learning, "heldout" to test generalisation
+        kwargs = {} if goal_split is None else {"goal_split": goal_split}
+        if capture_video and idx == 0:
+            env = gym.make(env_id, render_mode="rgb_array", **kwargs)
+            env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        else:
+            env = gym.make(env_id, **kwargs)
+        env = gym.wrappers.RecordEpisodeStatistics(env)
+        return env
+
+    return thunk
+
+
+def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
+    torch.nn.init.orthogonal_(layer.weight, std)
+    torch.nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+class Agent(nn.Module):
+    def __init__(self, envs):
+        super().__init__()
+        self.critic = nn.Sequential(
+            layer_init(nn.Linear(np.array(envs.single_observation_space.shape).prod(), 64)),
+            nn.Tanh(),
+            layer_init(nn.Linear(64, 64)),
+            nn.Tanh(),
+            layer_init(nn.Linear(64, 1), std=1.0),
+        )
+        self.actor = nn.Sequential(
+            layer_init(nn.Linear(np.array(envs.single_observation_space.shape).prod(), 64)),
+            nn.Tanh(),
+            layer_init(nn.Linear(64, 64)),
+            nn.Tanh(),
+            layer_init(nn.Linear(64, envs.single_action_space.n), std=0.01),
+        )
+
+    def get_value(self, x):
+        return self.critic(x)
+
+    def get_action_and_value(self, x, action=None):
+        logits = self.actor(x)
+        probs = Categorical(logits=logits)
+        if action is None:
+            action = probs.sample()
+        # LaGO: the distribution itself is returned too, for the exact KL to the prior
+        return action, probs.log_prob(action), probs.entropy(), self.critic(x), probs
+
+
+def prior_dist(prior_out):
+    """The prior's action distribution from its stored output (logits [..., n])."""
+    return Categorical(logits=prior_out)
+
+
+def prior_kl(policy_dist, prior_dist, direction="reverse"):
+    """Exact KL between the policy and the prior at each state: reverse KL(pi || prior) or forward KL(prior || pi)."""
+    if direction == "reverse":
+        return kl_divergence(policy_dist, prior_dist)
+    if direction == "forward":
+        return kl_divergence(prior_dist, policy_dist)
+    raise ValueError(f"kl direction must be 'reverse' or 'forward', got {direction!r}")
+
+
+def kl_coef_schedule(schedule, kl_coef, iteration, num_iterations):
+    """beta of the fixed schedules at `iteration` (1-based): constant, or linear decay from kl_coef to 0."""
+    if schedule == "constant":
+        return kl_coef
+    if schedule == "linear":
+        return kl_coef * (1.0 - (iteration - 1.0) / num_iterations)
+    raise ValueError(f"kl schedule {schedule!r} is not a fixed schedule (constant, linear)")
+
+
+def update_adaptive_kl_coef(kl_coef, measured_kl, kl_target, low=1e-4, high=1e4):
+    """PPO-penalty's controller (Schulman et al. 2017): double beta when the KL to the prior is above
+    1.5 x target, halve it when below target / 1.5, keep it in between; clipped to [low, high]."""
+    if measured_kl > 1.5 * kl_target:
+        kl_coef = kl_coef * 2.0
+    elif measured_kl < kl_target / 1.5:
+        kl_coef = kl_coef / 2.0
+    return float(min(max(kl_coef, low), high))
+
+
+def load_guidance_prior(args, envs, device="cpu"):
+    """The prior for this run, checked against the env; clear errors for a missing or mismatched prior."""
+    from finetune_prior import default_prior_path, load_prior  # LaGO: imported only when guidance is on
+
+    path = args.prior_path or default_prior_path(args.env_id, args.llm)
+    make_cmd = f"python finetune_prior.py --env-id {args.env_id} --llm {args.llm}"
+    if not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"no prior at {path!r} (env {args.env_id!r}, --llm {args.llm!r}). Make one with:\n    {make_cmd}\n"
+            f"or pass --prior-path DIR, or run vanilla PPO with --kl-coef 0."
+        )
+    prior = load_prior(path, device=device)
+    config = prior.config
+    if config.get("env_id") != args.env_id:
+        raise ValueError(
+            f"the prior at {path!r} was made for env {config.get('env_id')!r}, not --env-id {args.env_id!r}. "
+            f"Make one for this env with:\n    {make_cmd}"
+        )
+    space = config.get("action_space", {})
+    n = envs.single_action_space.n
+    if space.get("type") != "discrete" or space.get("n") != n:
+        raise ValueError(
+            f"the prior at {path!r} has action space {space}, but {args.env_id} has Discrete({n}). "
+            f"Make a matching one with:\n    {make_cmd}"
+        )
+    obs_dim = int(np.prod(envs.single_observation_space.shape))
+    if config.get("obs_dim") != obs_dim:
+        raise ValueError(
+            f"the prior at {path!r} reads observations of size {config.get('obs_dim')}, but {args.env_id} gives {obs_dim}. "
+            f"Make a matching one with:\n    {make_cmd}"
+        )
+    if args.prior_path and config.get("llm") != args.llm:
+        print(f"note: the prior at {path!r} was made with --llm {config.get('llm')!r}; --llm {args.llm!r} is ignored")
+    return prior, path
+
+
+def evaluate(agent, make_env, env_id, eval_episodes, seed, device, goal_split=None):
+    """Mean return and success rate of the policy (actions sampled, as in training) over `eval_episodes` episodes."""
+    env = make_env(env_id, 0, False, "eval", goal_split)()
+    returns, successes = [], []
+    obs, _ = env.reset(seed=seed)
+    episodic_return = 0.0
+    while len(returns) < eval_episodes:
+        with torch.inference_mode():
+            action, _, _, _, _ = agent.get_action_and_value(torch.tensor(obs, dtype=torch.float32, device=device)[None])
+        obs, reward, terminated, truncated, info = env.step(action.item())
+        episodic_return += float(reward)
+        if terminated or truncated:
+            returns.append(episodic_return)
+            if "success" in info:
+                successes.append(float(info["success"]))
+            episodic_return = 0.0
+            obs, _ = env.reset()
+    env.close()
+    return {
+        "episodes": eval_episodes,
+        "episodic_return": float(np.mean(returns)) if returns else None,
+        "success_rate": float(np.mean(successes)) if successes else None,
+    }
+
+
+if __name__ == "__main__":
+    script_start = time.time()
+    args = tyro.cli(Args)
+    args.batch_size = int(args.num_envs * args.num_steps)
+    args.minibatch_size = int(args.batch_size // args.num_minibatches)
+    args.num_iterations = args.total_timesteps // args.batch_size
+    if args.num_iterations < 1:
+        raise SystemExit(
+            f"error: --total-timesteps {args.total_timesteps} is less than one rollout "
+            f"(--num-envs x --num-steps = {args.batch_size})"
+        )
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name,
+            entity=args.wandb_entity,
+            sync_tensorboard=True,
+            config=vars(args),
+            name=run_name,
+            monitor_gym=True,
+            save_code=True,
+        )
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text(
+        "hyperparameters",
+        "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
+    )
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # env setup
+    # LaGO: CLEVR-Robot trains on the "train" goals and is evaluated on "train" and "heldout"; other envs have one split
+    is_clevr = args.env_id.startswith("CLEVR-Robot")
+    train_split, eval_splits = ("train", ["train", "heldout"]) if is_clevr else (None, [None])
+    envs = gym.vector.SyncVectorEnv(
+        [make_env(args.env_id, i, args.capture_video, run_name, train_split) for i in range(args.num_envs)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    if not isinstance(envs.single_action_space, gym.spaces.Discrete):
+        raise SystemExit(
+            f"error: {args.env_id} has a {type(envs.single_action_space).__name__} action space; this script needs a "
+            f"Discrete one. For continuous actions use lago_ppo_continuous.py --env-id {args.env_id}"
+        )
+
+    # LaGO: the prior is loaded only when it is used; with --kl-coef 0 no language model is imported
+    use_prior = args.kl_coef > 0
+    prior = None
+    if use_prior:
+        try:
+            prior, prior_path = load_guidance_prior(args, envs, device)
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"error: {e}")
+        print(f"LaGO prior: {prior_path} (llm {prior.config.get('llm')}), kl_coef={args.kl_coef} {args.kl_schedule}")
+
+    agent = Agent(envs).to(device)
+    optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+
+    # ALGO Logic: Storage setup
+    obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape).to(device)
+    actions = torch.zeros((args.num_steps, args.num_envs) + envs.single_action_space.shape).to(device)
+    logprobs = torch.zeros((args.num_steps, args.num_envs)).to(device)
+    rewards = torch.zeros((args.num_steps, args.num_envs)).to(device)
+    dones = torch.zeros((args.num_steps, args.num_envs)).to(device)
+    values = torch.zeros((args.num_steps, args.num_envs)).to(device)
+    # LaGO: the prior's logits at every rollout state, so that the update epochs never call the LLM
+    prior_logits = torch.zeros((args.num_steps, args.num_envs, envs.single_action_space.n)).to(device)
+
+    # TRY NOT TO MODIFY: start the game
+    global_step = 0
+    start_time = time.time()
+    prior_time = 0.0
+    kl_coef = args.kl_coef
+    recent_returns, recent_successes = deque(maxlen=100), deque(maxlen=100)
+    next_obs, infos = envs.reset(seed=args.seed)
+    next_obs = torch.Tensor(next_obs).to(device)
+    next_done = torch.zeros(args.num_envs).to(device)
+    if use_prior and "instruction" not in infos:
+        raise SystemExit(f"error: {args.env_id} gives no info['instruction'], which the prior reads")
+
+    for iteration in range(1, args.num_iterations + 1):
+        # Annealing the rate if instructed to do so.
+        if args.anneal_lr:
+            frac = 1.0 - (iteration - 1.0) / args.num_iterations
+            lrnow = frac * args.learning_rate
+            optimizer.param_groups[0]["lr"] = lrnow
+        # LaGO: beta of this iteration (the adaptive controller updates it after each update instead)
+        if args.kl_schedule != "adaptive":
+            kl_coef = kl_coef_schedule(args.kl_schedule, args.kl_coef, iteration, args.num_iterations)
+        iteration_successes = []
+
+        for step in range(0, args.num_steps):
+            global_step += args.num_envs
+            obs[step] = next_obs
+            dones[step] = next_done
+
+            # LaGO: one batched prior call per env step, with the instructions of the episodes now running
+            if use_prior:
+                prior_start = time.time()
+                with torch.inference_mode():
+                    prior_logits[step] = prior(next_obs, [str(s) for s in infos["instruction"]]).float()
+                prior_time += time.time() - prior_start
+
+            # ALGO LOGIC: action logic
+            with torch.no_grad():
+                action, logprob, _, value, _ = agent.get_action_and_value(next_obs)
+                values[step] = value.flatten()
+            actions[step] = action
+            logprobs[step] = logprob
+
+            # TRY NOT TO MODIFY: execute the game and log data.
+            next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
+            next_done = np.logical_or(terminations, truncations)
+            # time-limit truncation: bootstrap from the real final observation (next_obs is already the reset one)
+            truncated = truncations & ~terminations
+            if truncated.any():
+                final_obs = torch.Tensor(np.stack(infos["final_obs"][truncated])).to(device)
+                with torch.no_grad():
+                    final_values = agent.get_value(final_obs).flatten().cpu().numpy()
+                reward = reward.copy()
+                reward[truncated] += args.gamma * final_values
+            rewards[step] = torch.tensor(reward).to(device).view(-1)
+            next_obs, next_done = torch.Tensor(next_obs).to(device), torch.Tensor(next_done).to(device)
+
+            if "final_info" in infos and "episode" in infos["final_info"]:
+                final_info = infos["final_info"]
+                for i in np.nonzero(final_info["_episode"])[0]:
+                    episodic_return = float(final_info["episode"]["r"][i])
+                    recent_returns.append(episodic_return)
+                    writer.add_scalar("charts/episodic_return", episodic_return, global_step)
+                    writer.add_scalar("charts/episodic_length", final_info["episode"]["l"][i], global_step)
+                    if "success" in final_info and final_info["_success"][i]:
+                        iteration_successes.append(float(final_info["success"][i]))
+                        recent_successes.append(float(final_info["success"][i]))
+
+        # bootstrap value if not done
+        with torch.no_grad():
+            next_value = agent.get_value(next_obs).reshape(1, -1)
+            advantages = torch.zeros_like(rewards).to(device)
+            lastgaelam = 0
+            for t in reversed(range(args.num_steps)):
+                if t == args.num_steps - 1:
+                    nextnonterminal = 1.0 - next_done
+                    nextvalues = next_value
+                else:
+                    nextnonterminal = 1.0 - dones[t + 1]
+                    nextvalues = values[t + 1]
+                delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
+                advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
+            returns = advantages + values
+
+        # flatten the batch
+        b_obs = obs.reshape((-1,) + envs.single_observation_space.shape)
+        b_logprobs = logprobs.reshape(-1)
+        b_actions = actions.reshape((-1,) + envs.single_action_space.shape)
+        b_advantages = advantages.reshape(-1)
+        b_returns = returns.reshape(-1)
+        b_values = values.reshape(-1)
+        b_prior_logits = prior_logits.reshape(-1, envs.single_action_space.n)
+
+        # Optimizing the policy and value network
+        b_inds = np.arange(args.batch_size)
+        clipfracs = []
+        prior_kls = []
+        for epoch in range(args.update_epochs):
+            np.random.shuffle(b_inds)
+            for start in range(0, args.batch_size, args.minibatch_size):
+                end = start + args.minibatch_size
+                mb_inds = b_inds[start:end]
+
+                _, newlogprob, entropy, newvalue, newdist = agent.get_action_and_value(
+                    b_obs[mb_inds], b_actions.long()[mb_inds]
+                )
+                logratio = newlogprob - b_logprobs[mb_inds]
+                ratio = logratio.exp()
+
+                with torch.no_grad():
+                    # calculate approx_kl http://joschu.net/blog/kl-approx.html
+                    old_approx_kl = (-logratio).mean()
+                    approx_kl = ((ratio - 1) - logratio).mean()
+                    clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
+
+                mb_advantages = b_advantages[mb_inds]
+                if args.norm_adv:
+                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+
+                # Policy loss
+                pg_loss1 = -mb_advantages * ratio
+                pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+                pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+
+                # Value loss
+                newvalue = newvalue.view(-1)
+                if args.clip_vloss:
+                    v_loss_unclipped = (newvalue - b_returns[mb_inds]) ** 2
+                    v_clipped = b_values[mb_inds] + torch.clamp(
+                        newvalue - b_values[mb_inds],
+                        -args.clip_coef,
+                        args.clip_coef,
+                    )
+                    v_loss_clipped = (v_clipped - b_returns[mb_inds]) ** 2
+                    v_loss_max = torch.max(v_loss_unclipped, v_loss_clipped)
+                    v_loss = 0.5 * v_loss_max.mean()
+                else:
+                    v_loss = 0.5 * ((newvalue - b_returns[mb_inds]) ** 2).mean()
+
+                entropy_loss = entropy.mean()
+                loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+                # LaGO: pull the policy toward the prior, exact KL over the actions at the rollout states
+                if use_prior:
+                    kl_loss = prior_kl(newdist, prior_dist(b_prior_logits[mb_inds]), args.kl_direction).mean()
+                    loss = loss + kl_coef * kl_loss
+                    prior_kls.append(kl_loss.item())
+
+                optimizer.zero_grad()
+                loss.backward()
+                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                optimizer.step()
+
+            if args.target_kl is not None and approx_kl > args.target_kl:
+                break
+
+        y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+        var_y = np.var(y_true)
+        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+
+        # TRY NOT TO MODIFY: record rewards for plotting purposes
+        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+        writer.add_scalar("losses/value_loss", v_loss.item(), global_step)
+        writer.add_scalar("losses/policy_loss", pg_loss.item(), global_step)
+        writer.add_scalar("losses/entropy", entropy_loss.item(), global_step)
+        writer.add_scalar("losses/old_approx_kl", old_approx_kl.item(), global_step)
+        writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
+        writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+        writer.add_scalar("losses/explained_variance", explained_var, global_step)
+        if iteration_successes:
+            writer.add_scalar("charts/success_rate", np.mean(iteration_successes), global_step)
+        # LaGO: the KL to the prior (mean over this update's minibatches), beta, and the prior's share of wall time
+        if use_prior:
+            measured_kl = float(np.mean(prior_kls))
+            writer.add_scalar("losses/prior_kl", measured_kl, global_step)
+            writer.add_scalar("charts/kl_coef", kl_coef, global_step)
+            if args.kl_schedule == "adaptive":
+                kl_coef = update_adaptive_kl_coef(kl_coef, measured_kl, args.kl_target)
+        elapsed = time.time() - start_time
+        writer.add_scalar("charts/prior_time_share", prior_time / elapsed, global_step)
+        sps = int(global_step / elapsed)
+        writer.add_scalar("charts/SPS", sps, global_step)
+        progress = f"global_step={global_step} SPS={sps}"
+        if recent_returns:
+            progress += f" return(last {len(recent_returns)})={np.mean(recent_returns):.2f}"
+        if recent_successes:
+            progress += f" success={np.mean(recent_successes):.2f}"
+        if use_prior:
+            progress += f" prior_kl={measured_kl:.3f} kl_coef={kl_coef:.4g} prior_time={prior_time / elapsed:.0%}"
+        print(progress)
+
+    train_time = time.time() - start_time
+    if args.save_model:
+        model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
+        torch.save(agent.state_dict(), model_path + ".tmp")
+        os.replace(model_path + ".tmp", model_path)  # atomic: a crash never leaves a half-written model
+        print(f"model saved to {model_path}")
+
+    # LaGO: final evaluation on each goal split (CLEVR-Robot: train and held-out goals), then one summary line
+    eval_start = time.time()
+    results = {}
+    if args.eval_episodes > 0:
+        for split in eval_splits:
+            name = split or "eval"
+            results[name] = evaluate(
+                agent, make_env, args.env_id, args.eval_episodes, args.seed + 100_000, device, goal_split=split
+            )
+            for key in ("episodic_return", "success_rate"):
+                if results[name][key] is not None:
+                    writer.add_scalar(f"eval/{name}_{key}", results[name][key], global_step)
+    summary = {
+        "env_id": args.env_id,
+        "run_name": run_name,
+        "global_step": global_step,
+        "wall_time_s": train_time,
+        "prior_time_s": prior_time,
+        "eval_time_s": time.time() - eval_start,
+        "total_time_s": time.time() - script_start,
+        "final_episodic_return": float(np.mean(recent_returns)) if recent_returns else None,
+        "final_success_rate": float(np.mean(recent_successes)) if recent_successes else None,
+        "final_episodes": len(recent_returns),
+        "eval": results,
+        "args": vars(args),
+    }
+    with open(f"runs/{run_name}/eval.json.tmp", "w") as f:
+        json.dump(summary, f, indent=2)
+    os.replace(f"runs/{run_name}/eval.json.tmp", f"runs/{run_name}/eval.json")
+
+    line = f"summary: {run_name} steps={global_step} time={train_time:.0f}s (prior {prior_time / train_time:.0%})"
+    if recent_returns:
+        line += f" return(last {len(recent_returns)})={np.mean(recent_returns):.2f}"
+    if recent_successes:
+        line += f" success(last {len(recent_successes)})={np.mean(recent_successes):.2f}"
+    for name, result in results.items():
+        line += f" | eval {name}: return={result['episodic_return']:.2f}"
+        if result["success_rate"] is not None:
+            line += f" success={result['success_rate']:.2f}"
+    print(line + f" -> runs/{run_name}/eval.json")
+
+    envs.close()
+    writer.close()
