@@ -268,20 +268,19 @@ def evaluate(agent, make_env, env_id, eval_episodes, seed, device, obs_rms, max_
     An episode succeeds if `info["success"]` held at any step."""
     env = make_env(env_id, seed, max_episode_steps, reward_type)()
     returns, successes = [], []
-    obs, info = env.reset(seed=seed)
-    episodic_return, episode_success = 0.0, bool(info["success"])
+    obs, _ = env.reset(seed=seed)
+    episodic_return = 0.0
     while len(returns) < eval_episodes:
         with torch.inference_mode():
             x = torch.tensor(normalize_obs(obs_rms, obs), dtype=torch.float32, device=device)[None]
             action = agent.get_action_and_value(x)[4].mode[0].cpu().numpy()
         obs, reward, terminated, truncated, info = env.step(action)
         episodic_return += float(reward)
-        episode_success = episode_success or bool(info["success"])
         if terminated or truncated:
             returns.append(episodic_return)
-            successes.append(float(episode_success))
-            obs, info = env.reset()
-            episodic_return, episode_success = 0.0, bool(info["success"])
+            successes.append(float(info["episode"]["success"]))
+            episodic_return = 0.0
+            obs, _ = env.reset()
     env.close()
     return {
         "episodes": eval_episodes,
@@ -338,11 +337,15 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     # env setup
-    # LaGO: env i runs task i % len(tasks), seeded through make (Meta-World ignores reset(seed=))
-    env_tasks = [tasks[i % len(tasks)] for i in range(args.num_envs)]
+    # LaGO: env i runs task i % len(tasks), seeded through make (Meta-World ignores reset(seed=)); the tasks'
+    # observation spaces differ in their goal bounds only, hence observation_mode="different"
     envs = gym.vector.SyncVectorEnv(
-        [make_env(env_tasks[i], args.seed + i, args.max_episode_steps, args.reward_type, args.gamma) for i in range(args.num_envs)],
+        [
+            make_env(tasks[i % len(tasks)], args.seed + i, args.max_episode_steps, args.reward_type, args.gamma)
+            for i in range(args.num_envs)
+        ],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+        observation_mode="different",
     )
     assert isinstance(envs.single_action_space, gym.spaces.Box), "only continuous action space is supported"
     obs_rms = RunningMeanStd(shape=envs.single_observation_space.shape)
@@ -381,7 +384,6 @@ if __name__ == "__main__":
     obs_rms.update(next_raw_obs)
     next_obs = torch.Tensor(normalize_obs(obs_rms, next_raw_obs)).to(device)
     next_done = torch.zeros(args.num_envs).to(device)
-    episode_success = infos["success"].astype(bool)  # success held at some step of the running episode
     if use_prior and "instruction" not in infos:
         raise SystemExit(f"error: {args.env_id} gives no info['instruction'], which the prior reads")
 
@@ -438,11 +440,10 @@ if __name__ == "__main__":
                     recent_returns.append(episodic_return)
                     writer.add_scalar("charts/episodic_return", episodic_return, global_step)
                     writer.add_scalar("charts/episodic_length", final_info["episode"]["l"][i], global_step)
-                    success = float(episode_success[i] or final_info["success"][i])
-                    iteration_successes[env_tasks[i]].append(success)
+                    # LaGO: an episode succeeds if success held at any of its steps (envs.metaworld records it)
+                    success = float(final_info["episode"]["success"][i])
+                    iteration_successes[final_info["task"][i]].append(success)
                     recent_successes.append(success)
-            # a finished env starts its next episode from the reset info
-            episode_success = (episode_success & ~(terminations | truncations)) | infos["success"].astype(bool)
 
         # bootstrap value if not done
         with torch.no_grad():
