@@ -641,12 +641,18 @@ def _expert_cost(pos: np.ndarray, program: int) -> float:
     return 1.0 + _reference_infeasibility(pos[f], r)
 
 
+_FULL_STATE = mujoco.mjtState.mjSTATE_INTEGRATION
+
+
 def _simulate(env: ClevrRobotEnv, action: int) -> np.ndarray:
     """Sphere positions after `action` from the env's current state, on a scratch copy."""
+    m = env.model
     if env._expert_data is None:
-        env._expert_data = mujoco.MjData(env.model)
-    sd = env._expert_data
-    mujoco.mj_copyData(sd, env.model, env.data)
+        size = mujoco.mj_stateSize(m, _FULL_STATE)
+        env._expert_data = (mujoco.MjData(m), np.empty(size))
+    sd, start = env._expert_data
+    mujoco.mj_getState(m, env.data, start, _FULL_STATE)  # everything mj_step reads, warm start included
+    mujoco.mj_setState(m, sd, start, _FULL_STATE)
     obj, k = action >> 3, action & 7
     qa = env._obj_qadr[obj]
     p, v = env._pusher_q, env._pusher_v
@@ -655,7 +661,7 @@ def _simulate(env: ClevrRobotEnv, action: int) -> np.ndarray:
     sd.qpos[p + 1] = sd.qpos[qa + 1] - PUSH_OFFSET * dy
     sd.qvel[v] = sd.qvel[v + 1] = 0.0
     sd.ctrl[0], sd.ctrl[1] = dx, dy
-    mujoco.mj_step(env.model, sd, PUSH_PHYSICS_STEPS)
+    mujoco.mj_step(m, sd, PUSH_PHYSICS_STEPS)
     return sd.qpos[env._xy_index].reshape(NUM_OBJECTS, 2)
 
 
