@@ -258,7 +258,7 @@ def _holds(dx: float, dy: float, ux: float, uy: float) -> bool:
     dist2 = dx * dx + dy * dy
     if dist2 >= RELATION_MAX_DIST * RELATION_MAX_DIST:
         return False
-    return dx * ux + dy * uy > RELATION_COS * math.sqrt(dist2)
+    return bool(dx * ux + dy * uy > RELATION_COS * math.sqrt(dist2))
 
 
 def goal_holds(positions, program: int | str) -> bool:
