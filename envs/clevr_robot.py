@@ -31,7 +31,10 @@ Actions: `Discrete(40)`, action = object index * 8 + direction index
     One step teleports the pusher to (object position - 0.15 * direction) with zero velocity,
     sets the motor controls to the direction and runs 40 physics steps (the original's
     `do_simulation(direction, int(frame_skip * 2.0))` with frame_skip = 20), i.e. 0.4 s.
-    Anything else than an integer in [0, 40) raises ValueError.
+    Anything else than an integer in [0, 40) raises ValueError. As in the original, the
+    spheres are light (9 g) next to a pusher force of up to 2 N: a pushed sphere travels about
+    0.25 and may still be rolling when the step returns (velocities are not observed), and in
+    crowded corners a sphere can briefly ride up on its neighbours before it falls back.
 
 Observation: `Box(float32, (OBS_DIM,) = (24,))`
     concat(state, goal encoding): state = (x, y) of the 5 spheres in colour order
@@ -74,8 +77,8 @@ Reward, termination, truncation
     `terminated` is True on that step, 0.0 / False otherwise. `truncated` is True once
     `max_episode_steps` steps have been taken (default 50). The original runs 100 steps
     without termination (it was built for goal relabelling); KALM uses 50, and so do we: the
-    scripted expert needs a handful of pushes (median ~3), so 50 leaves ample room for
-    exploration while keeping PPO rollouts and demonstrations short. Through
+    scripted expert needs 2-3 pushes on average (at most a handful), so 50 leaves a wide margin
+    for exploring policies while keeping PPO rollouts and demonstrations short. Through
     `gymnasium.make("CLEVR-Robot-v0")` the limit is gymnasium's TimeLimit wrapper (registered
     `max_episode_steps=50`, so `gymnasium.make(..., max_episode_steps=N)` works as usual)
     and the env's own counter is off; `ClevrRobotEnv(max_episode_steps=N)` truncates itself.
@@ -376,7 +379,7 @@ class ClevrRobotEnv(gym.Env):
         self._goal_ux = self._goal_uy = 0.0
         self._goal_enc = _GOAL_ENCODINGS[0]
         self._steps = 0
-        self._expert_data = None  # scratch MjData for expert_action's look-ahead
+        self._expert_data = None  # (scratch MjData, state buffer) for expert_action's look-ahead
         self._render_grid = None
 
     # ------------------------------------------------------------------ public helpers

@@ -375,3 +375,13 @@ def test_expert_does_not_touch_env_state():
 @pytest.mark.parametrize("split", ["train", "heldout"])
 def test_expert_success_rate_200_episodes(split):
     assert expert_rate(split, 200) >= 0.9
+
+
+def test_import_envs_is_light():
+    code = (
+        "import sys, gymnasium as gym, envs; env = gym.make('CLEVR-Robot-v0'); env.reset(seed=0); env.step(0); "
+        "print(sorted(m for m in ('torch', 'metaworld', 'transformers') if m in sys.modules))"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
