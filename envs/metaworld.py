@@ -8,11 +8,13 @@ Facts of metaworld 3.1.1 this module handles (see tests/test_metaworld.py, which
 - A new goal (one of 50 per task, fixed by the seed) is drawn at every reset.
 - The observation (39 float64: hand xyz, gripper, 2 objects' pose, the same 18 numbers of the previous step,
   goal xyz) shows the goal, but Meta-World's `observation_space` says the goal is always 0: `MetaWorldTask`
-  declares the goal bounds (and we build with `disable_env_checker=True`, whose only findings were that).
+  declares the goal unbounded, which also makes the observation space the same for all 50 tasks (we build with
+  `disable_env_checker=True`: its only findings were these out-of-space goals).
 - The env's own step limit (`max_path_length` = 500) raises a ValueError past it, so `max_episode_steps` is set
   on the env and on Meta-World's TimeLimit, not by adding a second TimeLimit (that one would be outside
   RecordEpisodeStatistics: no "episode" stats at truncation).
 - `info["success"]` is a float at steps and absent at reset; `MetaWorldTask` makes it a bool, always present.
+  The dense reward is a float on some tasks and np.float32 on others (e.g. drawer-close): we return a float.
 
 This file imports no torch. `python -m envs.bench_metaworld` measures its speed and the experts' success.
 """
@@ -135,7 +137,7 @@ def spec_string(tasks: str | Sequence[str]) -> str:
 
 
 class MetaWorldTask(gym.Wrapper):
-    """The one wrapper: a correct observation space, sparse reward on request, and the contract's info keys.
+    """The one wrapper: a correct observation space (identical for all tasks), sparse reward on request, and the contract's info keys.
 
     info at reset and at every step: "success" (bool), "instruction" (str), "task" (str). At the end of an
     episode Meta-World's own RecordEpisodeStatistics puts "episode" = {"r", "l", "t"} in info; we add
@@ -148,10 +150,11 @@ class MetaWorldTask(gym.Wrapper):
         self.task = task
         self.instruction = INSTRUCTIONS[task]
         self.sparse = reward_type == "sparse"
+        # Meta-World declares the goal (last 3 numbers) as always 0; it is the goal position. Unbounded, like the
+        # object numbers, so that all 50 tasks share one observation space (a multi-task SyncVectorEnv needs that).
         space = env.observation_space
-        goal = env.unwrapped.goal_space
         low, high = space.low.copy(), space.high.copy()
-        low[-3:], high[-3:] = goal.low, goal.high
+        low[-3:], high[-3:] = -np.inf, np.inf
         self.observation_space = gym.spaces.Box(low, high, dtype=space.dtype)
         self._ever_success = False
         self._sparse_return = 0.0
@@ -175,6 +178,8 @@ class MetaWorldTask(gym.Wrapper):
         if self.sparse:
             reward = float(success)
             self._sparse_return += reward
+        else:
+            reward = float(reward)  # some tasks return np.float32
         if "episode" in info:
             info["episode"]["success"] = self._ever_success
             if self.sparse:
