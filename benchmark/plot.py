@@ -31,7 +31,7 @@ ROW_LABELS = {
     "ppo": "PPO (beta = 0)",
     "prior": "Prior alone, greedy, no RL ({llm})",
     "lago": "LaGO ({llm})",
-    "lago-random": "LaGO ({llm}, random init)",
+    "lago-random": "LaGO, random-init twin ({llm})",
     "lago-adaptive": "LaGO ({llm}), adaptive beta",
 }
 ENV_TITLES = {"clevr": "CLEVR-Robot", "metaworld": "Meta-World"}
@@ -108,8 +108,6 @@ def _fmt(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
 
 def _label(result: dict) -> str:
     llm = result.get("llm") or "?"
-    if result["row"] == "lago-random" and llm.endswith("-random"):
-        llm = llm[: -len("-random")]
     return ROW_LABELS.get(result["row"], result["row"]).format(llm=llm)
 
 

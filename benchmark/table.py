@@ -73,8 +73,10 @@ class Preset:
     """Meta-World demonstrations for stage 1, per task"""
     metaworld_demo_noise: float
     """std of the Gaussian noise added to the Meta-World scripted expert's actions"""
-    finetune_args: tuple[str, ...]
-    """extra flags for finetune_prior.py (same for every language model)"""
+    clevr_finetune_args: tuple[str, ...]
+    """extra flags for finetune_prior.py on CLEVR (same for every language model)"""
+    metaworld_finetune_args: tuple[str, ...]
+    """extra flags for finetune_prior.py on Meta-World (same for every language model)"""
     clevr_ppo_args: tuple[str, ...]
     """PPO flags shared by every CLEVR row (num envs, rollout length, ...)"""
     metaworld_ppo_args: tuple[str, ...]
@@ -107,7 +109,8 @@ PRESETS: dict[str, Preset] = {
         clevr_demo_noise=0.3,
         metaworld_demo_episodes=10,
         metaworld_demo_noise=0.3,
-        finetune_args=(),
+        clevr_finetune_args=(),
+        metaworld_finetune_args=(),
         clevr_ppo_args=(),
         metaworld_ppo_args=(),
         eval_episodes=50,
@@ -124,9 +127,10 @@ PRESETS: dict[str, Preset] = {
         clevr_demo_noise=0.3,
         metaworld_demo_episodes=1,
         metaworld_demo_noise=0.3,
-        finetune_args=(),
-        clevr_ppo_args=(),
-        metaworld_ppo_args=(),
+        clevr_finetune_args=("--epochs", "1"),
+        metaworld_finetune_args=("--epochs", "1"),
+        clevr_ppo_args=("--num-steps", "32"),
+        metaworld_ppo_args=("--num-envs", "2", "--num-steps", "64", "--num-minibatches", "4"),
         eval_episodes=2,
         metaworld_max_episode_steps=64,
     ),
@@ -145,7 +149,8 @@ PRESETS: dict[str, Preset] = {
         clevr_demo_noise=0.3,
         metaworld_demo_episodes=50,
         metaworld_demo_noise=0.3,
-        finetune_args=(),
+        clevr_finetune_args=(),
+        metaworld_finetune_args=(),
         clevr_ppo_args=(),
         metaworld_ppo_args=(),
         eval_episodes=100,
@@ -262,8 +267,8 @@ def prior_dir(results_dir: Path, env: str, llm: str) -> Path:
 
 
 def prior_is_complete(path: Path) -> bool:
-    """A prior dir counts as done when its config JSON exists: finetune_prior.py writes it last."""
-    return (path / "config.json").is_file()
+    """finetune_prior.py writes the prior dir atomically (renamed into place when complete)."""
+    return (path / "prior_config.json").is_file() and (path / "heads.safetensors").is_file()
 
 
 def llm_of_row(row: str, p: Preset) -> Optional[str]:
@@ -275,14 +280,16 @@ def llm_of_row(row: str, p: Preset) -> Optional[str]:
 
 
 def finetune_command(env: str, llm: str, out: Path, p: Preset) -> list[str]:
+    """Stage 1: demonstrations of the noisy scripted expert (CLEVR: train goals only), then LoRA fine-tuning."""
     cmd = [sys.executable, str(REPO / "finetune_prior.py"), "--env-id", prior_env_id(env, p), "--llm", llm,
-           "--output-dir", str(out), "--seed", "1"]
+           "--output-dir", str(out), "--seed", "1", "--no-progress-bar"]
     if env == "clevr":
-        cmd += ["--num-episodes", str(p.clevr_demo_episodes), "--noise", str(p.clevr_demo_noise)]
+        cmd += ["--num-episodes", str(p.clevr_demo_episodes), "--demo-noise", str(p.clevr_demo_noise),
+                "--goal-split", "train"]
     else:
-        cmd += ["--num-episodes", str(p.metaworld_demo_episodes), "--noise", str(p.metaworld_demo_noise),
+        cmd += ["--num-episodes", str(p.metaworld_demo_episodes), "--demo-noise", str(p.metaworld_demo_noise),
                 "--max-episode-steps", str(p.metaworld_max_episode_steps)]
-    return cmd + list(p.finetune_args) + list(p.device_args)
+    return cmd + list(p.clevr_finetune_args if env == "clevr" else p.metaworld_finetune_args) + list(p.device_args)
 
 
 def ppo_command(env: str, task: str, row: str, seed: int, prior_path: Optional[Path], p: Preset) -> list[str]:
@@ -471,12 +478,13 @@ def evaluate_prior_greedy(prior_path: Path, env: str, task: str, seed: int, epis
             vec = [make_env(task, seed=10_000 * seed + i, max_episode_steps=max_episode_steps or 500)
                    for i in range(episodes)]
         obs, instr = [], []
+        succ = np.zeros(episodes, dtype=bool)
         for i, e in enumerate(vec):
             o, info = e.reset(seed=10_000 * seed + i)
             obs.append(o)
             instr.append(info["instruction"])
+            succ[i] = bool(info.get("success", False))
         active = np.ones(episodes, dtype=bool)
-        succ = np.zeros(episodes, dtype=bool)
         ret = np.zeros(episodes)
         while active.any():
             idx = np.flatnonzero(active)
@@ -502,11 +510,14 @@ def evaluate_prior_greedy(prior_path: Path, env: str, task: str, seed: int, epis
     return {"success": success, "return": float(np.mean(returns))}
 
 
-def prior_job(env: str, task: str, seed: int, p: Preset, results_dir: Path) -> Job:
+def prior_job(env: str, task: str, seed: int, p: Preset, results_dir: Path, threads: int) -> Job:
     out = result_path(results_dir, env, "prior", task, seed)
     path = prior_dir(results_dir, env, p.llm)
 
     def fn() -> str:
+        import torch
+
+        torch.set_num_threads(threads)  # this job runs inside the harness process
         if not prior_is_complete(path):
             raise RuntimeError(f"no prior at {path}: its stage-1 fine-tuning failed (see above)")
         start = time.time()
@@ -585,7 +596,7 @@ def main(args: Args) -> int:
                         skipped += 1
                         continue
                     if row == "prior":
-                        stage2.append(prior_job(env, task, seed, p, results_dir))
+                        stage2.append(prior_job(env, task, seed, p, results_dir, args.threads_per_job))
                     else:
                         stage2.append(ppo_job(env, task, row, seed, p, results_dir, args.threads_per_job))
 

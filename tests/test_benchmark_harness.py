@@ -116,3 +116,54 @@ def test_rows_differ_only_in_guidance():
 def test_cpu_preset_budget_is_at_least_three_seeds():
     assert len(table.PRESETS["cpu"].seeds) >= 3
     assert table.PRESETS["gpu"].llm == "Qwen2.5-1.5B"
+
+
+def run_harness(results_dir: Path, *extra: str) -> str:
+    cmd = [sys.executable, "-m", "benchmark.table", "--preset", "smoke", "--llm", "tiny-random",
+           "--results-dir", str(results_dir), "--rows", "ppo", "prior", "lago", *extra]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_smoke_end_to_end_table_plot_and_resume(tmp_path, tiny_clevr_prior, tiny_reach_prior):
+    """The real CLI at the smoke budget (PPO subprocesses, greedy prior in-process), then a resume that
+    redoes only the run whose result file was deleted. Stage 1 is cached: the fixture priors are
+    placed where the harness looks, so it must not fine-tune again."""
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(tiny_clevr_prior, table.prior_dir(results, "clevr", "tiny-random"))
+    shutil.copytree(tiny_reach_prior, table.prior_dir(results, "metaworld", "tiny-random"))
+    out = run_harness(results)
+    assert "stage 1: 0 priors to fine-tune" in out
+    assert "stage 2: 6 runs to do, 0 finished already" in out
+    files = sorted(results.glob("*/*/*__seed1.json"))
+    assert [f.relative_to(results).as_posix() for f in files] == [
+        "clevr/lago/CLEVR-Robot-v0__seed1.json", "clevr/ppo/CLEVR-Robot-v0__seed1.json",
+        "clevr/prior/CLEVR-Robot-v0__seed1.json", "metaworld/lago/reach-v3__seed1.json",
+        "metaworld/ppo/reach-v3__seed1.json", "metaworld/prior/reach-v3__seed1.json",
+    ]
+    ppo = json.loads((results / "clevr/ppo/CLEVR-Robot-v0__seed1.json").read_text())
+    assert set(ppo["success"]) == {"train", "heldout"} and 0 <= ppo["success"]["heldout"] <= 1
+    assert ppo["curve"]["steps"] and max(ppo["curve"]["steps"]) <= 256  # read back from tensorboard
+    assert (results / ppo["run_dir"] / "eval.json").is_file()
+    mw_prior = json.loads((results / "metaworld/prior/reach-v3__seed1.json").read_text())
+    assert set(mw_prior["success"]) == {"reach-v3"}
+
+    text = (results / "table.md").read_text()
+    for label in ("PPO (beta = 0)", "Prior alone, greedy, no RL (tiny-random)", "LaGO (tiny-random)", "reach-v3 (%)"):
+        assert label in text
+    for png in ("curves_clevr.png", "curves_metaworld.png"):
+        assert (results / png).read_bytes()[:4] == b"\x89PNG"
+
+    # resume: finished runs are skipped, a missing result is redone
+    before = {f: f.read_bytes() for f in files}
+    redo = results / "clevr/lago/CLEVR-Robot-v0__seed1.json"
+    redo.unlink()
+    out = run_harness(results, "--envs", "clevr")
+    assert "stage 2: 1 runs to do, 2 finished already (skipped)" in out
+    assert redo.is_file()
+    for f, content in before.items():
+        if f != redo:
+            assert f.read_bytes() == content, f"{f} was rewritten although its run had finished"
