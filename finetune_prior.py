@@ -68,7 +68,6 @@ from tqdm.auto import tqdm
 
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
-warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
 CLEVR_ENV_ID = "CLEVR-Robot-v0"
 METAWORLD_OBS_DIM = 39  # every Meta-World v3 task (envs.metaworld.STATE_DIM)
@@ -190,6 +189,8 @@ class Args:
     """where the prior is saved (default: default_prior_path(env_id, llm) = priors/{env_id}__{llm})"""
     progress_bar: bool = True
     """if toggled, show a tqdm progress bar"""
+    time_forward: bool = True
+    """if toggled, measure the time of one inference forward on 16 states after training (what PPO pays per step)"""
 
 
 class PriorError(RuntimeError):
@@ -213,11 +214,12 @@ def resolve_env(env_id: str) -> dict:
                 "state_dim": clevr_robot.STATE_DIM, "action_space": {"type": "discrete", "n": clevr_robot.NUM_ACTIONS}}  # fmt: skip
     from envs.metaworld import resolve_tasks
 
+    if difflib.get_close_matches(env_id.lower(), [CLEVR_ENV_ID.lower()], cutoff=0.7):
+        raise PriorError(f"unknown --env-id {env_id!r}. Did you mean 'CLEVR-Robot-v0'?")
     try:
         tasks = resolve_tasks(env_id)
     except ValueError as e:
-        hint = " Did you mean 'CLEVR-Robot-v0'?" if difflib.get_close_matches(env_id, [CLEVR_ENV_ID], cutoff=0.6) else ""
-        raise PriorError(f"unknown --env-id {env_id!r}: use 'CLEVR-Robot-v0' or a Meta-World spec.{hint} {e}") from None
+        raise PriorError(f"unknown --env-id {env_id!r}: use 'CLEVR-Robot-v0' or a Meta-World spec. {e}") from None
     return {"env_id": env_id, "kind": "metaworld", "tasks": tasks, "obs_dim": METAWORLD_OBS_DIM,
             "state_dim": METAWORLD_OBS_DIM, "action_space": {"type": "continuous", "dim": METAWORLD_ACTION_DIM}}  # fmt: skip
 
@@ -350,7 +352,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def load_llm(name: str, dtype: torch.dtype):
     """(base model, tokenizer, source) for an --llm name. Raises PriorError with the offline choices on failure."""
-    offline = ", ".join(OFFLINE_LLMS)
+    offline_choices = ", ".join(OFFLINE_LLMS)
     if name == "tiny-random":
         config = transformers.Qwen2Config(vocab_size=TINY_VOCAB_SIZE, hidden_size=64, intermediate_size=128,
                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -373,23 +375,36 @@ def load_llm(name: str, dtype: torch.dtype):
             close = difflib.get_close_matches(name, list(LLM_ALIASES) + list(OFFLINE_LLMS), n=1, cutoff=0.5)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise PriorError(f"unknown --llm {name!r}: not an alias, a local directory or a Hugging Face id "
-                             f"(owner/name).{hint} Aliases: {', '.join(LLM_ALIASES)}; offline: {offline}")  # fmt: skip
-    try:  # local directory or the Hugging Face cache first: works offline
-        return (transformers.AutoModel.from_pretrained(source, dtype=dtype, local_files_only=True),
-                transformers.AutoTokenizer.from_pretrained(source, local_files_only=True), source)  # fmt: skip
-    except (OSError, ValueError) as e:
-        if os.path.isdir(source):
+                             f"(owner/name).{hint} Aliases: {', '.join(LLM_ALIASES)}; offline: {offline_choices}")  # fmt: skip
+    if os.path.isdir(source):
+        try:
+            return (transformers.AutoModel.from_pretrained(source, dtype=dtype),
+                    transformers.AutoTokenizer.from_pretrained(source), source)  # fmt: skip
+        except (OSError, ValueError) as e:
             raise PriorError(f"--llm {name!r}: cannot load a model from this directory ({str(e).splitlines()[0]})") from None
-    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True") or not _hub_reachable():
+    # A Hub id. Already in the local cache: load the cached snapshot directory (works offline, no request at all).
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(source, "config.json")
+    if isinstance(cached, str):
+        snapshot = os.path.dirname(cached)
+        try:
+            return (transformers.AutoModel.from_pretrained(snapshot, dtype=dtype),
+                    transformers.AutoTokenizer.from_pretrained(snapshot), source)  # fmt: skip
+        except (OSError, ValueError):
+            pass  # an incomplete cache entry: try the Hub below
+    offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if offline or not _hub_reachable():
         raise PriorError(f"--llm {name!r}: {source!r} is not in the local Hugging Face cache and the Hub cannot be "
-                         f"reached (offline?). Use an offline choice ({offline}), a local directory with the model, "
-                         f"or download it first where there is network: `hf download {source}`.")  # fmt: skip
+                         f"reached ({'HF_HUB_OFFLINE is set' if offline else 'no network'}). Use an offline choice "
+                         f"({offline_choices}), a local directory holding the model, or download it first where there "
+                         f"is network: `hf download {source}`.")  # fmt: skip
     try:
         return (transformers.AutoModel.from_pretrained(source, dtype=dtype),
                 transformers.AutoTokenizer.from_pretrained(source), source)  # fmt: skip
     except (OSError, ValueError) as e:
         raise PriorError(f"--llm {name!r}: loading {source!r} from the Hugging Face Hub failed: {str(e).splitlines()[0]} "
-                         f"Offline choices: {offline}.") from None  # fmt: skip
+                         f"Offline choices: {offline_choices}.") from None  # fmt: skip
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -523,6 +538,13 @@ def build_prior(config: dict, device, adapter_dir: Optional[str] = None, lora_se
         config["pooling"] = "mean" if llm.config.model_type in ENCODER_MODEL_TYPES else "last"
     config["hidden_size"] = llm.config.hidden_size
     config["llm_source"] = source
+    with warnings.catch_warnings():  # peft 0.21 reads a property that transformers 5 deprecates: harmless
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        llm = _add_lora(llm, config, adapter_dir, lora_seed)
+    return LatentActionPrior(config, llm, tokenizer).to(device)
+
+
+def _add_lora(llm, config: dict, adapter_dir: Optional[str], lora_seed: int):
     if adapter_dir is None:
         lora = config["lora"]
         targets = lora["target_modules"]
@@ -533,9 +555,8 @@ def build_prior(config: dict, device, adapter_dir: Optional[str] = None, lora_se
                                                  lora_dropout=lora["dropout"], target_modules=targets))  # fmt: skip
         except ValueError as e:
             raise PriorError(f"--lora-target-modules {lora['target_modules']!r}: {str(e).splitlines()[0]}") from None
-    else:
-        llm = PeftModel.from_pretrained(llm, adapter_dir, is_trainable=False)
-    return LatentActionPrior(config, llm, tokenizer).to(device)
+        return llm
+    return PeftModel.from_pretrained(llm, adapter_dir, is_trainable=False)
 
 
 def save_prior(prior: LatentActionPrior, output_dir: str) -> None:
@@ -562,8 +583,12 @@ def save_prior(prior: LatentActionPrior, output_dir: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_prior(path: str, device="cpu") -> LatentActionPrior:
-    """Load a prior saved by finetune_prior.py: an nn.Module in eval mode with `.config` (the saved JSON)."""
+def load_prior(path: str, device="cpu", merge_lora: Optional[bool] = None) -> LatentActionPrior:
+    """Load a prior saved by finetune_prior.py: an nn.Module in eval mode with `.config` (the saved JSON).
+
+    merge_lora: fold the LoRA weights into the base weights for a faster forward (outputs equal up to float
+    rounding). Default: on CPU (fp32) yes, on CUDA (bf16, where merging would round the small LoRA update) no.
+    """
     if not os.path.isdir(path):
         raise PriorError(f"no prior at {path!r}: train one first, e.g. `python finetune_prior.py --env-id <env> "
                          f"--llm <llm>` (it saves to priors/<env>__<llm>), or pass the right --prior-path")  # fmt: skip
@@ -585,6 +610,10 @@ def load_prior(path: str, device="cpu") -> LatentActionPrior:
     prior.head.load_state_dict({k[5:]: v for k, v in heads.items() if k.startswith("head.")})
     if prior.state_proj is not None:
         prior.state_proj.load_state_dict({k[11:]: v for k, v in heads.items() if k.startswith("state_proj.")})
+    if merge_lora is None:
+        merge_lora = torch.device(device).type == "cpu"
+    if merge_lora:
+        prior.llm = prior.llm.merge_and_unload()
     return prior.eval()
 
 
@@ -620,19 +649,19 @@ def evaluate(prior: LatentActionPrior, data: dict, batch_size: int, rank: int = 
     return {"nll": sums[0].item() / n, ("top1" if prior.discrete else "mse"): sums[1].item() / n, "samples": int(n)}
 
 
-def forward_time_ms(prior: LatentActionPrior, data: dict, batch: int = 16, repeats: int = 10) -> float:
+def forward_time_ms(prior: LatentActionPrior, data: dict, batch: int = 16, repeats: int = 5) -> float:
     """Median wall time of one inference forward on `batch` states (what PPO pays per env step)."""
     obs = torch.from_numpy(data["observations"][:batch])
     instr = data["instructions"][:batch].tolist()
     prior.eval()
     times = []
     with torch.inference_mode():
-        for r in range(repeats + 2):
+        for r in range(repeats + 1):
             t = time.perf_counter()
             prior(obs, instr)
             if prior.obs_mean.is_cuda:
                 torch.cuda.synchronize()
-            if r >= 2:
+            if r >= 1:
                 times.append(1000 * (time.perf_counter() - t))
     return statistics.median(times)
 
@@ -832,10 +861,12 @@ def train(args: Args):
         prior.config["train_summary"] = {k: v for k, v in summary.items() if k != "history"}
         save_prior(prior, output_dir)
         summary["output_dir"] = output_dir
-        timing_data = eval_data if len(eval_data["actions"]) >= 16 else train_data
-        summary["forward_ms_b16"] = forward_time_ms(prior, timing_data)
-        prior.config["train_summary"]["forward_ms_b16"] = summary["forward_ms_b16"]
-        writer.add_scalar("charts/forward_ms_b16", summary["forward_ms_b16"], step)
+        summary["forward_ms_b16"] = float("nan")
+        if args.time_forward:
+            timing_data = eval_data if len(eval_data["actions"]) >= 16 else train_data
+            summary["forward_ms_b16"] = forward_time_ms(prior, timing_data)
+            prior.config["train_summary"]["forward_ms_b16"] = summary["forward_ms_b16"]
+            writer.add_scalar("charts/forward_ms_b16", summary["forward_ms_b16"], step)
         writer.close()
         metric = "top1" if prior.discrete else "mse"
         extras = "".join(f" {n}_{metric}={history[-1][n][metric]:.4f} {n}_nll={history[-1][n]['nll']:.4f}" for n in history[-1])

@@ -1,0 +1,351 @@
+"""finetune_prior.py: the latent action prior, demo files, fine-tuning, saving/loading, DDP and clear errors.
+
+Fine-tuning runs use tiny-random (a ~100k-parameter random Qwen2) on real expert demos; the session
+fixtures of conftest.py (tiny_clevr_run, tiny_reach_run) are shared with the PPO scripts' tests.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import finetune_prior as fp
+from finetune_prior import PriorError, default_prior_path, load_prior
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = str(REPO / "finetune_prior.py")
+
+
+def synthetic_demos(env_id="CLEVR-Robot-v0", episodes=6, steps=5, seed=0) -> dict:
+    """A demo dict in the contract format (random numbers, real shapes)."""
+    rng = np.random.default_rng(seed)
+    n = episodes * steps
+    clevr = env_id == "CLEVR-Robot-v0"
+    obs_dim, state_dim = (24, 10) if clevr else (39, 39)
+    actions = rng.integers(0, 40, n) if clevr else rng.uniform(-1, 1, (n, 4)).astype(np.float32)
+    colors = ["red", "blue", "green"]
+    return {
+        "observations": rng.normal(size=(n, obs_dim)).astype(np.float32),
+        "actions": actions,
+        "instructions": np.array([f"push the {colors[i // steps % 3]} ball left" for i in range(n)]),
+        "episode_ids": np.repeat(np.arange(episodes), steps).astype(np.int64),
+        "episode_success": np.ones(episodes, dtype=bool),
+        "env_id": env_id,
+        "state_dim": state_dim,
+    }
+
+
+def run_cli(args, cwd, timeout=300, extra_env=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(extra_env or {})}
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+def run_main(argv, tmp_path, capsys, monkeypatch) -> tuple[int, str]:
+    monkeypatch.chdir(tmp_path)
+    code = fp.main([*argv, "--no-progress-bar", "--output-dir", str(tmp_path / "prior")])
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_default_prior_path():
+    assert default_prior_path("CLEVR-Robot-v0", "tiny-random") == "priors/CLEVR-Robot-v0__tiny-random"
+    assert default_prior_path("reach-v3", "Qwen/Qwen2.5-0.5B") == "priors/reach-v3__Qwen_Qwen2.5-0.5B"
+    assert default_prior_path("MT10", "all-MiniLM-L6-v2") == "priors/MT10__all-MiniLM-L6-v2"
+
+
+def test_tiny_random_is_small_and_deterministic():
+    m1, t1, _ = fp.load_llm("tiny-random", torch.float32)
+    m2, t2, _ = fp.load_llm("tiny-random", torch.float32)
+    assert 80_000 <= sum(p.numel() for p in m1.parameters()) <= 150_000
+    assert m1.config.model_type == "qwen2"
+    assert fp.tokenizer_fingerprint(t1) == fp.tokenizer_fingerprint(t2)
+    assert fp.weights_fingerprint(m1) == fp.weights_fingerprint(m2)
+    assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
+    assert len(t1) <= fp.TINY_VOCAB_SIZE
+    text = "There is a red ball; is there a cyan rubber sphere in front of it? x=0.25"
+    assert t1.decode(t1(text)["input_ids"]) == text  # byte-level: any text round-trips
+
+
+def test_clevr_prior_learns_and_agrees_with_expert(tiny_clevr_run):
+    """End to end on CLEVR-Robot (expert demos collected by the script): the loss falls, and on fresh expert
+    episodes (held-out states) the prior's top-1 action agrees with the expert far above chance (1/40)."""
+    summary = tiny_clevr_run["summary"]
+    assert summary["final_train_loss"] < summary["first_train_loss"] - 0.3, summary
+    history = summary["history"]
+    assert history[-1]["eval"]["nll"] < history[0]["eval"]["nll"]
+    assert os.path.isfile(tiny_clevr_run["demos"])
+    from envs.clevr_robot import collect_demos
+
+    prior = load_prior(tiny_clevr_run["prior"])
+    fresh = collect_demos(60, seed=4242)  # states (and episodes) the prior never saw
+    metrics = fp.evaluate(prior, fresh, batch_size=256)
+    assert metrics["top1"] >= 3 * (1 / 40), metrics
+
+
+def test_reach_prior_end_to_end(tiny_reach_run):
+    """End to end on Meta-World reach-v3: a Gaussian prior whose std respects the floor."""
+    summary = tiny_reach_run["summary"]
+    assert summary["final_train_loss"] < summary["first_train_loss"], summary
+    prior = load_prior(tiny_reach_run["prior"])
+    cfg = prior.config
+    assert cfg["action_space"] == {"type": "continuous", "dim": 4} and cfg["tasks"] == ["reach-v3"]
+    assert cfg["obs_dim"] == cfg["state_dim"] == 39 and len(cfg["obs_mean"]) == 39
+    demos = np.load(tiny_reach_run["demos"])
+    obs = torch.from_numpy(demos["observations"][:8])
+    with torch.inference_mode():
+        mean, std = prior(obs, demos["instructions"][:8].tolist())
+    assert mean.shape == std.shape == (8, 4)
+    assert torch.isfinite(mean).all() and (std >= cfg["std_floor"]).all()
+    assert np.isfinite(summary["eval_mse"]) and np.isfinite(summary["eval_nll"])
+
+
+def test_forward_contract(tiny_clevr_prior):
+    prior = load_prior(tiny_clevr_prior)
+    assert not prior.training and prior.config["state_dim"] == 10 and prior.config["obs_dim"] == 24
+    rng = np.random.default_rng(0)
+    obs = torch.tensor(rng.uniform(-0.4, 0.4, (5, 24)), dtype=torch.float32)
+    instr = ["Is the red sphere left of the blue sphere?"] * 4 + ["Push the green ball in front of the cyan ball"]
+    with torch.inference_mode():
+        logits = prior(obs, instr)
+        assert logits.shape == (5, 40) and logits.dtype == torch.float32 and torch.isfinite(logits).all()
+        goal_changed = obs.clone()
+        goal_changed[:, 10:] = 7.0  # dims past state_dim are not the prior's business
+        assert torch.equal(prior(goal_changed, instr), logits)
+        assert torch.equal(prior(obs.numpy(), instr), logits)  # numpy in, same answer
+        moved = obs.clone()
+        moved[:, 0] += 0.3
+        assert not torch.allclose(prior(moved, instr), logits)  # the state matters
+        other = prior(obs, ["Is the purple sphere behind the green sphere?"] * 5)
+        assert not torch.allclose(other, logits)  # and the instruction matters
+        assert torch.allclose(prior(obs[:1], instr[:1]), logits[:1], atol=1e-5)  # no batch/padding effect
+        with pytest.raises(ValueError, match="observations"):
+            prior(obs[:, :5], instr)
+        with pytest.raises(ValueError, match="instructions"):
+            prior(obs, instr[:2])
+
+
+def test_saved_prior_reloads_identically_and_moves(tiny_clevr_run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "p"
+    args = fp.Args(llm="tiny-random", demos_path=tiny_clevr_run["demos"], epochs=1, batch_size=64,
+                   output_dir=str(out), progress_bar=False)  # fmt: skip
+    trained, summary = fp.train(args)
+    assert summary["output_dir"] == str(out) and summary["forward_ms_b16"] > 0
+    demos = np.load(tiny_clevr_run["demos"])
+    obs, instr = torch.from_numpy(demos["observations"][:32]), demos["instructions"][:32].tolist()
+    with torch.inference_mode():
+        want = trained(obs, instr)
+        assert torch.equal(load_prior(str(out), merge_lora=False)(obs, instr), want)
+        torch.testing.assert_close(load_prior(str(out))(obs, instr), want, rtol=1e-5, atol=1e-5)  # LoRA merged
+        moved = tmp_path / "elsewhere" / "my_prior"
+        shutil.move(str(out), moved)
+        torch.testing.assert_close(load_prior(str(moved))(obs, instr), want, rtol=1e-5, atol=1e-5)
+    cfg = load_prior(str(moved)).config
+    for key in ("llm", "env_id", "action_space", "obs_dim", "state_dim", "state_encoding", "prompt_template",
+                "obs_mean", "obs_std", "std_floor", "lora", "tokenizer_fingerprint", "train_summary"):  # fmt: skip
+        assert key in cfg, key
+    assert cfg["lora"]["target_modules"] == "all-linear" and cfg["pooling"] == "last"
+
+
+def test_text_encoding_round_trip(tiny_clevr_run, tmp_path, monkeypatch):
+    """--state-encoding text: the state is written as numbers in the prompt; trains and reloads exactly."""
+    monkeypatch.chdir(tmp_path)
+    demos = fp.load_demos(tiny_clevr_run["demos"], fp.resolve_env("CLEVR-Robot-v0"))
+    small = fp.select_steps(demos, demos["episode_ids"] < 20)
+    fp.save_demos(small, str(tmp_path / "small.npz"))
+    args = fp.Args(llm="tiny-random", demos_path=str(tmp_path / "small.npz"), state_encoding="text", epochs=1,
+                   output_dir=str(tmp_path / "p"), progress_bar=False, text_decimals=1)  # fmt: skip
+    trained, _ = fp.train(args)
+    assert trained.state_proj is None and trained.config["num_state_tokens"] == 0
+    obs, instr = torch.from_numpy(small["observations"][:8]), small["instructions"][:8].tolist()
+    with torch.inference_mode():
+        assert torch.equal(load_prior(str(tmp_path / "p"), merge_lora=False)(obs, instr), trained(obs, instr))
+
+
+def test_minilm_encoder_prior(tiny_clevr_run, tmp_path, monkeypatch):
+    """The offline pretrained default (BERT encoder: mean pooling, [CLS]/[SEP]) and its seeded random twin."""
+    monkeypatch.chdir(tmp_path)
+    demos = fp.load_demos(tiny_clevr_run["demos"], fp.resolve_env("CLEVR-Robot-v0"))
+    small = fp.select_steps(demos, demos["episode_ids"] < 5)
+    fp.save_demos(small, str(tmp_path / "small.npz"))
+    args = fp.Args(demos_path=str(tmp_path / "small.npz"), epochs=1, lora_rank=2, output_dir=str(tmp_path / "p"),
+                   progress_bar=False, time_forward=False)  # fmt: skip
+    assert args.llm == "all-MiniLM-L6-v2"  # the default
+    trained, summary = fp.train(args)
+    assert trained.config["pooling"] == "mean" and trained.config["hidden_size"] == 384
+    assert summary["trainable_params"] < 0.02 * summary["total_params"]  # LoRA + head + projection only
+    obs, instr = torch.from_numpy(small["observations"][:4]), small["instructions"][:4].tolist()
+    with torch.inference_mode():
+        assert torch.equal(load_prior(str(tmp_path / "p"), merge_lora=False)(obs, instr), trained(obs, instr))
+    pretrained, tokenizer, _ = fp.load_llm("all-MiniLM-L6-v2", torch.float32)
+    assert tokenizer("a")["input_ids"] == [101, 1037, 102]  # [CLS] a [SEP]: the uncased BERT vocabulary
+    twin1, _, _ = fp.load_llm("all-MiniLM-L6-v2-random", torch.float32)
+    twin2, _, _ = fp.load_llm("all-MiniLM-L6-v2-random", torch.float32)
+    for key in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
+        assert getattr(twin1.config, key) == getattr(pretrained.config, key), key  # same architecture
+    assert fp.weights_fingerprint(twin1) == fp.weights_fingerprint(twin2) != fp.weights_fingerprint(pretrained)
+
+
+def test_load_prior_errors_and_atomic_save(tiny_clevr_prior, tmp_path, monkeypatch):
+    with pytest.raises(PriorError, match="no prior at"):
+        load_prior(str(tmp_path / "nothing"))
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_clevr_prior, broken)
+    (broken / "heads.safetensors").unlink()
+    with pytest.raises(PriorError, match=r"incomplete prior directory.*heads\.safetensors"):
+        load_prior(str(broken))
+    # saving over an existing prior replaces it whole; an interrupted save leaves the old one intact
+    prior = load_prior(tiny_clevr_prior, merge_lora=False)
+    target = tmp_path / "target"
+    fp.save_prior(prior, str(target))
+    fp.save_prior(prior, str(target))
+    assert sorted(os.listdir(tmp_path)) == ["broken", "target"]  # no temp or old directories left
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fp, "save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        fp.save_prior(prior, str(tmp_path / "target"))
+    with pytest.raises(KeyboardInterrupt):
+        fp.save_prior(prior, str(tmp_path / "fresh"))
+    assert not (tmp_path / "fresh").exists()
+    load_prior(str(target))  # still complete
+
+
+def test_demo_file_validation(tmp_path):
+    clevr, reach = fp.resolve_env("CLEVR-Robot-v0"), fp.resolve_env("reach-v3")
+    good = synthetic_demos()
+    fp.save_demos(good, str(tmp_path / "good.npz"))
+    loaded = fp.load_demos(str(tmp_path / "good.npz"), clevr)
+    assert loaded["actions"].dtype == np.int64 and loaded["observations"].shape == (30, 24)
+    fp.save_demos(synthetic_demos("reach-v3"), str(tmp_path / "reach.npz"))
+    assert fp.load_demos(str(tmp_path / "reach.npz"), reach)["actions"].shape == (30, 4)
+
+    def refused(demos, env, match):
+        path = str(tmp_path / "bad.npz")
+        fp.save_demos(demos, path)
+        with pytest.raises(PriorError, match=match):
+            fp.load_demos(path, env)
+
+    refused({k: v for k, v in good.items() if k != "instructions"}, clevr, r"lacks the key\(s\) \['instructions'\]")
+    nan = dict(good, observations=good["observations"].copy())
+    nan["observations"][3, 2] = np.nan
+    refused(nan, clevr, "observations contain NaN")
+    refused(dict(good, actions=good["actions"].astype(np.float32)), clevr, r"Discrete\(40\)")
+    refused(dict(good, actions=good["actions"] + 40), clevr, r"must lie in \[0, 40\)")
+    refused(synthetic_demos("reach-v3"), clevr, "collected on env 'reach-v3' but --env-id is 'CLEVR-Robot-v0'")
+    refused(good, reach, "collected on env 'CLEVR-Robot-v0'")
+    refused(dict(synthetic_demos("reach-v3"), actions=np.zeros((30, 2), np.float32)), reach, "continuous actions of 4")
+    refused(dict(good, observations=good["observations"][:, :20]), clevr, "20 dims but CLEVR-Robot-v0 observations have 24")
+    (tmp_path / "junk.npz").write_text("not a zip")
+    with pytest.raises(PriorError, match="not a readable .npz"):
+        fp.load_demos(str(tmp_path / "junk.npz"), clevr)
+    with pytest.raises(PriorError, match="no such file"):
+        fp.load_demos(str(tmp_path / "missing.npz"), clevr)
+
+
+def test_split_by_episode():
+    demos = synthetic_demos(episodes=10, steps=3)
+    train, held = fp.split_by_episode(demos, 0.2, seed=0)
+    assert len(held["actions"]) == 6 and len(train["actions"]) == 24
+    assert not set(train["episode_ids"]) & set(held["episode_ids"])
+    train1, held1 = fp.split_by_episode(synthetic_demos(episodes=2, steps=3), 0.01, seed=0)
+    assert len(held1["actions"]) == 3 and len(train1["actions"]) == 3  # at least one episode each
+
+
+def test_cli_errors_in_process(tmp_path, capsys, monkeypatch):
+    fp.save_demos(synthetic_demos(), str(tmp_path / "good.npz"))
+    fp.save_demos({k: v for k, v in synthetic_demos().items() if k != "episode_ids"}, str(tmp_path / "bad.npz"))
+    cases = [
+        (["--demos-path", str(tmp_path / "bad.npz")], "lacks the key(s) ['episode_ids']"),
+        (["--env-id", "reach-v9"], "unknown --env-id 'reach-v9'"),
+        (["--env-id", "clevr-robot-v0"], "Did you mean 'CLEVR-Robot-v0'?"),
+        (["--demos-path", str(tmp_path / "good.npz"), "--llm", "Qwen2.5-05B"], "Did you mean 'Qwen2.5-0.5B'?"),
+        (["--demos-path", str(tmp_path / "good.npz"), "--prompt-template", "no placeholders"], "exactly one {state}"),
+    ]
+    for argv, message in cases:
+        code, err = run_main(argv, tmp_path, capsys, monkeypatch)
+        assert code == 2 and message in err and "Traceback" not in err, (argv, err)
+    # a Hub model that is not cached, offline: a fast, actionable error naming the offline choices
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    code, err = run_main(["--demos-path", str(tmp_path / "good.npz"), "--llm", "Qwen2.5-0.5B"], tmp_path, capsys, monkeypatch)
+    assert code == 2 and "'Qwen/Qwen2.5-0.5B' is not in the local Hugging Face cache" in err
+    assert "tiny-random" in err and "all-MiniLM-L6-v2" in err
+
+
+def test_llm_from_local_directory_and_hub_cache(tmp_path, monkeypatch):
+    """--llm as a local directory, and a Hub id already in the local Hugging Face cache (no network needed)."""
+    import huggingface_hub
+
+    model, tokenizer, _ = fp.load_llm("tiny-random", torch.float32)
+    local = tmp_path / "my-model"
+    model.save_pretrained(local)
+    tokenizer.save_pretrained(local)
+    loaded, tok, source = fp.load_llm(str(local), torch.float32)
+    assert source == str(local) and fp.weights_fingerprint(loaded) == fp.weights_fingerprint(model)
+    assert fp.tokenizer_fingerprint(tok) == fp.tokenizer_fingerprint(tokenizer)
+    repo = tmp_path / "hub" / "models--someone--tiny-qwen"
+    shutil.copytree(local, repo / "snapshots" / "abc123")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    cached, _, source = fp.load_llm("someone/tiny-qwen", torch.float32)
+    assert source == "someone/tiny-qwen" and fp.weights_fingerprint(cached) == fp.weights_fingerprint(model)
+    with pytest.raises(PriorError, match="cannot load a model from this directory"):
+        fp.load_llm(str(tmp_path / "hub"), torch.float32)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--llm", "no-such-model"], "unknown --llm 'no-such-model'"),
+        pytest.param(["--env-id", "pick-plaec-v3"], "Did you mean 'pick-place-v3'?", marks=pytest.mark.slow),
+        pytest.param(["--demos-path", "DEMOS"], "lacks the key(s) ['actions']", marks=pytest.mark.slow),
+    ],
+)
+def test_cli_errors_subprocess(argv, message, tmp_path):
+    """The real command line: exit code != 0, the message, and no traceback (test_cli_errors_in_process runs
+    the same `main` in-process for every kind of error; each subprocess costs seconds of imports)."""
+    bad = {k: v for k, v in synthetic_demos().items() if k != "actions"}
+    fp.save_demos(bad, str(tmp_path / "bad.npz"))
+    argv = [str(tmp_path / "bad.npz") if a == "DEMOS" else a for a in argv]
+    if argv[0] == "--llm":  # the llm is resolved after the demos: give it good ones
+        fp.save_demos(synthetic_demos(), str(tmp_path / "good.npz"))
+        argv += ["--demos-path", str(tmp_path / "good.npz")]
+    proc = run_cli([*argv, "--no-time-forward", "--output-dir", str(tmp_path / "p")], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "p").exists()
+
+
+def test_torchrun_two_processes(tiny_clevr_run, tmp_path):
+    """torchrun --nproc_per_node 2 on CPU (gloo): trains with a DistributedSampler and rank 0 saves one prior,
+    which loads here (so tiny-random rebuilt identically in another process: fingerprints are checked)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    out = tmp_path / "ddp_prior"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", SCRIPT,
+           "--llm", "tiny-random", "--demos-path", tiny_clevr_run["demos"], "--epochs", "2", "--batch-size", "32",
+           "--output-dir", str(out), "--no-progress-bar"]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout and proc.stdout.count("SUMMARY") == 1
+    assert sorted(os.listdir(tmp_path)) == ["ddp_prior", "runs"]  # one prior, no temp directories
+    assert len(os.listdir(tmp_path / "runs")) == 1  # only rank 0 writes
+    prior = load_prior(str(out))
+    summary = prior.config["train_summary"]
+    assert summary["processes"] == 2 and summary["final_train_loss"] < summary["first_train_loss"]
