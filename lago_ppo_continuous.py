@@ -226,7 +226,7 @@ def update_adaptive_kl_coef(kl_coef, measured_kl, kl_target, low=1e-4, high=1e4)
 
 def load_guidance_prior(args, envs, device="cpu"):
     """The prior for this run, checked against the env; clear errors for a missing or mismatched prior."""
-    from finetune_prior import default_prior_path, load_prior  # LaGO: imported only when guidance is on
+    from finetune_prior import PriorError, default_prior_path, load_prior  # LaGO: imported only when guidance is on
 
     path = args.prior_path or default_prior_path(args.env_id, args.llm)
     make_cmd = f"python finetune_prior.py --env-id {args.env_id} --llm {args.llm}"
@@ -235,7 +235,10 @@ def load_guidance_prior(args, envs, device="cpu"):
             f"no prior at {path!r} (env {args.env_id!r}, --llm {args.llm!r}). Make one with:\n    {make_cmd}\n"
             f"or pass --prior-path DIR, or run vanilla PPO with --kl-coef 0."
         )
-    prior = load_prior(path, device=device)
+    try:
+        prior = load_prior(path, device=device)
+    except PriorError as e:
+        raise ValueError(str(e)) from None
     config = prior.config
     # a multi-task prior guides any of its tasks: e.g. one made for MT10 serves a reach-v3 run
     prior_tasks = config.get("tasks") or resolve_tasks(config.get("env_id", ""))

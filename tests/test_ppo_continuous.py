@@ -1,0 +1,236 @@
+"""lago_ppo_continuous.py: end-to-end runs with a tiny-random prior, the Gaussian KL, guidance, and clear errors."""
+
+import glob
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Independent, Normal
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = str(REPO / "lago_ppo_continuous.py")
+sys.path.insert(0, str(REPO))
+
+import lago_ppo_continuous as ppo  # noqa: E402
+
+TWO_TASKS = "reach-v3,push-v3"
+# tiny budgets: 2 envs x 16 steps per rollout, 8-step episodes, a few minibatches
+TINY = ["--num-envs", "2", "--num-steps", "16", "--max-episode-steps", "8", "--num-minibatches", "2",
+        "--update-epochs", "2", "--eval-episodes", "2"]  # fmt: skip
+
+
+def run_script(args, cwd, check=True):
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
+    proc = subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, capture_output=True, text=True, env=env)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def run_dir(cwd):
+    dirs = glob.glob(os.path.join(cwd, "runs", "*"))
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def scalar_tags(path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(path, size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+PRIOR_MEAN_SHIFT = torch.tensor([0.8, -0.8, 0.8, -0.8])
+
+
+@pytest.fixture(scope="module")
+def two_task_prior(tmp_path_factory):
+    """A tiny-random prior fine-tuned on a few expert steps of reach-v3 and push-v3 (a multi-task prior), whose
+    head bias is then shifted by PRIOR_MEAN_SHIFT: its mean is far from the fresh policy's (about 0)."""
+    import finetune_prior
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path_factory.mktemp("prior") / "two_tasks"
+    code = finetune_prior.main(["--env-id", TWO_TASKS, "--llm", "tiny-random", "--num-episodes", "1",
+                                "--max-episode-steps", "16", "--epochs", "1", "--no-progress-bar",
+                                "--output-dir", str(out), "--save-demos-path", str(out.parent / "demos.npz")])  # fmt: skip
+    assert code == 0
+    heads = load_file(out / "heads.safetensors")
+    heads["head.bias"][:4] += PRIOR_MEAN_SHIFT  # the head outputs (mean, raw std)
+    save_file(heads, out / "heads.safetensors")
+    return str(out)
+
+
+def test_closed_form_kl_matches_monte_carlo():
+    torch.manual_seed(0)
+    mean_p, mean_q = torch.randn(3, 4), torch.randn(3, 4)
+    std_p, std_q = torch.rand(3, 4) + 0.3, torch.rand(3, 4) + 0.3
+    pi, prior = ppo.prior_dist(mean_p, std_p), ppo.prior_dist(mean_q, std_q)
+    samples = pi.sample((200_000,))
+    mc_reverse = (pi.log_prob(samples) - prior.log_prob(samples)).mean(0)
+    samples = prior.sample((200_000,))
+    mc_forward = (prior.log_prob(samples) - pi.log_prob(samples)).mean(0)
+    reverse, forward = ppo.prior_kl(pi, prior, "reverse"), ppo.prior_kl(pi, prior, "forward")
+    assert reverse.shape == (3,)  # one KL per state, summed over the 4 action dimensions
+    torch.testing.assert_close(reverse, mc_reverse, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(forward, mc_forward, atol=0.05, rtol=0.02)
+    assert not torch.allclose(reverse, forward)  # the direction matters
+    # and it is the textbook formula for diagonal Gaussians
+    formula = (torch.log(std_q / std_p) + (std_p**2 + (mean_p - mean_q) ** 2) / (2 * std_q**2) - 0.5).sum(-1)
+    torch.testing.assert_close(reverse, formula)
+    with pytest.raises(ValueError, match="reverse"):
+        ppo.prior_kl(pi, prior, "sideways")
+
+
+def test_agent_distribution_sums_over_action_dims():
+    class Spaces:  # the two attributes Agent reads from a vector env
+        single_observation_space = type("S", (), {"shape": (39,)})()
+        single_action_space = type("S", (), {"shape": (4,)})()
+
+    agent = ppo.Agent(Spaces())
+    x = torch.randn(5, 39)
+    action, logprob, entropy, value, dist = agent.get_action_and_value(x)
+    normal = Normal(agent.actor_mean(x), agent.actor_logstd.exp().expand(5, 4))
+    torch.testing.assert_close(logprob, normal.log_prob(action).sum(1))
+    torch.testing.assert_close(entropy, normal.entropy().sum(1))
+    assert value.shape == (5, 1) and isinstance(dist, Independent)
+    torch.testing.assert_close(dist.mode, agent.actor_mean(x))  # the evaluation's deterministic action
+
+
+def test_guided_run_on_reach_pulls_policy_to_prior(two_task_prior, tmp_path):
+    """reach-v3 with a (two-task) tiny-random prior and a large beta under the sparse reward, which a random
+    policy in 8-step episodes never earns: the KL is the only signal, so the policy mean moves to the prior mean."""
+    proc = run_script(["--env-id", "reach-v3", "--prior-path", two_task_prior, "--llm", "tiny-random",
+                       "--kl-coef", "10", "--reward-type", "sparse", "--total-timesteps", "192", "--learning-rate", "1e-2",
+                       "--save-model", *TINY, "--update-epochs", "4"], tmp_path)  # fmt: skip
+    out = proc.stdout
+    assert "LaGO prior:" in out and out.count("summary:") == 1 and "prior_kl=" in out
+    directory = run_dir(tmp_path)
+    report = json.load(open(os.path.join(directory, "eval.json")))
+    assert report["global_step"] == 192 and report["prior_time_s"] > 0 and report["wall_time_s"] > 0
+    assert set(report["eval"]) == {"reach-v3"} and report["eval"]["reach-v3"]["episodes"] == 2
+    assert report["final_success_rate"] == 0.0  # so every reward was 0
+    assert report["args"]["kl_coef"] == 10
+    scalars = scalar_tags(directory)
+    for tag in ("losses/prior_kl", "charts/kl_coef", "charts/prior_time_share", "charts/SPS",
+                "charts/episodic_return", "charts/success_rate"):  # fmt: skip
+        assert tag in scalars, tag
+    kls = scalars["losses/prior_kl"]
+    assert kls[-1] < 0.5 * kls[0], kls  # the KL to the prior falls fast
+
+    # the saved model (agent + observation statistics) puts its mean near the prior's on fresh reach states
+    saved = torch.load(glob.glob(os.path.join(directory, "*.cleanrl_model"))[0], weights_only=False)
+    assert set(saved) == {"agent", "obs_rms"} and set(saved["obs_rms"]) == {"mean", "var", "count"}
+    from envs.metaworld import make_env
+
+    from finetune_prior import load_prior
+
+    prior = load_prior(two_task_prior)
+    env = make_env("reach-v3", seed=123, max_episode_steps=8)
+    raw = []
+    for _ in range(3):
+        obs, info = env.reset()
+        for _ in range(8):
+            raw.append(obs)
+            obs, *_ = env.step(env.action_space.sample())
+    raw = np.array(raw)
+    with torch.inference_mode():
+        prior_mean, prior_std = prior(torch.tensor(raw, dtype=torch.float32), [info["instruction"]] * len(raw))
+    assert (prior_std >= prior.config["std_floor"]).all()
+
+    class Spaces:
+        single_observation_space = env.observation_space
+        single_action_space = env.action_space
+
+    trained, untrained = ppo.Agent(Spaces()), ppo.Agent(Spaces())
+    trained.load_state_dict(saved["agent"])
+    rms = type("RMS", (), saved["obs_rms"])
+    x = torch.tensor(ppo.normalize_obs(rms, raw), dtype=torch.float32)
+    with torch.no_grad():
+        gap_after = (trained.get_action_and_value(x)[4].mean - prior_mean).abs().mean()
+        gap_before = (untrained.get_action_and_value(x)[4].mean - prior_mean).abs().mean()
+        std_gap_after = (trained.actor_logstd.exp() - prior_std).abs().mean()
+    assert gap_after < 0.5 * gap_before, (gap_after, gap_before)
+    assert std_gap_after < (1.0 - prior_std).abs().mean()  # and its std toward the prior's
+
+
+def test_two_task_run_logs_success_per_task(two_task_prior, tmp_path):
+    run_script(["--env-id", TWO_TASKS, "--prior-path", two_task_prior, "--llm", "tiny-random", "--kl-coef", "0.1",
+                "--kl-schedule", "adaptive", "--kl-target", "0.01", "--total-timesteps", "96", *TINY], tmp_path)  # fmt: skip
+    directory = run_dir(tmp_path)
+    report = json.load(open(os.path.join(directory, "eval.json")))
+    assert list(report["eval"]) == ["reach-v3", "push-v3"]
+    scalars = scalar_tags(directory)
+    assert "charts/success_rate/reach-v3" in scalars and "charts/success_rate/push-v3" in scalars
+    assert "charts/success_rate" in scalars
+    # adaptive: a KL far above the tiny target doubles beta after every update
+    assert scalars["charts/kl_coef"] == pytest.approx([0.1, 0.2, 0.4])
+
+
+def test_vanilla_run_never_imports_the_language_model(tmp_path):
+    """--kl-coef 0: vanilla PPO; neither finetune_prior nor transformers/peft is imported, even with a missing prior."""
+    code = (
+        f"import runpy, sys\nsys.path.insert(0, {str(REPO)!r})\n"
+        f"sys.argv = [{SCRIPT!r}, '--kl-coef', '0', '--prior-path', 'does/not/exist', '--total-timesteps', '64', "
+        + ", ".join(repr(a) for a in TINY) + ", '--save-model']\n"
+        f"runpy.run_path({SCRIPT!r}, run_name='__main__')\n"
+        "loaded = sorted(m for m in ('finetune_prior', 'transformers', 'peft') if m in sys.modules)\n"
+        "print('LOADED', loaded)\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "LOADED []" in proc.stdout
+    assert "LaGO prior" not in proc.stdout and proc.stdout.count("summary:") == 1
+    report = json.load(open(os.path.join(run_dir(tmp_path), "eval.json")))
+    assert report["prior_time_s"] == 0.0 and report["global_step"] == 64
+    assert "losses/prior_kl" not in scalar_tags(run_dir(tmp_path))
+
+
+def run_main(args, monkeypatch, tmp_path):
+    """Run the script's __main__ in this process (its imports are cached: fast); returns the SystemExit message."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [SCRIPT, *args])
+    with pytest.raises(SystemExit) as exc:
+        runpy.run_path(SCRIPT, run_name="__main__")
+    return str(exc.value)
+
+
+def test_unknown_task_fails_clearly(monkeypatch, tmp_path):
+    message = run_main(["--env-id", "reach-v2", "--kl-coef", "0"], monkeypatch, tmp_path)
+    assert message.startswith("error: ") and "reach-v3" in message  # resolve_tasks suggests the close match
+    message = run_main(["--env-id", "MT10", "--kl-coef", "0", "--num-envs", "2"], monkeypatch, tmp_path)
+    assert "--num-envs 10" in message
+    message = run_main(["--kl-coef", "0", "--total-timesteps", "10"], monkeypatch, tmp_path)
+    assert "less than one rollout" in message
+
+
+def test_missing_prior_prints_the_finetune_command(monkeypatch, tmp_path):
+    message = run_main(["--env-id", "push-v3", "--llm", "tiny-random", *TINY], monkeypatch, tmp_path)
+    assert "python finetune_prior.py --env-id push-v3 --llm tiny-random" in message
+    assert "priors/push-v3__tiny-random" in message
+
+
+def test_prior_of_other_tasks_or_spaces_is_refused(two_task_prior, monkeypatch, tmp_path):
+    message = run_main(["--env-id", "window-open-v3", "--prior-path", two_task_prior, "--llm", "tiny-random", *TINY],
+                       monkeypatch, tmp_path)  # fmt: skip
+    assert "lacks window-open-v3" in message and "python finetune_prior.py --env-id window-open-v3" in message
+    # the same prior with a config saying it reads a CLEVR-sized observation
+    other = tmp_path / "other_prior"
+    os.system(f"cp -r {two_task_prior} {other}")
+    config = json.load(open(other / "prior_config.json"))
+    config["obs_dim"] = 10
+    json.dump(config, open(other / "prior_config.json", "w"))
+    message = run_main(["--env-id", "reach-v3", "--prior-path", str(other), "--llm", "tiny-random", *TINY],
+                       monkeypatch, tmp_path)  # fmt: skip
+    assert "observations of size 10" in message
+    os.remove(other / "heads.safetensors")
+    message = run_main(["--env-id", "reach-v3", "--prior-path", str(other), *TINY], monkeypatch, tmp_path)
+    assert "incomplete prior directory" in message
