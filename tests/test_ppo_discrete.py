@@ -1,0 +1,239 @@
+"""lago_ppo_discrete.py: the exact KL, the beta schedules, guidance pulling the policy to the prior,
+end-to-end runs on CLEVR-Robot with a tiny-random prior (reproducible), vanilla PPO without the LLM, clear errors."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = str(REPO / "lago_ppo_discrete.py")
+sys.path.insert(0, str(REPO))
+
+import lago_ppo_discrete as ppo  # noqa: E402
+from envs.clevr_robot import OBS_DIM  # noqa: E402
+
+# tiny budgets: 2 envs x 16 steps per rollout, 3 rollouts
+TINY = ["--num-envs", "2", "--num-steps", "16", "--total-timesteps", "96", "--num-minibatches", "2",
+        "--update-epochs", "2", "--eval-episodes", "2"]  # fmt: skip
+
+
+def run_script(args, cwd, check=True):
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
+    proc = subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, capture_output=True, text=True, env=env)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def run_dir(cwd):
+    dirs = glob.glob(os.path.join(cwd, "runs", "*"))
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def scalars(path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(path, size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny MLPs: one torch thread (a second one only waits on the shared CPU)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fake_envs(obs_dim, n):
+    """The two attributes Agent and load_guidance_prior read from a vector env."""
+    return SimpleNamespace(
+        single_observation_space=gym.spaces.Box(-1.0, 1.0, (obs_dim,), np.float32),
+        single_action_space=gym.spaces.Discrete(n),
+    )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# LaGO functions
+# ------------------------------------------------------------------------------------------------------------
+def test_kl_equals_direct_sum_both_directions():
+    policy_logits = torch.tensor([[2.0, 0.0, -1.0, 0.5], [0.0, 0.0, 0.0, 0.0]])
+    prior_logits = torch.tensor([[0.0, 1.0, 0.0, -3.0], [5.0, -2.0, 0.0, 1.0]])
+    p, q = policy_logits.softmax(-1), prior_logits.softmax(-1)
+    reverse = (p * (p / q).log()).sum(-1)  # KL(pi || prior)
+    forward = (q * (q / p).log()).sum(-1)  # KL(prior || pi)
+    pi, prior = torch.distributions.Categorical(logits=policy_logits), ppo.prior_dist(prior_logits)
+    torch.testing.assert_close(ppo.prior_kl(pi, prior, "reverse"), reverse)
+    torch.testing.assert_close(ppo.prior_kl(pi, prior, "forward"), forward)
+    assert not torch.allclose(reverse, forward)  # the fixed tensors do tell the directions apart
+    assert ppo.prior_kl(pi, ppo.prior_dist(policy_logits)).abs().max() < 1e-6
+    with pytest.raises(ValueError, match="reverse"):
+        ppo.prior_kl(pi, prior, "sideways")
+
+
+def test_fixed_schedules():
+    assert ppo.kl_coef_schedule("constant", 0.3, 7, 10) == 0.3
+    linear = [ppo.kl_coef_schedule("linear", 0.5, i, 10) for i in range(1, 11)]
+    assert linear[0] == 0.5 and linear[-1] == pytest.approx(0.05)
+    assert all(a > b for a, b in zip(linear, linear[1:]))
+    with pytest.raises(ValueError):
+        ppo.kl_coef_schedule("adaptive", 0.5, 1, 10)
+
+
+def test_adaptive_controller_steers_beta_toward_the_target():
+    assert ppo.update_adaptive_kl_coef(1.0, measured_kl=0.5, kl_target=0.1) == 2.0  # KL too high: pull harder
+    assert ppo.update_adaptive_kl_coef(1.0, measured_kl=0.01, kl_target=0.1) == 0.5  # KL low: let RL act
+    assert ppo.update_adaptive_kl_coef(1.0, measured_kl=0.1, kl_target=0.1) == 1.0  # within [t/1.5, 1.5 t]
+    assert ppo.update_adaptive_kl_coef(1e4, measured_kl=9.0, kl_target=0.1) == 1e4  # clipped
+    beta = 1.0
+    for _ in range(100):
+        beta = ppo.update_adaptive_kl_coef(beta, measured_kl=0.0, kl_target=0.1)
+    assert beta == 1e-4  # never reaches 0, so it can recover
+
+
+@pytest.mark.parametrize("direction", ["reverse", "forward"])
+def test_large_beta_without_reward_moves_the_policy_to_the_prior(direction, one_thread):
+    """No reward signal (zero advantages: the clipped surrogate vanishes) and a large constant beta: the loss is
+    entropy bonus + beta * KL, and the policy's distribution converges to the prior's at every state."""
+    torch.manual_seed(0)
+    agent = ppo.Agent(fake_envs(obs_dim=6, n=5))
+    obs = torch.randn(256, 6)
+    prior_logits = 3.0 * torch.tanh(obs @ torch.randn(6, 5))  # a state-dependent, fairly peaked prior
+    optimizer = torch.optim.Adam(agent.parameters(), lr=3e-3, eps=1e-5)
+    actions = torch.randint(0, 5, (256,))
+    kls = []
+    for _ in range(400):
+        _, newlogprob, entropy, _, dist = agent.get_action_and_value(obs, actions)
+        ratio = (newlogprob - newlogprob.detach()).exp()
+        pg_loss = (-torch.zeros(256) * ratio).mean()
+        kl = ppo.prior_kl(dist, ppo.prior_dist(prior_logits), direction).mean()
+        loss = pg_loss - 0.01 * entropy.mean() + 10.0 * kl
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(agent.parameters(), 0.5)
+        optimizer.step()
+        kls.append(kl.item())
+    assert kls[0] > 0.5
+    assert kls[-1] < 0.05 * kls[0]
+    with torch.no_grad():
+        policy_probs = agent.get_action_and_value(obs)[4].probs
+    assert (policy_probs.argmax(-1) == prior_logits.argmax(-1)).float().mean() > 0.9
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The prior: loading and refusing
+# ------------------------------------------------------------------------------------------------------------
+def test_missing_prior_names_the_finetune_command(tmp_path):
+    args = ppo.Args(env_id="CLEVR-Robot-v0", llm="tiny-random", prior_path=str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError) as e:
+        ppo.load_guidance_prior(args, fake_envs(13, 40))
+    assert "python finetune_prior.py --env-id CLEVR-Robot-v0 --llm tiny-random" in str(e.value)
+    assert "nowhere" in str(e.value)
+
+
+def test_mismatched_prior_is_refused(tiny_clevr_prior):
+    clevr = ppo.Args(env_id="CLEVR-Robot-v0", llm="tiny-random", prior_path=tiny_clevr_prior)
+    prior, path = ppo.load_guidance_prior(clevr, fake_envs(OBS_DIM, 40))
+    assert path == tiny_clevr_prior and prior.config["action_space"] == {"type": "discrete", "n": 40}
+    cartpole = ppo.Args(env_id="CartPole-v1", llm="tiny-random", prior_path=tiny_clevr_prior)
+    with pytest.raises(ValueError, match="made for env 'CLEVR-Robot-v0', not --env-id 'CartPole-v1'") as e:
+        ppo.load_guidance_prior(cartpole, fake_envs(4, 2))
+    assert "python finetune_prior.py --env-id CartPole-v1 --llm tiny-random" in str(e.value)
+    with pytest.raises(ValueError, match=r"Discrete\(5\)"):
+        ppo.load_guidance_prior(clevr, fake_envs(OBS_DIM, 5))
+    with pytest.raises(ValueError, match="observations of size"):
+        ppo.load_guidance_prior(clevr, fake_envs(7, 40))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# End-to-end runs of the script
+# ------------------------------------------------------------------------------------------------------------
+def test_lago_run_on_clevr_is_complete_and_reproducible(tiny_clevr_prior, tmp_path):
+    """Two identical runs (tiny-random prior, adaptive beta, CPU, same seed) give bit-identical models and logs."""
+    results = []
+    for name in ("a", "b"):
+        cwd = tmp_path / name
+        cwd.mkdir()
+        proc = run_script(["--llm", "tiny-random", "--prior-path", tiny_clevr_prior, "--kl-coef", "0.5",
+                           "--kl-schedule", "adaptive", "--save-model", *TINY], cwd)  # fmt: skip
+        summary_lines = [line for line in proc.stdout.splitlines() if line.startswith("summary:")]
+        assert len(summary_lines) == 1 and "eval train" in summary_lines[0] and "eval heldout" in summary_lines[0]
+        rdir = run_dir(cwd)
+        result = json.loads(Path(rdir, "eval.json").read_text())
+        model = torch.load(Path(rdir, "lago_ppo_discrete.cleanrl_model"))
+        results.append((result, model, scalars(rdir)))
+        assert not glob.glob(os.path.join(rdir, "*.tmp"))
+
+    (result, model, logs), (result_b, model_b, logs_b) = results
+    assert result["global_step"] == 96 and result["prior_time_s"] > 0
+    assert set(result["eval"]) == {"train", "heldout"}
+    for split in ("train", "heldout"):
+        assert result["eval"][split]["episodes"] == 2
+        assert 0.0 <= result["eval"][split]["success_rate"] <= 1.0
+    assert result["args"]["kl_schedule"] == "adaptive" and result["wall_time_s"] > 0
+    for tag in ("losses/prior_kl", "charts/kl_coef", "charts/prior_time_share", "charts/SPS", "losses/value_loss"):
+        assert len(logs[tag]) == 3, tag
+    assert logs["charts/kl_coef"][0] == 0.5
+    assert all(b / a in (0.5, 1.0, 2.0) for a, b in zip(logs["charts/kl_coef"], logs["charts/kl_coef"][1:]))
+    assert 0.0 < logs["charts/prior_time_share"][-1] < 1.0
+    # reproducible: same seed on CPU -> same numbers
+    assert model.keys() == model_b.keys()
+    for key in model:
+        assert torch.equal(model[key], model_b[key]), key
+    for tag in ("losses/prior_kl", "losses/value_loss", "losses/policy_loss", "charts/kl_coef"):
+        assert logs[tag] == logs_b[tag], tag
+    assert result["eval"] == result_b["eval"]
+
+
+def test_vanilla_run_never_imports_the_language_model(tmp_path):
+    """--kl-coef 0: PPO through the same code, the prior path is never looked at, no LLM library is imported."""
+    code = (
+        "import runpy, sys, json\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        f"sys.argv = ['lago_ppo_discrete.py', '--kl-coef', '0', '--prior-path', 'no/such/prior', "
+        f"'--llm', 'Qwen2.5-7B', *{TINY!r}]\n"
+        f"runpy.run_path({SCRIPT!r}, run_name='__main__')\n"
+        "print('IMPORTED', json.dumps(sorted(m for m in ('transformers', 'peft', 'finetune_prior') if m in sys.modules)))\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "IMPORTED []" in proc.stdout
+    rdir = run_dir(str(tmp_path))
+    tags = scalars(rdir)
+    assert "losses/prior_kl" not in tags and "charts/SPS" in tags
+    result = json.loads(Path(rdir, "eval.json").read_text())
+    assert result["prior_time_s"] == 0.0 and result["args"]["kl_coef"] == 0.0
+
+
+def test_script_errors_are_clear(tmp_path):
+    """No prior at the default location -> the finetune command; a Box action space -> lago_ppo_continuous.py."""
+    proc = run_script(["--llm", "Qwen2.5-1.5B", *TINY], tmp_path, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "python finetune_prior.py --env-id CLEVR-Robot-v0 --llm Qwen2.5-1.5B" in proc.stderr
+    assert "priors/CLEVR-Robot-v0__Qwen2.5-1.5B" in proc.stderr
+
+    proc = run_script(["--env-id", "Pendulum-v1", "--kl-coef", "0", *TINY], tmp_path, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "lago_ppo_continuous.py" in proc.stderr and "Box" in proc.stderr
+
+
+@pytest.mark.slow
+def test_vanilla_ppo_solves_cartpole(tmp_path):
+    """CleanRL's defaults on CartPole-v1: average return above 400 within 500k steps (several minutes)."""
+    run_script(["--env-id", "CartPole-v1", "--kl-coef", "0", "--total-timesteps", "500000", "--eval-episodes", "10"],
+               tmp_path)  # fmt: skip
+    result = json.loads(Path(run_dir(str(tmp_path)), "eval.json").read_text())
+    assert result["final_episodic_return"] > 400
