@@ -111,10 +111,10 @@ def test_large_beta_without_reward_moves_the_policy_to_the_prior(direction, one_
     agent = ppo.Agent(fake_envs(obs_dim=6, n=5))
     obs = torch.randn(256, 6)
     prior_logits = 3.0 * torch.tanh(obs @ torch.randn(6, 5))  # a state-dependent, fairly peaked prior
-    optimizer = torch.optim.Adam(agent.parameters(), lr=3e-3, eps=1e-5)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-2, eps=1e-5)
     actions = torch.randint(0, 5, (256,))
     kls = []
-    for _ in range(400):
+    for _ in range(150):
         _, newlogprob, entropy, _, dist = agent.get_action_and_value(obs, actions)
         ratio = (newlogprob - newlogprob.detach()).exp()
         pg_loss = (-torch.zeros(256) * ratio).mean()
@@ -126,7 +126,7 @@ def test_large_beta_without_reward_moves_the_policy_to_the_prior(direction, one_
         optimizer.step()
         kls.append(kl.item())
     assert kls[0] > 0.5
-    assert kls[-1] < 0.05 * kls[0]
+    assert kls[-1] < 0.01  # nats, from 0.8-1.7
     with torch.no_grad():
         policy_probs = agent.get_action_and_value(obs)[4].probs
     assert (policy_probs.argmax(-1) == prior_logits.argmax(-1)).float().mean() > 0.9
