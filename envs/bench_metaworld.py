@@ -1,7 +1,7 @@
 """Speed of envs.metaworld against bare gym.make, and success of Meta-World's scripted experts.
 
-    python -m envs.bench_metaworld                      # steps/s: make_env vs gym.make("Meta-World/MT1"), reach + pick-place
-    python -m envs.bench_metaworld --experts            # expert success over 10 episodes on each MT10 task
+    python -m envs.bench_metaworld             # steps/s: make_env vs gym.make("Meta-World/MT1"), reach + pick-place
+    python -m envs.bench_metaworld --experts   # expert success over 10 episodes on each MT10 task
     python -m envs.bench_metaworld --experts --tasks MT50 --episodes 5 --noise-std 0.1
 
 Speed: both envs step the same uniform-random actions (resetting at the end of each 500-step episode, so resets
@@ -73,7 +73,9 @@ def bench_experts(tasks: list[str], episodes: int, noise_std: float, seed: int) 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experts", action="store_true", help="measure expert success instead of speed")
-    parser.add_argument("--tasks", default=None, help="task spec (default: reach-v3,pick-place-v3 for speed, MT10 for experts)")
+    parser.add_argument(
+        "--tasks", default=None, help="task spec (default: reach-v3,pick-place-v3 for speed, MT10 for experts)"
+    )
     parser.add_argument("--steps", type=int, default=3000, help="env steps per speed measurement")
     parser.add_argument("--repeats", type=int, default=6, help="speed measurements per env (interleaved)")
     parser.add_argument("--episodes", type=int, default=10, help="expert episodes per task")

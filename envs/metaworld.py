@@ -137,7 +137,7 @@ def spec_string(tasks: str | Sequence[str]) -> str:
 
 
 class MetaWorldTask(gym.Wrapper):
-    """The one wrapper: a correct observation space (identical for all tasks), sparse reward on request, and the contract's info keys.
+    """The one wrapper: a true observation space (the same for all tasks), the sparse reward, the info keys.
 
     info at reset and at every step: "success" (bool), "instruction" (str), "task" (str). At the end of an
     episode Meta-World's own RecordEpisodeStatistics puts "episode" = {"r", "l", "t"} in info; we add

@@ -60,7 +60,8 @@ def test_resolve_tasks():
     assert mw.resolve_tasks("MT10") == list(mw.MT10)
     assert mw.resolve_tasks("mt50") == list(mw.ALL_TASKS)
     assert mw.resolve_tasks(" push-v3, reach-v3 ,push-v3") == ["push-v3", "reach-v3"]
-    assert mw.resolve_tasks("sweep-v3,MT10")[:2] == ["sweep-v3", "reach-v3"] and len(mw.resolve_tasks("sweep-v3,MT10")) == 11
+    mixed = mw.resolve_tasks("sweep-v3,MT10")
+    assert mixed[:2] == ["sweep-v3", "reach-v3"] and len(mixed) == 11
     assert mw.resolve_tasks(["door-open-v3", "reach-v3"]) == ["door-open-v3", "reach-v3"]
     for bad, suggestion in [("reech-v3", "reach-v3"), ("reach-v2", "reach-v3"), ("pick_place", "pick-place-v3"),
                             ("MT11", "MT10"), ("reach-v3,drawer-opn-v3", "drawer-open-v3")]:  # fmt: skip
@@ -193,6 +194,7 @@ def test_vector_env():
         obs, reward, terminations, truncations, infos = envs.step(envs.action_space.sample())
     assert truncations.all() and "final_info" in infos and "final_obs" in infos  # same-step autoreset
     assert infos["final_info"]["_episode"].all() and list(infos["final_info"]["episode"]["l"]) == [5, 5, 5]
+    assert infos["final_info"]["episode"]["success"].dtype == bool
     assert not infos["success"].any()  # the reset info of the next episodes
     envs.close()
     # the thunk lets a script add its own wrappers
