@@ -241,8 +241,7 @@ def load_guidance_prior(args, envs, device="cpu"):
         raise ValueError(str(e)) from None
     config = prior.config
     # a multi-task prior guides any of its tasks: e.g. one made for MT10 serves a reach-v3 run
-    prior_tasks = config.get("tasks") or resolve_tasks(config.get("env_id", ""))
-    missing = [task for task in resolve_tasks(args.env_id) if task not in prior_tasks]
+    missing = [task for task in resolve_tasks(args.env_id) if task not in (config.get("tasks") or [])]
     if missing:
         raise ValueError(
             f"the prior at {path!r} was made for env {config.get('env_id')!r}, which lacks {', '.join(missing)} of "

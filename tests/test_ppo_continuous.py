@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import runpy
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,25 +48,22 @@ def scalar_tags(path):
     return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-PRIOR_MEAN_SHIFT = torch.tensor([0.8, -0.8, 0.8, -0.8])
-
-
 @pytest.fixture(scope="module")
 def two_task_prior(tmp_path_factory):
-    """A tiny-random prior fine-tuned on a few expert steps of reach-v3 and push-v3 (a multi-task prior), whose
-    head bias is then shifted by PRIOR_MEAN_SHIFT: its mean is far from the fresh policy's (about 0)."""
+    """A tiny-random prior fine-tuned on a few expert steps of reach-v3 and push-v3 (a multi-task prior)."""
     import finetune_prior
-    from safetensors.torch import load_file, save_file
 
     out = tmp_path_factory.mktemp("prior") / "two_tasks"
     code = finetune_prior.main(["--env-id", TWO_TASKS, "--llm", "tiny-random", "--num-episodes", "1",
                                 "--max-episode-steps", "16", "--epochs", "1", "--no-progress-bar",
                                 "--output-dir", str(out), "--save-demos-path", str(out.parent / "demos.npz")])  # fmt: skip
     assert code == 0
-    heads = load_file(out / "heads.safetensors")
-    heads["head.bias"][:4] += PRIOR_MEAN_SHIFT  # the head outputs (mean, raw std)
-    save_file(heads, out / "heads.safetensors")
     return str(out)
+
+
+def copy_prior(path, to):
+    shutil.copytree(path, to)
+    return to
 
 
 def test_closed_form_kl_matches_monte_carlo():
@@ -104,11 +102,18 @@ def test_agent_distribution_sums_over_action_dims():
     torch.testing.assert_close(dist.mode, agent.actor_mean(x))  # the evaluation's deterministic action
 
 
-def test_guided_run_on_reach_pulls_policy_to_prior(two_task_prior, tmp_path):
-    """reach-v3 with a (two-task) tiny-random prior and a large beta under the sparse reward, which a random
-    policy in 8-step episodes never earns: the KL is the only signal, so the policy mean moves to the prior mean."""
-    proc = run_script(["--env-id", "reach-v3", "--prior-path", two_task_prior, "--llm", "tiny-random",
-                       "--kl-coef", "10", "--reward-type", "sparse", "--total-timesteps", "192", "--learning-rate", "1e-2",
+def test_guided_run_on_reach_pulls_policy_to_prior(tiny_reach_prior, tmp_path):
+    """reach-v3 with a tiny-random prior and a large beta under the sparse reward, which a random policy in
+    8-step episodes never earns: the KL is the only signal, so the policy mean moves to the prior mean. The
+    prior's head bias is shifted first, so that its mean is far from the fresh policy's (about 0)."""
+    from safetensors.torch import load_file, save_file
+
+    prior_path = copy_prior(tiny_reach_prior, tmp_path / "prior")
+    heads = load_file(prior_path / "heads.safetensors")
+    heads["head.bias"][:4] += torch.tensor([0.8, -0.8, 0.8, -0.8])  # the head outputs (mean, raw std)
+    save_file(heads, prior_path / "heads.safetensors")
+    proc = run_script(["--env-id", "reach-v3", "--prior-path", str(prior_path), "--llm", "tiny-random",
+                       "--kl-coef", "10", "--reward-type", "sparse", "--total-timesteps", "192", "--learning-rate", "3e-2",
                        "--save-model", *TINY, "--update-epochs", "4"], tmp_path)  # fmt: skip
     out = proc.stdout
     assert "LaGO prior:" in out and out.count("summary:") == 1 and "prior_kl=" in out
@@ -116,14 +121,14 @@ def test_guided_run_on_reach_pulls_policy_to_prior(two_task_prior, tmp_path):
     report = json.load(open(os.path.join(directory, "eval.json")))
     assert report["global_step"] == 192 and report["prior_time_s"] > 0 and report["wall_time_s"] > 0
     assert set(report["eval"]) == {"reach-v3"} and report["eval"]["reach-v3"]["episodes"] == 2
-    assert report["final_success_rate"] == 0.0  # so every reward was 0
+    assert report["final_success_rate"] == 0.0  # 12 whole episodes per env, none successful: every reward was 0
     assert report["args"]["kl_coef"] == 10
     scalars = scalar_tags(directory)
     for tag in ("losses/prior_kl", "charts/kl_coef", "charts/prior_time_share", "charts/SPS",
                 "charts/episodic_return", "charts/success_rate"):  # fmt: skip
         assert tag in scalars, tag
     kls = scalars["losses/prior_kl"]
-    assert kls[-1] < 0.5 * kls[0], kls  # the KL to the prior falls fast
+    assert kls[-1] < 0.7 * kls[0], kls  # the KL to the prior falls
 
     # the saved model (agent + observation statistics) puts its mean near the prior's on fresh reach states
     saved = torch.load(glob.glob(os.path.join(directory, "*.cleanrl_model"))[0], weights_only=False)
@@ -132,7 +137,7 @@ def test_guided_run_on_reach_pulls_policy_to_prior(two_task_prior, tmp_path):
 
     from finetune_prior import load_prior
 
-    prior = load_prior(two_task_prior)
+    prior = load_prior(str(prior_path))
     env = make_env("reach-v3", seed=123, max_episode_steps=8)
     raw = []
     for _ in range(3):
@@ -157,7 +162,7 @@ def test_guided_run_on_reach_pulls_policy_to_prior(two_task_prior, tmp_path):
         gap_after = (trained.get_action_and_value(x)[4].mean - prior_mean).abs().mean()
         gap_before = (untrained.get_action_and_value(x)[4].mean - prior_mean).abs().mean()
         std_gap_after = (trained.actor_logstd.exp() - prior_std).abs().mean()
-    assert gap_after < 0.5 * gap_before, (gap_after, gap_before)
+    assert gap_after < 0.3 * gap_before, (gap_after, gap_before)
     assert std_gap_after < (1.0 - prior_std).abs().mean()  # and its std toward the prior's
 
 
@@ -218,13 +223,15 @@ def test_missing_prior_prints_the_finetune_command(monkeypatch, tmp_path):
     assert "priors/push-v3__tiny-random" in message
 
 
-def test_prior_of_other_tasks_or_spaces_is_refused(two_task_prior, monkeypatch, tmp_path):
+def test_prior_of_other_tasks_or_spaces_is_refused(two_task_prior, tiny_clevr_prior, tiny_reach_prior, monkeypatch, tmp_path):
     message = run_main(["--env-id", "window-open-v3", "--prior-path", two_task_prior, "--llm", "tiny-random", *TINY],
                        monkeypatch, tmp_path)  # fmt: skip
     assert "lacks window-open-v3" in message and "python finetune_prior.py --env-id window-open-v3" in message
-    # the same prior with a config saying it reads a CLEVR-sized observation
-    other = tmp_path / "other_prior"
-    os.system(f"cp -r {two_task_prior} {other}")
+    message = run_main(["--env-id", "reach-v3", "--prior-path", tiny_clevr_prior, "--llm", "tiny-random", *TINY],
+                       monkeypatch, tmp_path)  # fmt: skip
+    assert "made for env 'CLEVR-Robot-v0'" in message and "python finetune_prior.py --env-id reach-v3" in message
+    # a reach prior whose config says it reads observations of another size
+    other = copy_prior(tiny_reach_prior, tmp_path / "other_prior")
     config = json.load(open(other / "prior_config.json"))
     config["obs_dim"] = 10
     json.dump(config, open(other / "prior_config.json", "w"))
@@ -233,4 +240,4 @@ def test_prior_of_other_tasks_or_spaces_is_refused(two_task_prior, monkeypatch, 
     assert "observations of size 10" in message
     os.remove(other / "heads.safetensors")
     message = run_main(["--env-id", "reach-v3", "--prior-path", str(other), *TINY], monkeypatch, tmp_path)
-    assert "incomplete prior directory" in message
+    assert message.startswith("error: ") and "incomplete prior directory" in message
