@@ -122,20 +122,20 @@ class Args:
     demos_path: Optional[str] = None
     """train on this demo file (.npz, format in the module docstring) instead of collecting expert demos"""
     save_demos_path: Optional[str] = None
-    """where collected demos are saved (default: demos/{env_id}__{episodes}ep__noise{noise}__{split}__seed{seed}.npz)"""
+    """where collected demos are saved; None: demos/{env_id}__{episodes}ep__noise{noise}__{split}__seed{seed}__T{steps}.npz"""
     num_episodes: int = 500
     """expert episodes to collect (per task for Meta-World)"""
     demo_noise: float = 0.0
     """expert noise: CLEVR-Robot: probability of a random action; Meta-World: std of Gaussian action noise"""
-    goal_split: str = "train"
+    goal_split: Literal["train", "heldout", "all"] = "train"
     """CLEVR-Robot goals/paraphrases the demos use: train, heldout or all"""
     max_episode_steps: Optional[int] = None
-    """episode length of collected demos (default: the env's, 50 CLEVR-Robot, 500 Meta-World)"""
+    """episode length of collected demos; None: the env's (50 CLEVR-Robot, 500 Meta-World)"""
     only_successful: bool = False
     """if toggled, drop demo episodes that did not reach their goal"""
     eval_fraction: float = 0.1
     """fraction of demo episodes held out for evaluation (split by episode, never by step)"""
-    eval_goal_split: Optional[str] = None
+    eval_goal_split: Optional[Literal["train", "heldout", "all"]] = None
     """CLEVR-Robot: also evaluate on freshly collected demos of this goal split ("heldout": unseen instructions)"""
     eval_num_episodes: int = 200
     """episodes collected for the --eval-goal-split evaluation set"""
@@ -186,7 +186,7 @@ class Args:
     eval_batch_size: int = 256
     """batch size of the evaluations"""
     output_dir: Optional[str] = None
-    """where the prior is saved (default: default_prior_path(env_id, llm) = priors/{env_id}__{llm})"""
+    """where the prior is saved; None: default_prior_path(env_id, llm) = priors/{env_id}__{llm}"""
     progress_bar: bool = True
     """if toggled, show a tqdm progress bar"""
     time_forward: bool = True
@@ -508,13 +508,11 @@ class LatentActionPrior(nn.Module):
         mean, raw_std = out.chunk(2, dim=-1)
         return mean, self.config["std_floor"] + F.softplus(raw_std)
 
-    def nll(self, observations, instructions, actions) -> torch.Tensor:
-        """Per-sample negative log-likelihood of the actions (continuous: summed over action dims)."""
-        out = self(observations, instructions)
-        if self.discrete:
-            return F.cross_entropy(out, actions, reduction="none")
-        mean, std = out
-        return -torch.distributions.Normal(mean, std).log_prob(actions).sum(-1)
+def action_nll(out, actions: torch.Tensor) -> torch.Tensor:
+    """Per-sample negative log-likelihood of `actions` under a prior output (logits, or (mean, std) summed over dims)."""
+    if isinstance(out, torch.Tensor):
+        return F.cross_entropy(out, actions, reduction="none")
+    return -torch.distributions.Normal(*out).log_prob(actions).sum(-1)
 
 
 def build_prior(config: dict, device, adapter_dir: Optional[str] = None, lora_seed: int = 0) -> LatentActionPrior:
@@ -634,13 +632,11 @@ def evaluate(prior: LatentActionPrior, data: dict, batch_size: int, rank: int = 
         act = torch.from_numpy(data["actions"][b]).to(device)
         instr = data["instructions"][b].tolist()
         out = prior(obs, instr)
+        sums[0] += action_nll(out, act).sum().double()
         if prior.discrete:
-            sums[0] += F.cross_entropy(out, act, reduction="sum").double()
             sums[1] += (out.argmax(-1) == act).sum().double()
         else:
-            mean, std = out
-            sums[0] += -torch.distributions.Normal(mean, std).log_prob(act).sum().double()
-            sums[1] += ((mean - act) ** 2).mean(-1).sum().double()
+            sums[1] += ((out[0] - act) ** 2).mean(-1).sum().double()
         sums[2] += len(b)
     if world > 1:
         dist.all_reduce(sums)
@@ -810,11 +806,7 @@ def train(args: Args):
             sync = (i + 1) % args.gradient_accumulation_steps == 0 or i + 1 == len(loader)
             with model.no_sync() if world > 1 and not sync else contextlib.nullcontext():
                 out = model(train_obs[idx], train_ins[idx.numpy()].tolist())
-                act = train_act[idx].to(device)
-                if prior.discrete:
-                    loss = F.cross_entropy(out, act)
-                else:
-                    loss = -torch.distributions.Normal(*out).log_prob(act).sum(-1).mean()
+                loss = action_nll(out, train_act[idx].to(device)).mean()
                 (loss / args.gradient_accumulation_steps).backward()
             accumulated.append(loss.item())
             samples += len(idx) * world
