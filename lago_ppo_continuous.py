@@ -576,8 +576,8 @@ if __name__ == "__main__":
     train_time = time.time() - start_time
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
-        # the observation statistics are part of the policy: saved with it, in one file
-        obs_rms_state = {"mean": obs_rms.mean, "var": obs_rms.var, "count": obs_rms.count}
+        # the observation statistics are part of the policy: saved with it, as tensors (torch.load needs no pickle)
+        obs_rms_state = {"mean": torch.tensor(obs_rms.mean), "var": torch.tensor(obs_rms.var), "count": float(obs_rms.count)}
         torch.save({"agent": agent.state_dict(), "obs_rms": obs_rms_state}, model_path + ".tmp")
         os.replace(model_path + ".tmp", model_path)  # atomic: a crash never leaves a half-written model
         print(f"model saved to {model_path}")

@@ -8,7 +8,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -19,6 +21,9 @@ SCRIPT = str(REPO / "lago_ppo_continuous.py")
 sys.path.insert(0, str(REPO))
 
 import lago_ppo_continuous as ppo  # noqa: E402
+from envs.metaworld import make_env  # noqa: E402
+from finetune_prior import load_prior  # noqa: E402
+from finetune_prior import main as finetune_main  # noqa: E402
 
 TWO_TASKS = "reach-v3,push-v3"
 # tiny budgets: 2 envs x 16 steps per rollout, 8-step episodes, a few minibatches
@@ -51,10 +56,8 @@ def scalar_tags(path):
 @pytest.fixture(scope="module")
 def two_task_prior(tmp_path_factory):
     """A tiny-random prior fine-tuned on a few expert steps of reach-v3 and push-v3 (a multi-task prior)."""
-    import finetune_prior
-
     out = tmp_path_factory.mktemp("prior") / "two_tasks"
-    code = finetune_prior.main(["--env-id", TWO_TASKS, "--llm", "tiny-random", "--num-episodes", "1",
+    code = finetune_main(["--env-id", TWO_TASKS, "--llm", "tiny-random", "--num-episodes", "1",
                                 "--max-episode-steps", "16", "--epochs", "1", "--no-progress-bar",
                                 "--output-dir", str(out), "--save-demos-path", str(out.parent / "demos.npz")])  # fmt: skip
     assert code == 0
@@ -88,11 +91,8 @@ def test_closed_form_kl_matches_monte_carlo():
 
 
 def test_agent_distribution_sums_over_action_dims():
-    class Spaces:  # the two attributes Agent reads from a vector env
-        single_observation_space = type("S", (), {"shape": (39,)})()
-        single_action_space = type("S", (), {"shape": (4,)})()
-
-    agent = ppo.Agent(Spaces())
+    spaces = SimpleNamespace(single_observation_space=gym.spaces.Box(-1, 1, (39,)), single_action_space=gym.spaces.Box(-1, 1, (4,)))
+    agent = ppo.Agent(spaces)
     x = torch.randn(5, 39)
     action, logprob, entropy, value, dist = agent.get_action_and_value(x)
     normal = Normal(agent.actor_mean(x), agent.actor_logstd.exp().expand(5, 4))
@@ -131,12 +131,8 @@ def test_guided_run_on_reach_pulls_policy_to_prior(tiny_reach_prior, tmp_path):
     assert kls[-1] < 0.7 * kls[0], kls  # the KL to the prior falls
 
     # the saved model (agent + observation statistics) puts its mean near the prior's on fresh reach states
-    saved = torch.load(glob.glob(os.path.join(directory, "*.cleanrl_model"))[0], weights_only=False)
+    saved = torch.load(glob.glob(os.path.join(directory, "*.cleanrl_model"))[0])  # weights only: no pickle
     assert set(saved) == {"agent", "obs_rms"} and set(saved["obs_rms"]) == {"mean", "var", "count"}
-    from envs.metaworld import make_env
-
-    from finetune_prior import load_prior
-
     prior = load_prior(str(prior_path))
     env = make_env("reach-v3", seed=123, max_episode_steps=8)
     raw = []
@@ -150,13 +146,10 @@ def test_guided_run_on_reach_pulls_policy_to_prior(tiny_reach_prior, tmp_path):
         prior_mean, prior_std = prior(torch.tensor(raw, dtype=torch.float32), [info["instruction"]] * len(raw))
     assert (prior_std >= prior.config["std_floor"]).all()
 
-    class Spaces:
-        single_observation_space = env.observation_space
-        single_action_space = env.action_space
-
-    trained, untrained = ppo.Agent(Spaces()), ppo.Agent(Spaces())
+    spaces = SimpleNamespace(single_observation_space=env.observation_space, single_action_space=env.action_space)
+    trained, untrained = ppo.Agent(spaces), ppo.Agent(spaces)
     trained.load_state_dict(saved["agent"])
-    rms = type("RMS", (), saved["obs_rms"])
+    rms = SimpleNamespace(**{k: np.asarray(v) for k, v in saved["obs_rms"].items()})
     x = torch.tensor(ppo.normalize_obs(rms, raw), dtype=torch.float32)
     with torch.no_grad():
         gap_after = (trained.get_action_and_value(x)[4].mean - prior_mean).abs().mean()
