@@ -230,8 +230,6 @@ def collect_expert_demos(env: dict, num_episodes: int, noise: float, goal_split:
 
         return collect_demos(num_episodes, noise=noise, goal_split=goal_split, seed=seed,
                              max_episode_steps=max_steps or 50)  # fmt: skip
-    if goal_split != "train":
-        raise PriorError("--goal-split / --eval-goal-split apply to CLEVR-Robot-v0 only; Meta-World: use --eval-demos-path")
     from envs.metaworld import collect_demos
 
     return collect_demos(env["env_id"], num_episodes, noise_std=noise, seed=seed, max_episode_steps=max_steps or 500)
@@ -342,6 +340,9 @@ def _random_init(config, dtype):
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe of the Hub (offline, transformers retries for about a minute before it gives up)."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy a direct probe says nothing: let from_pretrained try
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
@@ -713,6 +714,9 @@ def train(args: Args):
     torch.backends.cudnn.deterministic = args.torch_deterministic
 
     env = resolve_env(args.env_id)
+    if env["kind"] != "clevr" and (args.goal_split != "train" or args.eval_goal_split):
+        raise PriorError("--goal-split / --eval-goal-split apply to CLEVR-Robot-v0 only; for Meta-World give an "
+                         "evaluation file with --eval-demos-path")  # fmt: skip
     tag = lambda n, noise, split, seed: (f"demos/{env['env_id'].replace('/', '_')}__{n}ep__noise{noise:g}__"  # noqa: E731
                                          f"{split}__seed{seed}__T{args.max_episode_steps or 'default'}.npz")  # fmt: skip
     collect = dict(num_episodes=args.num_episodes, noise=args.demo_noise, goal_split=args.goal_split,

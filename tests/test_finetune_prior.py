@@ -175,6 +175,23 @@ def test_text_encoding_round_trip(tiny_clevr_run, tmp_path, monkeypatch):
         assert torch.equal(load_prior(str(tmp_path / "p"), merge_lora=False)(obs, instr), trained(obs, instr))
 
 
+def test_heldout_instruction_evaluation(tiny_clevr_run, tmp_path, monkeypatch):
+    """--eval-goal-split heldout collects demos of unseen instructions and evaluates on them every epoch;
+    --eval-demos-path does the same with a file."""
+    monkeypatch.chdir(tmp_path)
+    demos = fp.load_demos(tiny_clevr_run["demos"], fp.resolve_env("CLEVR-Robot-v0"))
+    small = fp.select_steps(demos, demos["episode_ids"] < 10)
+    fp.save_demos(small, str(tmp_path / "small.npz"))
+    args = fp.Args(llm="tiny-random", demos_path=str(tmp_path / "small.npz"), eval_goal_split="heldout",
+                   eval_num_episodes=6, eval_demos_path=str(tmp_path / "small.npz"), epochs=1,
+                   output_dir=str(tmp_path / "p"), progress_bar=False, time_forward=False)  # fmt: skip
+    _, summary = fp.train(args)
+    assert len(summary["history"]) == 2 and {"eval", "heldout_goals", "eval_file"} <= set(summary["history"][-1])
+    assert 0 <= summary["heldout_goals_top1"] <= 1 and summary["eval_file_samples"] == len(small["actions"])
+    heldout = np.load(next((tmp_path / "demos").glob("*heldout*.npz")))
+    assert not set(heldout["instructions"].tolist()) & set(demos["instructions"].tolist())  # unseen instructions
+
+
 def test_minilm_encoder_prior(tiny_clevr_run, tmp_path, monkeypatch):
     """The offline pretrained default (BERT encoder: mean pooling, [CLS]/[SEP]) and its seeded random twin."""
     monkeypatch.chdir(tmp_path)
@@ -276,6 +293,7 @@ def test_cli_errors_in_process(tmp_path, capsys, monkeypatch):
         (["--env-id", "clevr-robot-v0"], "Did you mean 'CLEVR-Robot-v0'?"),
         (["--demos-path", str(tmp_path / "good.npz"), "--llm", "Qwen2.5-05B"], "Did you mean 'Qwen2.5-0.5B'?"),
         (["--demos-path", str(tmp_path / "good.npz"), "--prompt-template", "no placeholders"], "exactly one {state}"),
+        (["--env-id", "reach-v3", "--eval-goal-split", "heldout"], "apply to CLEVR-Robot-v0 only"),
     ]
     for argv, message in cases:
         code, err = run_main(argv, tmp_path, capsys, monkeypatch)
