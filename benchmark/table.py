@@ -364,6 +364,8 @@ class Job:
     name: str
     fn: Callable[[], str]
     """runs the job, returns a one-line summary; raises RuntimeError with an actionable message on failure"""
+    kind: str = ""
+    """jobs of one kind take about as long (for the time-left estimate)"""
 
 
 def stage1_job(env: str, llm: str, p: Preset, results_dir: Path, threads: int) -> Job:
@@ -383,7 +385,7 @@ def stage1_job(env: str, llm: str, p: Preset, results_dir: Path, threads: int) -
                           {"env": env, "llm": llm, "prior_dir": str(out.relative_to(results_dir)), "wall_time_s": secs})
         return f"prior {out.name} fine-tuned in {secs:.0f} s"
 
-    return Job(f"stage 1 {env} {llm}", fn)
+    return Job(f"stage 1 {env} {llm}", fn, f"stage1-{env}")
 
 
 def result_path(results_dir: Path, env: str, row: str, task: str, seed: int) -> Path:
@@ -424,7 +426,7 @@ def ppo_job(env: str, task: str, row: str, seed: int, p: Preset, results_dir: Pa
         write_json_atomic(out, result)
         return f"{row} {task} seed {seed}: success {fmt_success(result['success'])} in {secs:.0f} s"
 
-    return Job(f"{env} {row} {task} seed {seed}", fn)
+    return Job(f"{env} {row} {task} seed {seed}", fn, f"{env}-{'ppo' if row == 'ppo' else 'guided'}")
 
 
 def eval_success(env: str, task: str, ev: dict) -> dict:
@@ -537,17 +539,34 @@ def prior_job(env: str, task: str, seed: int, p: Preset, results_dir: Path, thre
         write_json_atomic(out, result)
         return f"prior {task} seed {seed}: success {fmt_success(ev['success'])} in {secs:.0f} s"
 
-    return Job(f"{env} prior {task} seed {seed}", fn)
+    return Job(f"{env} prior {task} seed {seed}", fn, f"{env}-prior")
+
+
+def time_left(unfinished: list[Job], durations: dict[str, list[float]], n_parallel: int) -> str:
+    """Rough time left: unfinished jobs x the mean duration of finished jobs of their kind / parallel jobs."""
+    known = [np.mean(durations[j.kind]) for j in unfinished if durations.get(j.kind)]
+    untimed = sorted({j.kind for j in unfinished if not durations.get(j.kind)})
+    if not unfinished:
+        return ""
+    text = f"~{sum(known) / max(1, n_parallel) / 60:.0f} min left"
+    return text + (f" + untimed kinds ({', '.join(untimed)})" if untimed else "")
 
 
 def run_jobs(jobs: list[Job], n_parallel: int) -> list[str]:
     """Run the jobs, n_parallel at a time; print one line per finished job; return the failures."""
-    failures = []
+    failures: list[str] = []
     if not jobs:
         return failures
     start = time.time()
+    durations: dict[str, list[float]] = {}
+
+    def timed(job: Job) -> tuple[str, float]:
+        t = time.time()
+        summary = job.fn()
+        return summary, time.time() - t
+
     with ThreadPoolExecutor(max_workers=max(1, n_parallel)) as pool:
-        pending = {pool.submit(job.fn): job for job in jobs}
+        pending = {pool.submit(timed, job): job for job in jobs}
         done_count = 0
         try:
             while pending:
@@ -555,12 +574,14 @@ def run_jobs(jobs: list[Job], n_parallel: int) -> list[str]:
                 for fut in done:
                     job = pending.pop(fut)
                     done_count += 1
-                    elapsed = (time.time() - start) / 60
+                    head = f"[{done_count}/{len(jobs)} {(time.time() - start) / 60:.1f} min]"
                     try:
-                        print(f"[{done_count}/{len(jobs)} {elapsed:.1f} min] {fut.result()}", flush=True)
+                        summary, secs = fut.result()
+                        durations.setdefault(job.kind, []).append(secs)
+                        print(f"{head} {summary}; {time_left(list(pending.values()), durations, n_parallel)}", flush=True)
                     except Exception as e:  # noqa: BLE001 - keep going, report at the end
                         failures.append(f"{job.name}: {e}")
-                        print(f"[{done_count}/{len(jobs)} {elapsed:.1f} min] FAILED {job.name}: {e}", flush=True)
+                        print(f"{head} FAILED {job.name}: {e}", flush=True)
         except KeyboardInterrupt:
             for fut in pending:
                 fut.cancel()
