@@ -405,7 +405,8 @@ if __name__ == "__main__":
             obs[step] = next_obs
             dones[step] = next_done
 
-            # LaGO: one batched prior call per env step, on the raw observations, with the instructions of the episodes now running
+            # LaGO: one batched prior call per env step, with the instructions of the episodes now running; the prior
+            # reads the raw observations (it normalises them with its own statistics)
             if use_prior:
                 prior_start = time.time()
                 with torch.inference_mode():
@@ -433,7 +434,8 @@ if __name__ == "__main__":
                 reward[truncated] += args.gamma * final_values
             rewards[step] = torch.tensor(reward).to(device).view(-1)
             obs_rms.update(next_raw_obs)
-            next_obs, next_done = torch.Tensor(normalize_obs(obs_rms, next_raw_obs)).to(device), torch.Tensor(next_done).to(device)
+            next_obs = torch.Tensor(normalize_obs(obs_rms, next_raw_obs)).to(device)
+            next_done = torch.Tensor(next_done).to(device)
 
             if "final_info" in infos and "episode" in infos["final_info"]:
                 final_info = infos["final_info"]
@@ -483,7 +485,9 @@ if __name__ == "__main__":
                 end = start + args.minibatch_size
                 mb_inds = b_inds[start:end]
 
-                _, newlogprob, entropy, newvalue, newdist = agent.get_action_and_value(b_obs[mb_inds], b_actions[mb_inds])
+                _, newlogprob, entropy, newvalue, newdist = agent.get_action_and_value(
+                    b_obs[mb_inds], b_actions[mb_inds]
+                )
                 logratio = newlogprob - b_logprobs[mb_inds]
                 ratio = logratio.exp()
 
@@ -519,9 +523,10 @@ if __name__ == "__main__":
 
                 entropy_loss = entropy.mean()
                 loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-                # LaGO: pull the policy toward the prior, closed-form KL between diagonal Gaussians at the rollout states
+                # LaGO: pull the policy toward the prior, closed-form KL of diagonal Gaussians at the rollout states
                 if use_prior:
-                    kl_loss = prior_kl(newdist, prior_dist(b_prior_means[mb_inds], b_prior_stds[mb_inds]), args.kl_direction).mean()
+                    mb_prior = prior_dist(b_prior_means[mb_inds], b_prior_stds[mb_inds])
+                    kl_loss = prior_kl(newdist, mb_prior, args.kl_direction).mean()
                     loss = loss + kl_coef * kl_loss
                     prior_kls.append(kl_loss.item())
 
@@ -577,7 +582,7 @@ if __name__ == "__main__":
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
         # the observation statistics are part of the policy: saved with it, as tensors (torch.load needs no pickle)
-        obs_rms_state = {"mean": torch.tensor(obs_rms.mean), "var": torch.tensor(obs_rms.var), "count": float(obs_rms.count)}
+        obs_rms_state = {"mean": torch.tensor(obs_rms.mean), "var": torch.tensor(obs_rms.var), "count": obs_rms.count}
         torch.save({"agent": agent.state_dict(), "obs_rms": obs_rms_state}, model_path + ".tmp")
         os.replace(model_path + ".tmp", model_path)  # atomic: a crash never leaves a half-written model
         print(f"model saved to {model_path}")

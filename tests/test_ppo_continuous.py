@@ -58,8 +58,8 @@ def two_task_prior(tmp_path_factory):
     """A tiny-random prior fine-tuned on a few expert steps of reach-v3 and push-v3 (a multi-task prior)."""
     out = tmp_path_factory.mktemp("prior") / "two_tasks"
     code = finetune_main(["--env-id", TWO_TASKS, "--llm", "tiny-random", "--num-episodes", "1",
-                                "--max-episode-steps", "16", "--epochs", "1", "--no-progress-bar",
-                                "--output-dir", str(out), "--save-demos-path", str(out.parent / "demos.npz")])  # fmt: skip
+                          "--max-episode-steps", "16", "--epochs", "1", "--no-progress-bar", "--output-dir", str(out),
+                          "--save-demos-path", str(out.parent / "demos.npz")])  # fmt: skip
     assert code == 0
     return str(out)
 
@@ -91,7 +91,8 @@ def test_closed_form_kl_matches_monte_carlo():
 
 
 def test_agent_distribution_sums_over_action_dims():
-    spaces = SimpleNamespace(single_observation_space=gym.spaces.Box(-1, 1, (39,)), single_action_space=gym.spaces.Box(-1, 1, (4,)))
+    box = gym.spaces.Box
+    spaces = SimpleNamespace(single_observation_space=box(-1, 1, (39,)), single_action_space=box(-1, 1, (4,)))
     agent = ppo.Agent(spaces)
     x = torch.randn(5, 39)
     action, logprob, entropy, value, dist = agent.get_action_and_value(x)
@@ -113,8 +114,8 @@ def test_guided_run_on_reach_pulls_policy_to_prior(tiny_reach_prior, tmp_path):
     heads["head.bias"][:4] += torch.tensor([0.8, -0.8, 0.8, -0.8])  # the head outputs (mean, raw std)
     save_file(heads, prior_path / "heads.safetensors")
     proc = run_script(["--env-id", "reach-v3", "--prior-path", str(prior_path), "--llm", "tiny-random",
-                       "--kl-coef", "10", "--reward-type", "sparse", "--total-timesteps", "192", "--learning-rate", "3e-2",
-                       "--save-model", *TINY, "--update-epochs", "4"], tmp_path)  # fmt: skip
+                       "--kl-coef", "10", "--reward-type", "sparse", "--total-timesteps", "192",
+                       "--learning-rate", "3e-2", "--save-model", *TINY, "--update-epochs", "4"], tmp_path)  # fmt: skip
     out = proc.stdout
     assert "LaGO prior:" in out and out.count("summary:") == 1 and "prior_kl=" in out
     directory = run_dir(tmp_path)
@@ -161,7 +162,8 @@ def test_guided_run_on_reach_pulls_policy_to_prior(tiny_reach_prior, tmp_path):
 
 def test_two_task_run_logs_success_per_task(two_task_prior, tmp_path):
     run_script(["--env-id", TWO_TASKS, "--prior-path", two_task_prior, "--llm", "tiny-random", "--kl-coef", "0.1",
-                "--kl-schedule", "adaptive", "--kl-target", "0.01", "--total-timesteps", "96", *TINY], tmp_path)  # fmt: skip
+                "--kl-schedule", "adaptive", "--kl-target", "0.01", "--total-timesteps", "96", *TINY],
+               tmp_path)  # fmt: skip
     directory = run_dir(tmp_path)
     report = json.load(open(os.path.join(directory, "eval.json")))
     assert list(report["eval"]) == ["reach-v3", "push-v3"]
@@ -216,7 +218,9 @@ def test_missing_prior_prints_the_finetune_command(monkeypatch, tmp_path):
     assert "priors/push-v3__tiny-random" in message
 
 
-def test_prior_of_other_tasks_or_spaces_is_refused(two_task_prior, tiny_clevr_prior, tiny_reach_prior, monkeypatch, tmp_path):
+def test_prior_of_other_tasks_or_spaces_is_refused(
+    two_task_prior, tiny_clevr_prior, tiny_reach_prior, monkeypatch, tmp_path
+):
     message = run_main(["--env-id", "window-open-v3", "--prior-path", two_task_prior, "--llm", "tiny-random", *TINY],
                        monkeypatch, tmp_path)  # fmt: skip
     assert "lacks window-open-v3" in message and "python finetune_prior.py --env-id window-open-v3" in message
