@@ -58,13 +58,19 @@ class Preset:
     """Everything that defines the numbers of a table (the budget); the CLI can override some fields."""
 
     seeds: tuple[int, ...]
+    """seeds of the RL runs (and of the greedy prior's evaluation episodes); the priors use seed 1"""
     llm: str
     """the pretrained language model of the `prior`, `lago` and `lago-adaptive` rows"""
     random_llm: str
     """its random-init twin (the `lago-random` row)"""
     clevr_timesteps: int
+    """env steps of every CLEVR-Robot RL run"""
     metaworld_timesteps: int
+    """env steps of every Meta-World RL run (one run per task)"""
     metaworld_tasks: tuple[str, ...]
+    """Meta-World tasks: one multi-task prior over all of them, one RL run per task"""
+    metaworld_max_episode_steps: int
+    """Meta-World episode length (its own is 500; v1 used 150)"""
     clevr_demo_episodes: int
     """CLEVR demonstrations for stage 1: episodes of the noisy scripted expert on train goals only"""
     clevr_demo_noise: float
@@ -81,8 +87,10 @@ class Preset:
     """PPO flags shared by every CLEVR row (num envs, rollout length, ...)"""
     metaworld_ppo_args: tuple[str, ...]
     """PPO flags shared by every Meta-World row"""
-    eval_episodes: int
-    """evaluation episodes per split (CLEVR) or per task (Meta-World) after training"""
+    clevr_eval_episodes: int
+    """evaluation episodes per goal split (train, held-out) after training, and of the greedy prior"""
+    metaworld_eval_episodes: int
+    """evaluation episodes per task after training, and of the greedy prior"""
     clevr_kl_coef: Optional[float] = None
     """beta of the CLEVR LaGO rows (the adaptive row's starting value); None = the script's default"""
     metaworld_kl_coef: Optional[float] = None
@@ -91,31 +99,39 @@ class Preset:
     """KL the adaptive row holds on CLEVR; None = the script's default"""
     metaworld_kl_target: Optional[float] = None
     """KL the adaptive row holds on Meta-World; None = the script's default"""
-    metaworld_max_episode_steps: int = 500
     device_args: tuple[str, ...] = ()
-    """flags that select the device, given to every script"""
+    """flags given to every script (e.g. the device)"""
 
+
+MT10 = ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
+        "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3")  # fmt: skip
 
 PRESETS: dict[str, Preset] = {
-    # 2-core CPU, <= 3 h for the whole table (see benchmark/README.md for the measured estimate)
+    # The whole table on a 2-core CPU in <= 3 h with --jobs 2 (measured estimate in benchmark/README.md).
+    # Tasks: easy / medium / hard of MT10 (reach, press, push an object), none solved by random actions.
+    # 8 envs: the prior's batch is 8 (its per-sample CPU cost is ~25% lower than at 4); rollout batches
+    # as the scripts' defaults (CLEVR 512); Meta-World 1024 in 16 minibatches of 64 (CleanRL's size) so
+    # that 30k steps still make ~29 PPO updates.
     "cpu": Preset(
         seeds=(1, 2, 3),
         llm=PRETRAINED_LLM,
         random_llm=f"{PRETRAINED_LLM}-random",
-        clevr_timesteps=100_000,
-        metaworld_timesteps=100_000,
-        metaworld_tasks=("reach-v3", "button-press-topdown-v3", "drawer-close-v3"),
-        clevr_demo_episodes=200,
+        clevr_timesteps=50_000,
+        metaworld_timesteps=30_000,
+        metaworld_tasks=("reach-v3", "button-press-topdown-v3", "push-v3"),
+        metaworld_max_episode_steps=200,
+        clevr_demo_episodes=1000,
         clevr_demo_noise=0.3,
         metaworld_demo_episodes=10,
         metaworld_demo_noise=0.3,
-        clevr_finetune_args=(),
-        metaworld_finetune_args=(),
-        clevr_ppo_args=(),
-        metaworld_ppo_args=(),
-        eval_episodes=50,
+        clevr_finetune_args=("--epochs", "5", "--eval-goal-split", "heldout", "--eval-num-episodes", "100"),
+        metaworld_finetune_args=("--epochs", "5"),
+        clevr_ppo_args=("--num-envs", "8", "--num-steps", "64"),
+        metaworld_ppo_args=("--num-envs", "8", "--num-steps", "128", "--num-minibatches", "16"),
+        clevr_eval_episodes=100,
+        metaworld_eval_episodes=20,
     ),
-    # one seed, a few hundred steps: checks the pipeline end to end (tests/test_benchmark_harness.py)
+    # One seed, a few hundred steps: checks the pipeline end to end (tests/test_benchmark_harness.py).
     "smoke": Preset(
         seeds=(1,),
         llm=PRETRAINED_LLM,
@@ -123,38 +139,38 @@ PRESETS: dict[str, Preset] = {
         clevr_timesteps=256,
         metaworld_timesteps=256,
         metaworld_tasks=("reach-v3",),
-        clevr_demo_episodes=4,
+        metaworld_max_episode_steps=64,
+        clevr_demo_episodes=20,
         clevr_demo_noise=0.3,
-        metaworld_demo_episodes=1,
+        metaworld_demo_episodes=2,
         metaworld_demo_noise=0.3,
         clevr_finetune_args=("--epochs", "1"),
         metaworld_finetune_args=("--epochs", "1"),
         clevr_ppo_args=("--num-steps", "32"),
         metaworld_ppo_args=("--num-envs", "2", "--num-steps", "64", "--num-minibatches", "4"),
-        eval_episodes=2,
-        metaworld_max_episode_steps=64,
+        clevr_eval_episodes=2,
+        metaworld_eval_episodes=2,
     ),
-    # the paper's scale on one GPU (not runnable on the 2-core CPU machine)
+    # Full scale on one GPU (cannot run on the 2-core CPU machine): Qwen2.5-1.5B prior, MT10 at
+    # Meta-World's own 500-step episodes, the scripts' default PPO settings, 5 seeds.
     "gpu": Preset(
         seeds=(1, 2, 3, 4, 5),
         llm="Qwen2.5-1.5B",
         random_llm="Qwen2.5-1.5B-random",
-        clevr_timesteps=1_000_000,
-        metaworld_timesteps=1_000_000,
-        metaworld_tasks=(
-            "reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3",
-            "drawer-close-v3", "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3",
-        ),
+        clevr_timesteps=500_000,
+        metaworld_timesteps=500_000,
+        metaworld_tasks=MT10,
+        metaworld_max_episode_steps=500,
         clevr_demo_episodes=1000,
         clevr_demo_noise=0.3,
-        metaworld_demo_episodes=50,
+        metaworld_demo_episodes=20,
         metaworld_demo_noise=0.3,
-        clevr_finetune_args=(),
-        metaworld_finetune_args=(),
-        clevr_ppo_args=(),
-        metaworld_ppo_args=(),
-        eval_episodes=100,
-        device_args=(),
+        clevr_finetune_args=("--epochs", "10", "--eval-goal-split", "heldout"),
+        metaworld_finetune_args=("--epochs", "10"),
+        clevr_ppo_args=("--num-envs", "16", "--num-steps", "32"),
+        metaworld_ppo_args=("--num-envs", "16", "--num-steps", "128"),
+        clevr_eval_episodes=100,
+        metaworld_eval_episodes=50,
     ),
 }
 
@@ -163,7 +179,7 @@ PRESETS: dict[str, Preset] = {
 class Args:
     preset: Literal["cpu", "smoke", "gpu"] = "cpu"
     """budget preset: `cpu` (whole table on 2 cores in <= 3 h, 3 seeds), `smoke` (1 seed, a few hundred
-    steps), `gpu` (Qwen2.5-1.5B prior, MT10, 5 seeds, 1M steps)"""
+    steps), `gpu` (Qwen2.5-1.5B prior, MT10, 5 seeds, 500k steps per run)"""
     envs: tuple[Literal["clevr", "metaworld"], ...] = ENVS
     """environments to run"""
     rows: tuple[Literal["ppo", "prior", "lago", "lago-random", "lago-adaptive"], ...] = ROWS
@@ -295,10 +311,11 @@ def finetune_command(env: str, llm: str, out: Path, p: Preset) -> list[str]:
 def ppo_command(env: str, task: str, row: str, seed: int, prior_path: Optional[Path], p: Preset) -> list[str]:
     script = "lago_ppo_discrete.py" if env == "clevr" else "lago_ppo_continuous.py"
     steps = p.clevr_timesteps if env == "clevr" else p.metaworld_timesteps
+    episodes = p.clevr_eval_episodes if env == "clevr" else p.metaworld_eval_episodes
     kl_coef = p.clevr_kl_coef if env == "clevr" else p.metaworld_kl_coef
     kl_target = p.clevr_kl_target if env == "clevr" else p.metaworld_kl_target
     cmd = [sys.executable, str(REPO / script), "--env-id", task, "--seed", str(seed),
-           "--total-timesteps", str(steps), "--eval-episodes", str(p.eval_episodes), "--exp-name", f"bench-{row}"]
+           "--total-timesteps", str(steps), "--eval-episodes", str(episodes), "--exp-name", f"bench-{row}"]
     if row == "ppo":
         cmd += ["--kl-coef", "0"]
     else:
@@ -523,8 +540,9 @@ def prior_job(env: str, task: str, seed: int, p: Preset, results_dir: Path, thre
         if not prior_is_complete(path):
             raise RuntimeError(f"no prior at {path}: its stage-1 fine-tuning failed (see above)")
         start = time.time()
+        episodes = p.clevr_eval_episodes if env == "clevr" else p.metaworld_eval_episodes
         try:
-            ev = evaluate_prior_greedy(path, env, task, seed, p.eval_episodes,
+            ev = evaluate_prior_greedy(path, env, task, seed, episodes,
                                        None if env == "clevr" else p.metaworld_max_episode_steps)
         except Exception as e:  # noqa: BLE001 - reported with the run's name, the other runs go on
             raise RuntimeError(f"greedy evaluation of the prior {path} failed: {type(e).__name__}: {e}") from e
@@ -534,7 +552,7 @@ def prior_job(env: str, task: str, seed: int, p: Preset, results_dir: Path, thre
             "env": env, "task": task, "row": "prior", "seed": seed, "llm": p.llm,
             "total_timesteps": 0, "success": ev["success"], "return": ev["return"], "wall_time_s": secs,
             "finetune_wall_time_s": json.loads(stage1.read_text())["wall_time_s"] if stage1.exists() else None,
-            "curve": {"steps": [], "values": []}, "eval_episodes": p.eval_episodes,
+            "curve": {"steps": [], "values": []}, "eval_episodes": episodes,
         }
         write_json_atomic(out, result)
         return f"prior {task} seed {seed}: success {fmt_success(ev['success'])} in {secs:.0f} s"
