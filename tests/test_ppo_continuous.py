@@ -100,7 +100,7 @@ def test_agent_distribution_sums_over_action_dims():
     torch.testing.assert_close(logprob, normal.log_prob(action).sum(1))
     torch.testing.assert_close(entropy, normal.entropy().sum(1))
     assert value.shape == (5, 1) and isinstance(dist, Independent)
-    torch.testing.assert_close(dist.mode, agent.actor_mean(x))  # the evaluation's deterministic action
+    torch.testing.assert_close(dist.mean, agent.actor_mean(x))
 
 
 def test_guided_run_on_reach_pulls_policy_to_prior(tiny_reach_prior, tmp_path):
