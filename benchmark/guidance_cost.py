@@ -48,7 +48,7 @@ def main(argv=None):
     parser.add_argument("--script", default="lago_ppo_discrete.py", help="the PPO script to time")
     parser.add_argument("--env-id", default="CLEVR-Robot-v0", help="--env-id of both runs")
     parser.add_argument("--llm", default="tiny-random", help="--llm of the LaGO run (its prior must exist)")
-    parser.add_argument("--kl-coef", type=float, default=0.1, help="beta of the LaGO run (the vanilla run has 0)")
+    parser.add_argument("--kl-coef", type=float, default=1.0, help="beta of the LaGO run (the vanilla run has 0; the cost does not depend on it)")
     parser.add_argument("--num-envs", type=int, default=4, help="--num-envs of both runs")
     parser.add_argument("--num-steps", type=int, default=128, help="--num-steps of both runs")
     parser.add_argument("--total-timesteps", type=int, default=8192, help="--total-timesteps of both runs")
