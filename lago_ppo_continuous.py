@@ -306,6 +306,11 @@ if __name__ == "__main__":
     try:
         tasks = resolve_tasks(args.env_id)
     except ValueError as e:
+        if args.env_id in gym.registry:  # e.g. CLEVR-Robot-v0
+            raise SystemExit(
+                f"error: {args.env_id} is not a Meta-World task: this script runs Meta-World v3 tasks, MT10, MT50 or "
+                f"comma lists of them. Discrete-action envs such as CLEVR-Robot-v0 go to lago_ppo_discrete.py"
+            )
         raise SystemExit(f"error: {e}")
     if args.num_envs < len(tasks):
         raise SystemExit(

@@ -206,6 +206,8 @@ def run_main(args, monkeypatch, tmp_path):
 def test_unknown_task_fails_clearly(monkeypatch, tmp_path):
     message = run_main(["--env-id", "reach-v2", "--kl-coef", "0"], monkeypatch, tmp_path)
     assert message.startswith("error: ") and "reach-v3" in message  # resolve_tasks suggests the close match
+    message = run_main(["--env-id", "CLEVR-Robot-v0", "--kl-coef", "0"], monkeypatch, tmp_path)
+    assert "not a Meta-World task" in message and "lago_ppo_discrete.py" in message
     message = run_main(["--env-id", "MT10", "--kl-coef", "0", "--num-envs", "2"], monkeypatch, tmp_path)
     assert "--num-envs 10" in message
     message = run_main(["--kl-coef", "0", "--total-timesteps", "10"], monkeypatch, tmp_path)
