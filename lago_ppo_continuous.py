@@ -214,14 +214,13 @@ def kl_coef_schedule(schedule, kl_coef, iteration, num_iterations):
     raise ValueError(f"kl schedule {schedule!r} is not a fixed schedule (constant, linear)")
 
 
-def update_adaptive_kl_coef(kl_coef, measured_kl, kl_target, low=1e-4, high=1e4):
-    """PPO-penalty's controller (Schulman et al. 2017): double beta when the KL to the prior is above
-    1.5 x target, halve it when below target / 1.5, keep it in between; clipped to [low, high]."""
-    if measured_kl > 1.5 * kl_target:
-        kl_coef = kl_coef * 2.0
-    elif measured_kl < kl_target / 1.5:
-        kl_coef = kl_coef / 2.0
-    return float(min(max(kl_coef, low), high))
+def update_adaptive_kl_coef(kl_coef, measured_kl, kl_target, rate=0.1, low=1e-4, high=1e3):
+    """Adaptive beta, a proportional multiplicative controller (Ziegler et al. 2019; TRL's AdaptiveKLController):
+    beta *= 1 + rate * clip(KL / target - 1, -1, 1), i.e. at most +-10% per update, up when the policy is further
+    from the prior than the target, down when closer; kept in [low, high]. (PPO-penalty's doubling/halving
+    overshoots here: the clipped gradient limits how fast the KL can follow beta.)"""
+    error = min(max(measured_kl / kl_target - 1.0, -1.0), 1.0)
+    return float(min(max(kl_coef * (1.0 + rate * error), low), high))
 
 
 def load_guidance_prior(args, envs, device="cpu"):
