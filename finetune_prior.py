@@ -85,17 +85,21 @@ DEFAULT_PROMPT_TEMPLATE = "State: {state}\nInstruction: {instruction}\nAction:"
 # tiny-random: a byte-level BPE trained on this fixed text (deterministic), and a ~100k-parameter Qwen2.
 TINY_VOCAB_SIZE = 512
 TINY_CORPUS = """
-State: 0.12 -0.34 0.56 -0.78 0.90 1.23 -4.56 7.89 0.00 -0.01 2.5 3.75 10 25 50 100
-Instruction: Action: move push pull pick place reach press open close slide turn lift insert sweep kick
-There is a red ball; is there a blue rubber sphere to the left of it? Push the green ball in front of the
-purple sphere. Move the cyan ball behind the red one. Is there any blue sphere right of the green ball?
-Put the purple rubber ball to the right of the cyan ball. Can you move the red sphere so it is behind the blue?
-left right behind front of the a an and it is there are any to so that with from into onto out off up down
+State: Instruction: Action: State: Instruction: Action: State: Instruction: Action:
+0.12 -0.34 0.56 -0.78 0.90 1.23 -4.56 7.89 0.00 -0.01 2.5 3.75 10 25 50 100 -1 -2 -3 0 1 2 3 4 5 6 7 8 9
+red blue green purple cyan red blue green purple cyan ball balls sphere spheres object objects rubber one it
+left right behind front left of right of in front of to the left of to the right of on the left side of
+There is a red ball; is there a blue rubber sphere to the left of it? Is the green sphere behind the cyan one?
+Push the purple ball in front of the red ball. Move the cyan sphere so that it is behind the blue sphere.
+Put the green ball to the right of the purple one. Can you see a blue object on the right side of the red object?
+Look at the red sphere: are there any cyan balls in front of it? Make sure the blue ball sits left of the green ball.
+The purple sphere should end up behind the cyan sphere. Get the red object on the left side of the blue object.
 move the gripper to the goal position. push the puck to the goal. pick up the puck and place it at the goal.
 pull the door open. pull the drawer open. push the drawer closed. press the button down from above.
 pick up the peg and insert it into the hole from the side. slide the window open. slide the window closed.
 turn the dial, faucet, knob, handle and lever; the hammer, nail, wall, shelf, plate, cabinet, coffee mug,
-basketball hoop, soccer goal, stick, thermos, cube, bin, box, lid, ring, socket, table, edge, hole.
+basketball hoop, soccer goal, stick, thermos, cube, bin, box, lid, ring, socket, table, edge, hole, reach, kick,
+sweep, lift, insert, unplug, lock, unlock, assemble, disassemble, press, pull, push, place, pick, slide, turn.
 """
 
 
