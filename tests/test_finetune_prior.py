@@ -182,10 +182,13 @@ def test_text_encoding_round_trip(tiny_clevr_run, tmp_path, monkeypatch):
     demos = fp.load_demos(tiny_clevr_run["demos"], fp.resolve_env("CLEVR-Robot-v0"))
     small = fp.select_steps(demos, demos["episode_ids"] < 20)
     fp.save_demos(small, str(tmp_path / "small.npz"))
-    args = fp.Args(llm="tiny-random", demos_path=str(tmp_path / "small.npz"), state_encoding="text", epochs=1,
-                   output_dir=str(tmp_path / "p"), progress_bar=False, text_decimals=1)  # fmt: skip
-    trained, _ = fp.train(args)
+    args = fp.Args(llm="tiny-random", demos_path=str(tmp_path / "small.npz"), state_encoding="text", epochs=2,
+                   batch_size=8, gradient_accumulation_steps=2, lr_schedule="linear", output_dir=str(tmp_path / "p"),
+                   progress_bar=False, text_decimals=1, time_forward=False)  # fmt: skip
+    trained, summary = fp.train(args)
     assert trained.state_proj is None and trained.config["num_state_tokens"] == 0
+    batches = -(-summary["train_samples"] // 8)
+    assert summary["optimizer_steps"] == 2 * -(-batches // 2)  # one optimizer step per 2 micro-batches
     obs, instr = torch.from_numpy(small["observations"][:8]), small["instructions"][:8].tolist()
     with torch.inference_mode():
         assert torch.equal(load_prior(str(tmp_path / "p"), merge_lora=False)(obs, instr), trained(obs, instr))
