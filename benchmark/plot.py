@@ -120,11 +120,12 @@ def _group(results: list[dict], env: str) -> dict[str, list[dict]]:
 
 
 def _tasks(results: list[dict], env: str) -> list[str]:
-    tasks = []
+    """The tasks of an env in the benchmark's order (its preset's task list), then by name."""
+    order: dict[str, float] = {}
     for r in results:
-        if r["env"] == env and r["task"] not in tasks:
-            tasks.append(r["task"])
-    return tasks
+        if r["env"] == env:
+            order[r["task"]] = min(order.get(r["task"], float("inf")), r.get("task_index", float("inf")))
+    return sorted(order, key=lambda t: (order[t], t))
 
 
 def _per_seed(runs: list[dict], fn) -> list[float]:
@@ -257,6 +258,7 @@ def plot_curves(results: list[dict], env: str, out_png: str | os.PathLike, bins:
                 std = np.nanstd(stack, axis=0)
             ax.plot(centers, mean, color=color, label=f"{_label(runs[0])}, n={len(per_seed)}")
             ax.fill_between(centers, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+        ax.set_xlim(0, max_step)
         ax.set_title(task)
         ax.set_xlabel("environment steps")
         ax.set_ylabel("training success rate")

@@ -287,6 +287,25 @@ def prior_is_complete(path: Path) -> bool:
     return (path / "prior_config.json").is_file() and (path / "heads.safetensors").is_file()
 
 
+def check_cached_prior(results_dir: Path, env: str, llm: str, p: Preset) -> None:
+    """A prior kept from an earlier run must still load with today's finetune_prior.py (its format, the
+    tokenizer of its language model); otherwise stop with what to delete, instead of failing every run."""
+    path = prior_dir(results_dir, env, llm)
+    if not prior_is_complete(path):
+        return
+    from finetune_prior import load_prior
+
+    try:
+        load_prior(str(path))
+    except Exception as e:  # noqa: BLE001 - any reason is reported the same way
+        rows = [row for row in ROWS if llm_of_row(row, p) == llm]
+        raise SystemExit(
+            f"error: the cached prior {path} no longer loads with this finetune_prior.py:\n  {type(e).__name__}: {e}\n"
+            f"Results made with it would not match new runs. Delete it and the results of the rows that used it, "
+            f"then re-run the same command:\n  rm -r {path} " + " ".join(str(results_dir / env / r) for r in rows)
+        ) from None
+
+
 def llm_of_row(row: str, p: Preset) -> Optional[str]:
     return {"ppo": None, "lago-random": p.random_llm}.get(row, p.llm)
 
@@ -429,7 +448,7 @@ def ppo_job(env: str, task: str, row: str, seed: int, p: Preset, results_dir: Pa
         ev = json.loads((run_dir / "eval.json").read_text())
         steps, values = plot.read_scalars(run_dir, plot.CURVE_TAG)
         result = {
-            "env": env, "task": task, "row": row, "seed": seed, "llm": llm,
+            "env": env, "task": task, "task_index": tasks_of(env, p).index(task), "row": row, "seed": seed, "llm": llm,
             "total_timesteps": p.clevr_timesteps if env == "clevr" else p.metaworld_timesteps,
             "success": eval_success(env, task, ev),
             "return": eval_return(env, task, ev),
@@ -549,7 +568,8 @@ def prior_job(env: str, task: str, seed: int, p: Preset, results_dir: Path, thre
         secs = time.time() - start
         stage1 = results_dir / "stage1" / f"{path.name}.json"
         result = {
-            "env": env, "task": task, "row": "prior", "seed": seed, "llm": p.llm,
+            "env": env, "task": task, "task_index": tasks_of(env, p).index(task), "row": "prior", "seed": seed,
+            "llm": p.llm,
             "total_timesteps": 0, "success": ev["success"], "return": ev["return"], "wall_time_s": secs,
             "finetune_wall_time_s": json.loads(stage1.read_text())["wall_time_s"] if stage1.exists() else None,
             "curve": {"steps": [], "values": []}, "eval_episodes": episodes,
@@ -614,19 +634,8 @@ def main(args: Args) -> int:
     if args.envs and "metaworld" in args.envs and not p.metaworld_tasks:
         raise SystemExit("error: no Meta-World tasks selected (--metaworld-tasks is empty)")
 
-    # stage 1: one prior per (env, language model) that a selected row needs
-    stage1, seen = [], set()
-    for env in args.envs:
-        for row in args.rows:
-            llm = llm_of_row(row, p)
-            if llm is None or (env, llm) in seen:
-                continue
-            seen.add((env, llm))
-            if not prior_is_complete(prior_dir(results_dir, env, llm)):
-                stage1.append(stage1_job(env, llm, p, results_dir, args.threads_per_job))
-
-    # stage 2: seed-major order, so that an interrupted benchmark has whole seeds
-    stage2, skipped = [], 0
+    # stage 2 (the runs still to do), in seed-major order so that an interrupted benchmark has whole seeds
+    stage2, skipped, needed = [], 0, set()
     for seed in p.seeds:
         for env in args.envs:
             for task in tasks_of(env, p):
@@ -634,10 +643,16 @@ def main(args: Args) -> int:
                     if result_path(results_dir, env, row, task, seed).exists():
                         skipped += 1
                         continue
+                    if llm_of_row(row, p):
+                        needed.add((env, llm_of_row(row, p)))
                     if row == "prior":
                         stage2.append(prior_job(env, task, seed, p, results_dir, args.threads_per_job))
                     else:
                         stage2.append(ppo_job(env, task, row, seed, p, results_dir, args.threads_per_job))
+
+    # stage 1: one prior per (env, language model) that a run still to do needs
+    stage1 = [stage1_job(env, llm, p, results_dir, args.threads_per_job)
+              for env, llm in sorted(needed) if not prior_is_complete(prior_dir(results_dir, env, llm))]
 
     print(f"benchmark preset {args.preset!r} -> {results_dir}")
     print(f"  rows {', '.join(args.rows)}; envs {', '.join(args.envs)}; seeds {list(p.seeds)}")
@@ -646,7 +661,7 @@ def main(args: Args) -> int:
     print(f"  stage 1: {len(stage1)} priors to fine-tune; stage 2: {len(stage2)} runs to do, "
           f"{skipped} finished already (skipped)")
     if args.dry_run:
-        for env, llm in sorted(seen):
+        for env, llm in sorted(needed):
             print("  $ " + " ".join(finetune_command(env, llm, prior_dir(results_dir, env, llm), p)))
         for seed in p.seeds:
             for env in args.envs:
@@ -661,6 +676,8 @@ def main(args: Args) -> int:
         return 0
 
     check_or_write_config(results_dir, p, args.preset)
+    for env, llm in sorted(needed):  # only priors that runs still to do will read
+        check_cached_prior(results_dir, env, llm, p)
     start = time.time()
     failures = run_jobs(stage1, args.jobs)
     failures += run_jobs(stage2, args.jobs)
