@@ -167,3 +167,29 @@ def test_smoke_end_to_end_table_plot_and_resume(tmp_path, tiny_clevr_prior, tiny
     for f, content in before.items():
         if f != redo:
             assert f.read_bytes() == content, f"{f} was rewritten although its run had finished"
+
+
+def test_stale_cached_prior_is_refused_with_what_to_delete(tmp_path):
+    """A prior dir kept from an older finetune_prior.py that no longer loads stops the benchmark up front."""
+    p = table.resolve(table.Args(preset="smoke", llm="tiny-random"))
+    stale = table.prior_dir(tmp_path, "clevr", "tiny-random")
+    stale.mkdir(parents=True)
+    (stale / "prior_config.json").write_text("{not json")
+    (stale / "heads.safetensors").write_bytes(b"")
+    assert table.prior_is_complete(stale)
+    with pytest.raises(SystemExit, match=r"no longer loads[\s\S]*rm -r .*clevr__tiny-random .*clevr/lago"):
+        table.check_cached_prior(tmp_path, "clevr", "tiny-random", p)
+
+
+@pytest.mark.slow
+def test_smoke_preset_with_stage1_all_rows(tmp_path):
+    """The whole smoke preset as a user runs it: stage 1 through finetune_prior.py, every row, both envs."""
+    cmd = [sys.executable, "-m", "benchmark.table", "--preset", "smoke", "--llm", "tiny-random",
+           "--results-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "stage 1: 2 priors to fine-tune" in proc.stdout
+    assert len(list(tmp_path.glob("*/*/*__seed1.json"))) == 10
+    assert sorted(p.name for p in tmp_path.glob("stage1/*.json")) == ["clevr__tiny-random.json", "metaworld__tiny-random.json"]
+    text = (tmp_path / "table.md").read_text()
+    assert "LaGO (tiny-random), adaptive beta" in text and "LaGO, random-init twin (tiny-random)" in text
