@@ -503,7 +503,8 @@ def evaluate_prior_greedy(prior_path: Path, env: str, task: str, seed: int, epis
     import envs  # noqa: F401  (registers CLEVR-Robot-v0)
     from finetune_prior import load_prior
 
-    prior = load_prior(str(prior_path))
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # as the scripts (their --cuda default)
+    prior = load_prior(str(prior_path), device=device)
     splits = ("train", "heldout") if env == "clevr" else (task,)
     success, returns = {}, []
     for split in splits:
@@ -526,14 +527,14 @@ def evaluate_prior_greedy(prior_path: Path, env: str, task: str, seed: int, epis
         ret = np.zeros(episodes)
         while active.any():
             idx = np.flatnonzero(active)
-            x = torch.as_tensor(np.stack([obs[i] for i in idx]), dtype=torch.float32)
+            x = torch.as_tensor(np.stack([obs[i] for i in idx]), dtype=torch.float32, device=device)
             with torch.inference_mode():
                 out = prior(x, [instr[i] for i in idx])
             if env == "clevr":
                 actions = out.argmax(-1).cpu().numpy()
             else:
                 space = vec[0].action_space
-                actions = np.clip(out[0].cpu().numpy(), space.low, space.high)
+                actions = np.clip(out[0].float().cpu().numpy(), space.low, space.high)
             for a, i in zip(actions, idx):
                 o, r, term, trunc, info = vec[i].step(a.item() if env == "clevr" else a)
                 obs[i] = o
