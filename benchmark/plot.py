@@ -195,8 +195,26 @@ def markdown(results: list[dict]) -> str:
             f"seeds {seeds}; mean ± std over seeds; success rate of the evaluation episodes after training "
             f"(the prior row: the fine-tuned prior acting greedily, no RL)."
         )
+        betas = guidance_settings(env_results)
+        if betas:
+            caption += f" Guidance: {betas}."
         parts.append(caption + "\n\n" + table)
     return "\n\n".join(parts) + "\n"
+
+
+def guidance_settings(results: list[dict]) -> str:
+    """The beta settings the guided runs used, read from their eval.json args (the scripts' own values)."""
+    seen: dict[str, str] = {}
+    for r in results:
+        args = (r.get("eval") or {}).get("args") or {}
+        if r["row"] in ("ppo", "prior") or "kl_coef" not in args:
+            continue
+        text = f"beta {args['kl_coef']:g} {args.get('kl_schedule', '?')}"
+        if args.get("kl_schedule") == "adaptive":
+            text += f" (target KL {args.get('kl_target', '?'):g})"
+        text += f", {args.get('kl_direction', 'reverse')} KL"
+        seen.setdefault(r["row"], text)
+    return "; ".join(f"{row} {seen[row]}" for row in _row_order(seen))
 
 
 def binned_curve(steps, values, edges: np.ndarray) -> np.ndarray:
