@@ -21,7 +21,11 @@ Meta-World: `--env-id` is one of its 50 v3 tasks, "MT10", "MT50" or a comma list
 second RecordEpisodeStatistics fails at step 500). The prior reads RAW observations (it applies its own
 saved normalisation), so the policy's observation normalisation lives here (`obs_rms`, saved with the
 model) instead of in a NormalizeObservation wrapper. Rewards are normalised and clipped as CleanRL does:
-Meta-World's dense reward reaches 10 per step and 500-step returns in the thousands.
+Meta-World's dense reward reaches 10 per step and 500-step returns in the thousands (vanilla PPO on reach-v3,
+seed 1: success 0.90 at 75k steps with it, 0.69 without; both reach ~1.0 by 150k).
+Default beta 0.1, from one seed on reach-v3 with a tiny-random prior of noisy experts (61k steps): success 0.47
+vs vanilla's 0.17 at 20k steps, 0.70 vs 0.75 at the end (evaluation 0.75 vs 1.0); beta 1.0 holds the policy
+near the prior (evaluation 0.45), 0.01 changes little. The KL is summed over the 4 action dimensions.
 """
 
 import json
@@ -111,7 +115,7 @@ class Args:
     """language model of the prior (finetune_prior.py's --llm): picks the default --prior-path"""
     prior_path: Optional[str] = None
     """directory of the prior made by finetune_prior.py (default: finetune_prior.default_prior_path(env_id, llm))"""
-    kl_coef: float = 0.01
+    kl_coef: float = 0.1
     """beta, the weight of the KL to the prior in the loss (0 = vanilla PPO: no language model is loaded)"""
     kl_schedule: Literal["constant", "linear", "adaptive"] = "constant"
     """beta over training: constant; linear (decays from --kl-coef to 0); adaptive (starts at --kl-coef, steers the KL toward --kl-target)"""
