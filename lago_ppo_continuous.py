@@ -348,15 +348,13 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     # env setup
-    # LaGO: env i runs task i % len(tasks), seeded through make (Meta-World ignores reset(seed=)); the tasks'
-    # observation spaces differ in their goal bounds only, hence observation_mode="different"
+    # LaGO: env i runs task i % len(tasks), seeded through make (Meta-World ignores reset(seed=))
     envs = gym.vector.SyncVectorEnv(
         [
             make_env(tasks[i % len(tasks)], args.seed + i, args.max_episode_steps, args.reward_type, args.gamma)
             for i in range(args.num_envs)
         ],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-        observation_mode="different",
     )
     assert isinstance(envs.single_action_space, gym.spaces.Box), "only continuous action space is supported"
     obs_rms = RunningMeanStd(shape=envs.single_observation_space.shape)
