@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = str(REPO / "lago_ppo_continuous.py")
 sys.path.insert(0, str(REPO))
 
+import script_runs  # noqa: E402
+
 import lago_ppo_continuous as ppo  # noqa: E402
 from envs.metaworld import make_env  # noqa: E402
 from finetune_prior import load_prior  # noqa: E402
@@ -32,25 +34,7 @@ TINY = ["--num-envs", "2", "--num-steps", "16", "--max-episode-steps", "8", "--n
 
 
 def run_script(args, cwd, check=True):
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
-    proc = subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, capture_output=True, text=True, env=env)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
-def run_dir(cwd):
-    dirs = glob.glob(os.path.join(cwd, "runs", "*"))
-    assert len(dirs) == 1, dirs
-    return dirs[0]
-
-
-def scalar_tags(path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(path, size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    return script_runs.run_script(SCRIPT, args, cwd, check)
 
 
 @pytest.fixture(scope="module")
@@ -118,13 +102,13 @@ def test_guided_run_on_reach_pulls_policy_to_prior(tiny_reach_prior, tmp_path):
                        "--learning-rate", "3e-2", "--save-model", *TINY, "--update-epochs", "10"], tmp_path)  # fmt: skip
     out = proc.stdout
     assert "LaGO prior:" in out and out.count("summary:") == 1 and "prior_kl=" in out
-    directory = run_dir(tmp_path)
+    directory = script_runs.run_dir(tmp_path)
     report = json.load(open(os.path.join(directory, "eval.json")))
     assert report["global_step"] == 192 and report["prior_time_s"] > 0 and report["wall_time_s"] > 0
     assert set(report["eval"]) == {"reach-v3"} and report["eval"]["reach-v3"]["episodes"] == 2
     assert report["final_success_rate"] == 0.0  # 12 whole episodes per env, none successful: every reward was 0
     assert report["args"]["kl_coef"] == 10
-    scalars = scalar_tags(directory)
+    scalars = script_runs.scalars(directory)
     for tag in ("losses/prior_kl", "charts/kl_coef", "charts/prior_time_share", "charts/SPS",
                 "charts/episodic_return", "charts/success_rate"):  # fmt: skip
         assert tag in scalars, tag
@@ -164,10 +148,10 @@ def test_two_task_run_logs_success_per_task(two_task_prior, tmp_path):
     run_script(["--env-id", TWO_TASKS, "--prior-path", two_task_prior, "--llm", "tiny-random", "--kl-coef", "0.1",
                 "--kl-schedule", "adaptive", "--kl-target", "0.01", "--total-timesteps", "96", *TINY],
                tmp_path)  # fmt: skip
-    directory = run_dir(tmp_path)
+    directory = script_runs.run_dir(tmp_path)
     report = json.load(open(os.path.join(directory, "eval.json")))
     assert list(report["eval"]) == ["reach-v3", "push-v3"]
-    scalars = scalar_tags(directory)
+    scalars = script_runs.scalars(directory)
     assert "charts/success_rate/reach-v3" in scalars and "charts/success_rate/push-v3" in scalars
     assert "charts/success_rate" in scalars
     # adaptive: a KL far above the tiny target raises beta after every update, by its largest step (+10%)
@@ -189,9 +173,9 @@ def test_vanilla_run_never_imports_the_language_model(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "LOADED []" in proc.stdout
     assert "LaGO prior" not in proc.stdout and proc.stdout.count("summary:") == 1
-    report = json.load(open(os.path.join(run_dir(tmp_path), "eval.json")))
+    report = json.load(open(os.path.join(script_runs.run_dir(tmp_path), "eval.json")))
     assert report["prior_time_s"] == 0.0 and report["global_step"] == 64
-    assert "losses/prior_kl" not in scalar_tags(run_dir(tmp_path))
+    assert "losses/prior_kl" not in script_runs.scalars(script_runs.run_dir(tmp_path))
 
 
 def run_main(args, monkeypatch, tmp_path):

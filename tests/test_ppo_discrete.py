@@ -18,6 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = str(REPO / "lago_ppo_discrete.py")
 sys.path.insert(0, str(REPO))
 
+import script_runs  # noqa: E402
+
 import lago_ppo_discrete as ppo  # noqa: E402
 from envs.clevr_robot import OBS_DIM  # noqa: E402
 
@@ -27,25 +29,7 @@ TINY = ["--num-envs", "2", "--num-steps", "16", "--total-timesteps", "96", "--nu
 
 
 def run_script(args, cwd, check=True):
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
-    proc = subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, capture_output=True, text=True, env=env)
-    if check:
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
-def run_dir(cwd):
-    dirs = glob.glob(os.path.join(cwd, "runs", "*"))
-    assert len(dirs) == 1, dirs
-    return dirs[0]
-
-
-def scalars(path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(path, size_guidance={"scalars": 0})
-    acc.Reload()
-    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    return script_runs.run_script(SCRIPT, args, cwd, check)
 
 
 @pytest.fixture
@@ -173,10 +157,10 @@ def test_lago_run_on_clevr_is_complete_and_reproducible(tiny_clevr_prior, tmp_pa
                            "--kl-schedule", "adaptive", "--save-model", *TINY], cwd)  # fmt: skip
         summary_lines = [line for line in proc.stdout.splitlines() if line.startswith("summary:")]
         assert len(summary_lines) == 1 and "eval train" in summary_lines[0] and "eval heldout" in summary_lines[0]
-        rdir = run_dir(cwd)
+        rdir = script_runs.run_dir(cwd)
         result = json.loads(Path(rdir, "eval.json").read_text())
         model = torch.load(Path(rdir, "lago_ppo_discrete.cleanrl_model"))
-        results.append((result, model, scalars(rdir)))
+        results.append((result, model, script_runs.scalars(rdir)))
         assert not glob.glob(os.path.join(rdir, "*.tmp"))
 
     (result, model, logs), (result_b, model_b, logs_b) = results
@@ -214,8 +198,8 @@ def test_vanilla_run_never_imports_the_language_model(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "IMPORTED []" in proc.stdout
-    rdir = run_dir(str(tmp_path))
-    tags = scalars(rdir)
+    rdir = script_runs.run_dir(str(tmp_path))
+    tags = script_runs.scalars(rdir)
     assert "losses/prior_kl" not in tags and "charts/SPS" in tags
     result = json.loads(Path(rdir, "eval.json").read_text())
     assert result["prior_time_s"] == 0.0 and result["args"]["kl_coef"] == 0.0
@@ -238,5 +222,5 @@ def test_vanilla_ppo_solves_cartpole(tmp_path):
     """CleanRL's defaults on CartPole-v1: average return above 400 within 500k steps (several minutes)."""
     run_script(["--env-id", "CartPole-v1", "--kl-coef", "0", "--total-timesteps", "500000", "--eval-episodes", "10"],
                tmp_path)  # fmt: skip
-    result = json.loads(Path(run_dir(str(tmp_path)), "eval.json").read_text())
+    result = json.loads(Path(script_runs.run_dir(str(tmp_path)), "eval.json").read_text())
     assert result["final_episodic_return"] > 400

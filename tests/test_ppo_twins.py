@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import lago_ppo_continuous as cont  # noqa: E402
+import script_runs  # noqa: E402
 import lago_ppo_discrete as disc  # noqa: E402
 
 TWINS = pytest.mark.parametrize("a,b", [(disc, cont)], ids=["discrete-continuous"])
@@ -109,14 +110,6 @@ def run_in_process(script, args, tmp_path, monkeypatch, capsys):
     return run_dir, capsys.readouterr().out
 
 
-def scalar_tags(path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(path, size_guidance={"scalars": 0})
-    acc.Reload()
-    return set(acc.Tags()["scalars"])
-
-
 def test_guided_runs_log_and_report_the_same(tiny_clevr_prior, tiny_reach_prior, tmp_path, monkeypatch, capsys):
     """Both scripts with a tiny-random prior and the adaptive beta: same progress lines, scalars, eval.json
     layout and one summary line of the same form (CLEVR evaluates per goal split, Meta-World per task)."""
@@ -132,7 +125,7 @@ def test_guided_runs_log_and_report_the_same(tiny_clevr_prior, tiny_reach_prior,
     reports, tags, summaries = {}, {}, {}
     for kind, (run_dir, out) in runs.items():
         reports[kind] = json.load(open(os.path.join(run_dir, "eval.json")))
-        tags[kind] = {t for t in scalar_tags(run_dir) if not t.startswith("eval/")}
+        tags[kind] = {t for t in script_runs.scalars(run_dir) if not t.startswith("eval/")}
         lines = out.splitlines()
         assert sum(line.startswith("LaGO prior: ") for line in lines) == 1
         progress = [line for line in lines if line.startswith("global_step=")]
