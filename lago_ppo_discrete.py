@@ -270,6 +270,11 @@ def evaluate(agent, make_env, env_id, eval_episodes, seed, device, goal_split=No
 if __name__ == "__main__":
     script_start = time.time()
     args = tyro.cli(Args)
+    if args.capture_video:
+        try:
+            import moviepy  # noqa: F401  (gymnasium's RecordVideo writes the videos with it)
+        except ImportError:
+            raise SystemExit("error: --capture-video needs moviepy, which requirements.txt leaves out: pip install moviepy")
     args.batch_size = int(args.num_envs * args.num_steps)
     args.minibatch_size = int(args.batch_size // args.num_minibatches)
     args.num_iterations = args.total_timesteps // args.batch_size
