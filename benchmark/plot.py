@@ -288,7 +288,7 @@ def plot_curves(results: list[dict], env: str, out_png: str | os.PathLike, bins:
     fig.tight_layout(rect=(0, 0.06 + 0.04 * ((len(labels) - 1) // 3), 1, 1))
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
+    fig.savefig(out_png, dpi=110, bbox_inches="tight")  # keep the title and legend whole
     plt.close(fig)
     return out_png
 
