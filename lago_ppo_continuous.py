@@ -5,9 +5,10 @@
     python lago_ppo_continuous.py --env-id MT10 --num-envs 10 --kl-coef 0   # multi-task: env i runs task i % 10
 
 CleanRL's ppo_continuous_action.py (vwxyzjn/cleanrl) on gymnasium 1.x, plus LaGO's guidance: the latent
-action prior p(a | s, instruction) made by finetune_prior.py, a diagonal Gaussian, is evaluated once per
-environment step (batched over the envs, no gradients), its mean and std are stored in the rollout buffer,
-and the PPO loss adds `beta * KL(pi(.|s) || p(.|s))`, in closed form between diagonal Gaussians.
+action prior p(a | s, instruction) made by finetune_prior.py, a diagonal Gaussian, is evaluated once at
+every state of the rollout (after the rollout, batched over envs and steps, no gradients), its mean and
+std are stored with the batch, and the PPO loss adds `beta * KL(pi(.|s) || p(.|s))`, in closed form between
+diagonal Gaussians.
 `--kl-coef 0` is vanilla PPO through the same code, and then nothing of the language model is imported.
 
 Episode ends: the vector env autoresets in the same step (gymnasium's AutoresetMode.SAME_STEP), so the
@@ -123,6 +124,8 @@ class Args:
     """the KL (nats per state, summed over action dimensions) that the adaptive schedule holds"""
     kl_direction: Literal["reverse", "forward"] = "reverse"
     """reverse: KL(pi || prior), mode-seeking; forward: KL(prior || pi), covers every action the prior likes"""
+    prior_batch_size: int = 256
+    """states per prior forward pass when the rollout's states are evaluated (lower it if GPU memory runs out)"""
     eval_episodes: int = 10
     """episodes of the final evaluation on each task (0 = no evaluation); written to runs/{run_name}/eval.json"""
 
@@ -207,6 +210,15 @@ def prior_kl(policy_dist, prior_dist, direction="reverse"):
     if direction == "forward":
         return kl_divergence(prior_dist, policy_dist)
     raise ValueError(f"kl direction must be 'reverse' or 'forward', got {direction!r}")
+
+
+def prior_on_states(prior, observations, instructions, batch_size):
+    """The prior's output at N states (raw observations [N, obs_dim], N instructions), batch_size at a time, no
+    gradients: mean and std [N, action_dim]."""
+    with torch.no_grad():
+        chunks = [prior(observations[i : i + batch_size], instructions[i : i + batch_size])
+                  for i in range(0, len(instructions), batch_size)]  # fmt: skip
+    return torch.cat([mean for mean, _ in chunks]).float(), torch.cat([std for _, std in chunks]).float()
 
 
 def kl_coef_schedule(schedule, kl_coef, iteration, num_iterations):
@@ -379,9 +391,10 @@ if __name__ == "__main__":
     rewards = torch.zeros((args.num_steps, args.num_envs)).to(device)
     dones = torch.zeros((args.num_steps, args.num_envs)).to(device)
     values = torch.zeros((args.num_steps, args.num_envs)).to(device)
-    # LaGO: the prior's mean and std at every rollout state, so that the update epochs never call the LLM
-    prior_means = torch.zeros((args.num_steps, args.num_envs) + envs.single_action_space.shape).to(device)
-    prior_stds = torch.ones((args.num_steps, args.num_envs) + envs.single_action_space.shape).to(device)
+    # LaGO: what the prior reads at every rollout state: the instruction of the episode, and the raw observation
+    # (obs holds the normalised one)
+    instructions = [[""] * args.num_envs for _ in range(args.num_steps)]
+    raw_obs = np.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape, dtype=np.float32)
 
     # TRY NOT TO MODIFY: start the game
     global_step = 0
@@ -412,14 +425,9 @@ if __name__ == "__main__":
             obs[step] = next_obs
             dones[step] = next_done
 
-            # LaGO: one batched prior call per env step, with the instructions of the episodes now running; the prior
-            # reads the raw observations (it normalises them with its own statistics)
-            if use_prior:
-                prior_start = time.time()
-                with torch.inference_mode():
-                    raw_obs = torch.tensor(next_raw_obs, dtype=torch.float32, device=device)
-                    prior_means[step], prior_stds[step] = prior(raw_obs, [str(s) for s in infos["instruction"]])
-                prior_time += time.time() - prior_start
+            if use_prior:  # LaGO: the instructions of the episodes now running, and the raw observations
+                instructions[step] = [str(s) for s in infos["instruction"]]
+                raw_obs[step] = next_raw_obs
 
             # ALGO LOGIC: action logic
             with torch.no_grad():
@@ -479,8 +487,14 @@ if __name__ == "__main__":
         b_advantages = advantages.reshape(-1)
         b_returns = returns.reshape(-1)
         b_values = values.reshape(-1)
-        b_prior_means = prior_means.reshape((-1,) + envs.single_action_space.shape)
-        b_prior_stds = prior_stds.reshape((-1,) + envs.single_action_space.shape)
+        # LaGO: the prior at every state of the rollout, once each, batched over envs and steps; the update epochs
+        # then never call the LLM. The prior reads raw observations (it normalises them with its own statistics)
+        if use_prior:
+            prior_start = time.time()
+            b_instructions = [s for step_instructions in instructions for s in step_instructions]
+            b_raw_obs = torch.tensor(raw_obs.reshape((-1,) + envs.single_observation_space.shape), device=device)
+            b_prior_means, b_prior_stds = prior_on_states(prior, b_raw_obs, b_instructions, args.prior_batch_size)
+            prior_time += time.time() - prior_start
 
         # Optimizing the policy and value network
         b_inds = np.arange(args.batch_size)

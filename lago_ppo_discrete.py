@@ -5,8 +5,8 @@
     python lago_ppo_discrete.py --env-id CartPole-v1 --kl-coef 0    # any gymnasium env with a Discrete action space
 
 CleanRL's ppo.py (vwxyzjn/cleanrl) on gymnasium 1.x, plus LaGO's guidance: the latent action prior
-p(a | s, instruction) made by finetune_prior.py is evaluated once per environment step (batched over the
-envs, no gradients), its logits are stored in the rollout buffer, and the PPO loss adds
+p(a | s, instruction) made by finetune_prior.py is evaluated once at every state of the rollout (after the
+rollout, batched over envs and steps, no gradients), its logits are stored with the batch, and the PPO loss adds
 `beta * KL(pi(.|s) || p(.|s))`, computed exactly over the actions. `--kl-coef 0` is vanilla PPO through the
 same code, and then nothing of the language model is imported.
 
@@ -108,6 +108,8 @@ class Args:
     """the KL (nats per state) that the adaptive schedule holds"""
     kl_direction: Literal["reverse", "forward"] = "reverse"
     """reverse: KL(pi || prior), mode-seeking; forward: KL(prior || pi), covers every action the prior likes"""
+    prior_batch_size: int = 256
+    """states per prior forward pass when the rollout's states are evaluated (lower it if GPU memory runs out)"""
     eval_episodes: int = 100
     """episodes of the final evaluation on each goal split (0 = no evaluation); written to runs/{run_name}/eval.json"""
 
@@ -183,6 +185,15 @@ def prior_kl(policy_dist, prior_dist, direction="reverse"):
     if direction == "forward":
         return kl_divergence(prior_dist, policy_dist)
     raise ValueError(f"kl direction must be 'reverse' or 'forward', got {direction!r}")
+
+
+def prior_on_states(prior, observations, instructions, batch_size):
+    """The prior's output at N states (raw observations [N, obs_dim], N instructions), batch_size at a time, no
+    gradients: logits [N, n]."""
+    with torch.no_grad():
+        chunks = [prior(observations[i : i + batch_size], instructions[i : i + batch_size])
+                  for i in range(0, len(instructions), batch_size)]  # fmt: skip
+    return torch.cat(chunks).float()
 
 
 def kl_coef_schedule(schedule, kl_coef, iteration, num_iterations):
@@ -344,8 +355,8 @@ if __name__ == "__main__":
     rewards = torch.zeros((args.num_steps, args.num_envs)).to(device)
     dones = torch.zeros((args.num_steps, args.num_envs)).to(device)
     values = torch.zeros((args.num_steps, args.num_envs)).to(device)
-    # LaGO: the prior's logits at every rollout state, so that the update epochs never call the LLM
-    prior_logits = torch.zeros((args.num_steps, args.num_envs, envs.single_action_space.n)).to(device)
+    # LaGO: what the prior reads at every rollout state besides the observation: the instruction of the episode
+    instructions = [[""] * args.num_envs for _ in range(args.num_steps)]
 
     # TRY NOT TO MODIFY: start the game
     global_step = 0
@@ -375,12 +386,8 @@ if __name__ == "__main__":
             obs[step] = next_obs
             dones[step] = next_done
 
-            # LaGO: one batched prior call per env step, with the instructions of the episodes now running
-            if use_prior:
-                prior_start = time.time()
-                with torch.inference_mode():
-                    prior_logits[step] = prior(next_obs, [str(s) for s in infos["instruction"]]).float()
-                prior_time += time.time() - prior_start
+            if use_prior:  # LaGO: the instructions of the episodes now running
+                instructions[step] = [str(s) for s in infos["instruction"]]
 
             # ALGO LOGIC: action logic
             with torch.no_grad():
@@ -437,7 +444,13 @@ if __name__ == "__main__":
         b_advantages = advantages.reshape(-1)
         b_returns = returns.reshape(-1)
         b_values = values.reshape(-1)
-        b_prior_logits = prior_logits.reshape(-1, envs.single_action_space.n)
+        # LaGO: the prior at every state of the rollout, once each, batched over envs and steps; the update epochs
+        # then never call the LLM
+        if use_prior:
+            prior_start = time.time()
+            b_instructions = [s for step_instructions in instructions for s in step_instructions]
+            b_prior_logits = prior_on_states(prior, b_obs, b_instructions, args.prior_batch_size)
+            prior_time += time.time() - prior_start
 
         # Optimizing the policy and value network
         b_inds = np.arange(args.batch_size)
