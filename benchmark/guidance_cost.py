@@ -6,7 +6,7 @@
 
 runs `script` twice per repeat with identical settings (env, seed, --num-envs, --num-steps,
 --total-timesteps, every extra argument): once with `--kl-coef 0` (vanilla PPO, no language model)
-and once with `--kl-coef {kl_coef}` (LaGO, the prior called once per env step), alternating so that
+and once with `--kl-coef {kl_coef}` (LaGO, the prior evaluated at every rollout state), alternating so that
 both see the same background load. It reads each run's runs/{run_name}/eval.json (`wall_time_s`:
 the training loop, rollouts + updates, without start-up, prior loading and evaluation; `prior_time_s`:
 the part spent in the prior) and prints the wall time per env step of each and their ratio.

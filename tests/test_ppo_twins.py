@@ -27,7 +27,8 @@ TWINS = pytest.mark.parametrize("a,b", [(disc, cont)], ids=["discrete-continuous
 
 @TWINS
 def test_duplicated_functions_have_the_same_signature(a, b):
-    for name in ("layer_init", "prior_kl", "kl_coef_schedule", "update_adaptive_kl_coef", "load_guidance_prior"):
+    for name in ("layer_init", "prior_kl", "prior_on_states", "kl_coef_schedule", "update_adaptive_kl_coef",
+                 "load_guidance_prior"):
         assert inspect.signature(getattr(a, name)) == inspect.signature(getattr(b, name)), name
     assert [f.name for f in a.Args.__dataclass_fields__.values()][-10:] == [
         f.name for f in b.Args.__dataclass_fields__.values()
@@ -92,6 +93,26 @@ def test_missing_prior_error_is_the_same(a, b, tmp_path):
             f"    python finetune_prior.py --env-id {env_id} --llm tiny-random\n"
             "or pass --prior-path DIR, or run vanilla PPO with --kl-coef 0."
         )
+
+
+def test_prior_on_states_in_chunks_equals_one_call(tiny_clevr_prior, tiny_reach_prior):
+    """Both scripts evaluate the rollout's states in chunks of --prior-batch-size: same outputs, same order, as one
+    batched call of the prior (7 states in chunks of 3: the last chunk is short)."""
+    from finetune_prior import load_prior
+
+    for module, path, obs_dim in ((disc, tiny_clevr_prior, 10), (cont, tiny_reach_prior, 39)):
+        prior = load_prior(path)
+        torch.manual_seed(0)
+        observations = torch.randn(7, obs_dim)
+        instructions = [f"push object {i} to the left" for i in range(7)]  # different lengths: padding differs
+        instructions[3] = "reach the goal"
+        with torch.no_grad():
+            whole = prior(observations, instructions)
+        chunked = module.prior_on_states(prior, observations, instructions, batch_size=3)
+        for got, want in zip(chunked if isinstance(chunked, tuple) else (chunked,),
+                             whole if isinstance(whole, tuple) else (whole,)):  # fmt: skip
+            assert got.shape == want.shape and not got.requires_grad
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def run_in_process(script, args, tmp_path, monkeypatch, capsys):
