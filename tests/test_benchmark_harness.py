@@ -193,3 +193,18 @@ def test_smoke_preset_with_stage1_all_rows(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("stage1/*.json")) == ["clevr__tiny-random.json", "metaworld__tiny-random.json"]
     text = (tmp_path / "table.md").read_text()
     assert "LaGO (tiny-random), adaptive beta" in text and "LaGO, random-init twin (tiny-random)" in text
+
+
+def test_prior_throughput_prints_time_and_work_per_state(tiny_clevr_prior, capsys):
+    from benchmark import prior_throughput
+
+    assert prior_throughput.main(["--prior-path", tiny_clevr_prior, "--batch-sizes", "1,8"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.split() and line.split()[0] in ("1", "8")]
+    assert [r[0] for r in rows] == ["1", "8"]
+    for _, ms, gflop, rate in rows:
+        assert float(ms) > 0 and 0 < float(gflop) < 1 and float(rate) > 0  # tiny-random: ~5 MFLOP per state
+    assert "matmul rate" in out and "instructions of" in out
+    with pytest.raises(SystemExit):
+        prior_throughput.main(["--prior-path", tiny_clevr_prior, "--batch-sizes", "0"])
+    assert "--batch-sizes" in capsys.readouterr().err
