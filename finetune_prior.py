@@ -655,7 +655,7 @@ def evaluate(prior: LatentActionPrior, data: dict, batch_size: int, rank: int = 
 
 
 def forward_time_ms(prior: LatentActionPrior, data: dict, batch: int = 16, repeats: int = 5) -> float:
-    """Median wall time of one inference forward on `batch` states (what PPO pays per env step)."""
+    """Median wall time of one inference forward on `batch` states."""
     obs = torch.from_numpy(data["observations"][:batch])
     instr = data["instructions"][:batch].tolist()
     prior.eval()
