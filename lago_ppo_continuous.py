@@ -318,6 +318,8 @@ if __name__ == "__main__":
             f"error: --total-timesteps {args.total_timesteps} is less than one rollout "
             f"(--num-envs x --num-steps = {args.batch_size})"
         )
+    if args.prior_batch_size < 1:
+        raise SystemExit(f"error: --prior-batch-size must be at least 1, got {args.prior_batch_size}")
     try:
         tasks = resolve_tasks(args.env_id)
     except ValueError as e:

@@ -294,6 +294,8 @@ if __name__ == "__main__":
             f"error: --total-timesteps {args.total_timesteps} is less than one rollout "
             f"(--num-envs x --num-steps = {args.batch_size})"
         )
+    if args.prior_batch_size < 1:
+        raise SystemExit(f"error: --prior-batch-size must be at least 1, got {args.prior_batch_size}")
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     if args.track:
         import wandb

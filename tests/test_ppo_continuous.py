@@ -196,6 +196,8 @@ def test_unknown_task_fails_clearly(monkeypatch, tmp_path):
     assert "--num-envs 10" in message
     message = run_main(["--kl-coef", "0", "--total-timesteps", "10"], monkeypatch, tmp_path)
     assert "less than one rollout" in message
+    message = run_main(["--prior-batch-size", "0"], monkeypatch, tmp_path)
+    assert message == "error: --prior-batch-size must be at least 1, got 0"
 
 
 def test_missing_prior_prints_the_finetune_command(monkeypatch, tmp_path):

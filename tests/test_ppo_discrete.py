@@ -216,6 +216,9 @@ def test_script_errors_are_clear(tmp_path):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "lago_ppo_continuous.py" in proc.stderr and "Box" in proc.stderr
 
+    proc = run_script(["--prior-batch-size", "0", *TINY], tmp_path, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "--prior-batch-size must be at least 1" in proc.stderr
+
 
 @pytest.mark.slow
 def test_vanilla_ppo_solves_cartpole(tmp_path):
