@@ -188,9 +188,9 @@ def prior_kl(policy_dist, prior_dist, direction="reverse"):
 
 
 def prior_on_states(prior, observations, instructions, batch_size):
-    """The prior's output at N states (raw observations [N, obs_dim], N instructions), batch_size at a time, no
-    gradients: logits [N, n]."""
-    with torch.no_grad():
+    """The prior's logits [N, n] at N states (raw observations [N, obs_dim], N instructions), batch_size
+    at a time, in inference mode (torch.cat outside it returns ordinary tensors that the loss can use)."""
+    with torch.inference_mode():
         chunks = [prior(observations[i : i + batch_size], instructions[i : i + batch_size])
                   for i in range(0, len(instructions), batch_size)]  # fmt: skip
     return torch.cat(chunks).float()
