@@ -155,6 +155,47 @@ def test_terminate_on_success():
     assert first < 499 and not any(s[1] for s in steps) and len(steps) == 500
 
 
+def away_from_goal(obs):
+    """Full-speed hand motion away from the goal (reach-v3: hand xyz = obs[:3], goal xyz = obs[-3:])."""
+    return np.append(-np.sign(obs[-3:] - obs[:3]), 0.0).astype(np.float32)
+
+
+def test_episode_success_means_success_at_any_step():
+    """info["episode"]["success"] is success at ANY step, not the last step's: the expert reaches the goal,
+    then the hand is driven away until truncation (last step unsuccessful, episode successful). The same env's
+    next episode never gets near the goal: its episode success is False (reset cleared the flag)."""
+    env = mw.make_env("reach-v3", seed=0, max_episode_steps=150)
+    policy = mw.expert_policy("reach-v3")
+    obs, _ = env.reset()
+    successes, reached = [], False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for t in range(150):
+            action = away_from_goal(obs) if reached else policy.get_action(obs)
+            obs, _, terminated, truncated, info = env.step(action)
+            successes.append(info["success"])
+            reached |= info["success"]
+            assert ("episode" in info) == (t == 149) and not terminated
+            if truncated:
+                break
+    assert truncated and len(successes) == 150
+    first = successes.index(True)  # the expert reached the goal (fails with ValueError otherwise)
+    assert first < 140 and not any(successes[first + 5 :]), "driven away from the goal after reaching it"
+    assert info["success"] is False, "the last step is not successful"
+    assert info["episode"]["success"] is True, "success at an earlier step counts for the episode"
+    assert np.linalg.norm(obs[-3:] - obs[:3]) > 0.2  # far from the goal at the end
+
+    obs, info = env.reset()
+    assert info["success"] is False
+    for t in range(150):
+        obs, _, terminated, truncated, info = env.step(away_from_goal(obs))
+        assert info["success"] is False and not terminated
+        if truncated:
+            break
+    assert t == 149 and info["episode"]["l"] == 150
+    assert info["episode"]["success"] is False, "an episode that never succeeds is not successful"
+
+
 def test_full_episode_has_one_episode_statistics():
     env = mw.make_env("pick-place-v3", seed=0)
     assert count_wrappers(env, gym.wrappers.RecordEpisodeStatistics) == 1
