@@ -7,6 +7,7 @@ that `import envs` stays light (no metaworld, no torch).
     import gymnasium as gym, envs
     env = gym.make("CLEVR-Robot-v0", goal_split="train")             # TimeLimit 50 steps
     env = gym.make("CLEVR-Robot-v0", goal_split="heldout", max_episode_steps=100)
+    env = gym.make("CLEVR-Robot-v0", goal_split="train+rephrase+heldout+compose", goal_slots=2)  # levels
 
 The episode limit of the registered id is gymnasium's TimeLimit wrapper (`max_episode_steps`
 of `gym.make`, default 50); the env's own counter (`ClevrRobotEnv(max_episode_steps=...)`,

@@ -40,6 +40,8 @@ Observation: `Box(float32, (OBS_DIM,) = (24,))`
     concat(state, goal encoding): state = (x, y) of the 5 spheres in colour order
     (`STATE_DIM` = 10, the original's "direct" observation), goal encoding = one-hot target
     colour (5) + one-hot relation (4) + one-hot reference colour (5) (`GOAL_DIM` = 14).
+    With `goal_slots=2` the goal encoding has two such slots, (10 + 2 * 14,) = (38,): a
+    one-relation goal fills slot 1 and leaves slot 2 zeros, a "compose" goal fills both.
 
 Relations (`relation_holds(pos_a, pos_b, relation)`): with u = (B - A) / |B - A|,
     "B is R of A" iff u . dir_R > 0.6 and |B - A| < 0.7 (both strict), where
@@ -72,6 +74,26 @@ Train / held-out split (deterministic, no randomness involved)
     The two intermediate combinations (unseen phrasing of a seen goal, seen phrasing of an
     unseen goal) are part of "all" only.
 
+Instruction levels (after KALM's evaluation): `LEVELS` = ("train", "heldout", "rephrase", "compose")
+      goal_split="rephrase": all 80 programs x 8 `REPHRASE_TEMPLATES` (640 instructions) in words
+        no other instruction uses: colour synonyms `COLOR_SYNONYMS` (red: crimson / scarlet, blue:
+        azure / navy, green: emerald / lime, purple: violet / lilac, cyan: turquoise / teal),
+        relation wordings `RELATION_SYNONYMS` (left: "to the west of" / "farther west than", right:
+        east, behind: "to the north of" / "farther from the viewer than", front: "to the south of"
+        / "closer to the viewer than") and new frames (orb / marble / globe). Frame k takes
+        target synonym k & 1, reference synonym (k >> 1) & 1, relation wording (k >> 2) & 1.
+      goal_split="compose": two relations at once. Goals `COMPOSE_GOALS`: the 1840 unordered pairs
+        (p1 < p2) of TRAIN programs about two different pairs of spheres (so never contradictory
+        or equivalent); both must be false at reset; success (reward 1, termination) iff both
+        hold. Text (`COMPOSE_FRAMES`, 16): a train imperative phrasing (templates 3, 4, 5, 9) of
+        p1 and one of p2 joined by " and " (29,440 instructions). Needs `goal_slots=2`.
+    A mixture, goal_split="train+rephrase+heldout+compose" ("+"-joined distinct LEVELS), draws the
+    level of each episode uniformly with `np_random` (then the goal among the level's false goals);
+    a single level or split draws no level, so its random stream is the one above.
+    `level_instructions(level)` lists a level's instructions, `split_instructions` a split's or
+    mixture's. `reset(options={"level": ...})` fixes the level; options "goal" also takes
+    "A and B" (or a pair) for a compose goal; "template" indexes the level's frames.
+
 Reward, termination, truncation
     info["success"] is True iff the goal program holds after the step. Reward is 1.0 and
     `terminated` is True on that step, 0.0 / False otherwise. `truncated` is True once
@@ -82,7 +104,8 @@ Reward, termination, truncation
     `gymnasium.make("CLEVR-Robot-v0")` the limit is gymnasium's TimeLimit wrapper (registered
     `max_episode_steps=50`, so `gymnasium.make(..., max_episode_steps=N)` works as usual)
     and the env's own counter is off; `ClevrRobotEnv(max_episode_steps=N)` truncates itself.
-    info at reset and every step: "success" (bool), "instruction" (str), "goal" (str).
+    info at reset and every step: "success" (bool), "instruction" (str), "goal" (str, "A and B"
+    for a compose goal), "level" (str, e.g. "train", "rephrase").
 
 Seeding: all randomness (scene, goal, paraphrase) comes from `self.np_random`, so
     `reset(seed=s)` followed by the same actions gives identical episodes; physics state
@@ -98,7 +121,8 @@ Scripted expert: `expert_action(env, noise=0.0, rng=None)` is a one-step model-p
     a copy of the physics state (the exact outcome), scores the resulting scene by the
     distance of the target to the nearest free spot that satisfies the relation with a margin
     (or, where the walls leave no such spot, by how far the reference must move first), and
-    takes the best; if no such push makes progress it considers all 40 actions. With
+    takes the best; if no such push makes progress it considers all 40 actions. Two-relation
+    goals: see `_compose_expert_action`; rephrased goals are the same programs. With
     probability `noise` it returns a uniformly random action instead. `collect_demos(...)`
     rolls it out and returns the project's demonstration dict.
 """
@@ -190,21 +214,156 @@ def instruction_text(program: int | str, template: int) -> str:
     return TEMPLATES[template].format(t=COLORS[t], f=COLORS[f], rel=rel)
 
 
-def goal_pool(goal_split: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(program indices, template indices) of a goal split; see the module docstring."""
+# ---------------------------------------------------------------------------------------
+# Instruction levels beyond train / heldout (after KALM's evaluation): "rephrase", "compose"
+# ---------------------------------------------------------------------------------------
+LEVELS = ("train", "heldout", "rephrase", "compose")
+SPLIT_NAMES = ("train", "heldout", "all", "rephrase", "compose")  # what goal_split accepts alone
+
+# rephrase: every program in words no train/held-out instruction uses (fixed by hand from ordinary
+# English, not tuned to any model). Compass words follow the top-down view: right = +x = east,
+# behind = -y = north (image up); the viewer stands in front of the table.
+COLOR_SYNONYMS = {
+    "red": ("crimson", "scarlet"),
+    "blue": ("azure", "navy"),
+    "green": ("emerald", "lime"),
+    "purple": ("violet", "lilac"),
+    "cyan": ("turquoise", "teal"),
+}
+RELATION_SYNONYMS = {
+    "left": ("to the west of", "farther west than"),
+    "right": ("to the east of", "farther east than"),
+    "behind": ("to the north of", "farther from the viewer than"),
+    "front": ("to the south of", "closer to the viewer than"),
+}
+# Frame k uses target synonym k & 1, reference synonym (k >> 1) & 1, relation synonym (k >> 2) & 1:
+# the 8 frames cover each of the 8 combinations once.
+REPHRASE_TEMPLATES = (
+    "Slide the {t} orb {rel} the {f} orb.",
+    "I would like the {t} marble to be {rel} the {f} marble.",
+    "Could you shove the {t} globe {rel} the {f} globe?",
+    "Arrange the table so that the {t} orb lies {rel} the {f} orb.",
+    "Is the {t} marble located {rel} the {f} marble?",
+    "Nudge the {t} globe until it rests {rel} the {f} globe.",
+    "Find the {f} orb and bring the {t} orb {rel} it.",
+    "Your task: the {t} marble must finish {rel} the {f} marble.",
+)
+
+# compose: two train programs at once. The pairs: unordered pairs of TRAIN programs (in index
+# order) that are about two different pairs of spheres (so never contradictory nor equivalent,
+# e.g. "red left_of blue" / "blue right_of red"); 1840 pairs. Text: two train imperative
+# phrasings joined by " and " (frame = (template of goal 1, template of goal 2)), 16 frames.
+_IMPERATIVE_TRAIN_TEMPLATES = (3, 4, 5, 9)
+COMPOSE_FRAMES = tuple((a, b) for a in _IMPERATIVE_TRAIN_TEMPLATES for b in _IMPERATIVE_TRAIN_TEMPLATES)
+COMPOSE_GOALS = tuple(
+    (a, b)
+    for i, a in enumerate(TRAIN_PROGRAMS)
+    for b in TRAIN_PROGRAMS[i + 1 :]
+    if {PROGRAMS[a][0], PROGRAMS[a][2]} != {PROGRAMS[b][0], PROGRAMS[b][2]}
+)
+_COMPOSE_FIRST = np.array([a for a, _ in COMPOSE_GOALS])
+_COMPOSE_SECOND = np.array([b for _, b in COMPOSE_GOALS])
+
+
+def rephrase_text(program: int | str, template: int) -> str:
+    """The "rephrase" instruction of `program` in frame `template` of REPHRASE_TEMPLATES."""
+    p = parse_goal(program)
+    if not isinstance(template, (int, np.integer)) or not 0 <= template < len(REPHRASE_TEMPLATES):
+        raise ValueError(f"rephrase template must be an integer in [0, {len(REPHRASE_TEMPLATES)}), got {template!r}")
+    t, r, f = PROGRAMS[p]
+    return REPHRASE_TEMPLATES[template].format(
+        t=COLOR_SYNONYMS[COLORS[t]][template & 1],
+        f=COLOR_SYNONYMS[COLORS[f]][(template >> 1) & 1],
+        rel=RELATION_SYNONYMS[RELATIONS[r]][(template >> 2) & 1],
+    )
+
+
+def compose_text(goal, template: int) -> str:
+    """The "compose" instruction of a two-program goal in frame `template` of COMPOSE_FRAMES."""
+    a, b = _parse_pair(goal)
+    if not isinstance(template, (int, np.integer)) or not 0 <= template < len(COMPOSE_FRAMES):
+        raise ValueError(f"compose template must be an integer in [0, {len(COMPOSE_FRAMES)}), got {template!r}")
+    ka, kb = COMPOSE_FRAMES[template]
+    second = instruction_text(b, kb)
+    return instruction_text(a, ka).rstrip(".") + " and " + second[0].lower() + second[1:]
+
+
+def goal_string(goal) -> str:
+    """Program string of a goal: 'red left_of blue', or 'red left_of blue and green front_of cyan'."""
+    return " and ".join(PROGRAM_STRINGS[p] for p in parse_goals(goal))
+
+
+def level_text(level: str, goal, template: int) -> str:
+    """The instruction of `goal` worded by `level` (one of SPLIT_NAMES) in its template `template`."""
+    if level == "rephrase":
+        return rephrase_text(goal, template)
+    if level == "compose":
+        return compose_text(goal, template)
+    _check_split_name(level)
+    return instruction_text(goal, template)
+
+
+def _check_split_name(name) -> str:
+    if name not in SPLIT_NAMES:
+        raise ValueError(
+            f"unknown goal_split {name!r}; accepted: {', '.join(repr(s) for s in SPLIT_NAMES)}, or a '+'-joined "
+            f"mixture of levels from {LEVELS}, e.g. 'train+rephrase+heldout+compose'"
+        )
+    return name
+
+
+def parse_goal_split(goal_split: str) -> tuple[str, ...]:
+    """The levels of a goal_split: ('train',) for "train", ('train', 'compose') for "train+compose".
+
+    A mixture is two or more distinct names of LEVELS joined by "+"; "all" stands alone.
+    Raises ValueError saying what is accepted."""
+    if not isinstance(goal_split, str):
+        _check_split_name(goal_split)
+    if "+" not in goal_split:
+        return (_check_split_name(goal_split),)
+    parts = tuple(s.strip() for s in goal_split.split("+"))
+    for s in parts:
+        if s not in LEVELS:
+            raise ValueError(
+                f"unknown level {s!r} in goal_split mixture {goal_split!r}; a mixture joins two or more distinct "
+                f"levels from {LEVELS} with '+', e.g. 'train+rephrase+heldout+compose'"
+            )
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"goal_split mixture {goal_split!r} names a level twice; each level of {LEVELS} at most once")
+    return parts
+
+
+def goal_pool(goal_split: str) -> tuple[tuple, tuple[int, ...]]:
+    """(goals, template indices) of one level / split (not a mixture); see the module docstring.
+
+    goals are program indices, except for "compose" where they are (program, program) pairs
+    (COMPOSE_GOALS). Template indices index TEMPLATES, REPHRASE_TEMPLATES or COMPOSE_FRAMES."""
     if goal_split == "train":
         return TRAIN_PROGRAMS, TRAIN_TEMPLATES
     if goal_split == "heldout":
         return HELDOUT_PROGRAMS, HELDOUT_TEMPLATES
     if goal_split == "all":
         return tuple(range(len(PROGRAMS))), tuple(range(len(TEMPLATES)))
-    raise ValueError(f"unknown goal_split {goal_split!r}; accepted: {', '.join(repr(s) for s in GOAL_SPLITS)}")
+    if goal_split == "rephrase":
+        return tuple(range(len(PROGRAMS))), tuple(range(len(REPHRASE_TEMPLATES)))
+    if goal_split == "compose":
+        return COMPOSE_GOALS, tuple(range(len(COMPOSE_FRAMES)))
+    if isinstance(goal_split, str) and "+" in goal_split:
+        parse_goal_split(goal_split)  # raises on a bad mixture
+        raise ValueError(f"goal_pool takes one level, got the mixture {goal_split!r}; call it for each level")
+    _check_split_name(goal_split)
+    raise AssertionError("unreachable")
+
+
+def level_instructions(level: str) -> list[str]:
+    """Every instruction string of one level / split, in a fixed order (goals, then templates)."""
+    goals, templates = goal_pool(level)
+    return [level_text(level, g, k) for g in goals for k in templates]
 
 
 def split_instructions(goal_split: str) -> list[str]:
-    """Every instruction string of a goal split (for building vocabularies, checking overlap...)."""
-    programs, templates = goal_pool(goal_split)
-    return [instruction_text(p, k) for p in programs for k in templates]
+    """Every instruction string of a goal split or mixture (for building vocabularies, checking overlap...)."""
+    return [s for level in parse_goal_split(goal_split) for s in level_instructions(level)]
 
 
 def parse_goal(goal: int | str | tuple) -> int:
@@ -232,6 +391,36 @@ def parse_goal(goal: int | str | tuple) -> int:
     )
 
 
+def parse_goals(goal) -> tuple[int, ...]:
+    """Program indices of a one- or two-relation goal: anything `parse_goal` takes -> (p,); a string
+    "red left_of blue and green front_of cyan" or a pair (list / tuple of two goals) -> (p1, p2).
+    The two programs of a pair must be about two different pairs of spheres."""
+    if isinstance(goal, str) and " and " in goal:
+        parts = [s for s in goal.split(" and ")]
+    elif isinstance(goal, (tuple, list)) and len(goal) == 2:
+        parts = list(goal)
+    elif isinstance(goal, (tuple, list)) and len(goal) == 1:
+        return (parse_goal(goal[0]),)
+    else:
+        return (parse_goal(goal),)
+    if len(parts) != 2:
+        raise ValueError(f"a goal has one or two relations ('A' or 'A and B'), got {goal!r}")
+    a, b = (parse_goal(p) for p in parts)
+    if {PROGRAMS[a][0], PROGRAMS[a][2]} == {PROGRAMS[b][0], PROGRAMS[b][2]}:
+        raise ValueError(
+            f"the two relations of goal {goal!r} are about the same two spheres; a two-relation goal needs "
+            f"two different pairs of spheres, e.g. 'red left_of blue and green front_of cyan'"
+        )
+    return (a, b)
+
+
+def _parse_pair(goal) -> tuple[int, int]:
+    g = parse_goals(goal)
+    if len(g) != 2:
+        raise ValueError(f"a compose goal has two relations ('A and B'), got {goal!r}")
+    return g
+
+
 def goal_encoding(program: int | str) -> np.ndarray:
     """The fixed-size float32 goal encoding (GOAL_DIM,) of a program: one-hots target|relation|reference."""
     t, r, f = PROGRAMS[parse_goal(program)]
@@ -243,6 +432,9 @@ def goal_encoding(program: int | str) -> np.ndarray:
 
 
 _GOAL_ENCODINGS = np.stack([goal_encoding(i) for i in range(len(PROGRAMS))])
+_PROGRAM_T = np.array([t for t, _, _ in PROGRAMS])
+_PROGRAM_F = np.array([f for _, _, f in PROGRAMS])
+_PROGRAM_DIR = RELATION_VECTORS[[r for _, r, _ in PROGRAMS]]
 
 
 def relation_holds(pos_a, pos_b, relation: str) -> bool:
@@ -264,12 +456,16 @@ def _holds(dx: float, dy: float, ux: float, uy: float) -> bool:
     return bool(dx * ux + dy * uy > RELATION_COS * math.sqrt(dist2))
 
 
-def goal_holds(positions, program: int | str) -> bool:
-    """Whether a goal program holds for sphere positions (5, 2) (or a flat 10-vector)."""
-    t, r, f = PROGRAMS[parse_goal(program)]
+def goal_holds(positions, program) -> bool:
+    """Whether a goal holds for sphere positions (5, 2) (or a flat 10-vector); a two-relation goal
+    ("A and B", see `parse_goals`) holds iff both relations hold."""
     pos = np.asarray(positions, dtype=np.float64).reshape(NUM_OBJECTS, 2)
-    d = RELATION_VECTORS[r]
-    return _holds(pos[t, 0] - pos[f, 0], pos[t, 1] - pos[f, 1], d[0], d[1])
+    for p in parse_goals(program):
+        t, r, f = PROGRAMS[p]
+        d = RELATION_VECTORS[r]
+        if not _holds(pos[t, 0] - pos[f, 0], pos[t, 1] - pos[f, 1], d[0], d[1]):
+            return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------
@@ -336,8 +532,17 @@ class ClevrRobotEnv(gym.Env):
         max_episode_steps: int | None = 50,
         goal_split: str = "train",
         render_mode: str | None = None,
+        goal_slots: int = 1,
     ):
-        goal_pool(goal_split)  # validates
+        levels = parse_goal_split(goal_split)  # validates
+        if not isinstance(goal_slots, (int, np.integer)) or isinstance(goal_slots, bool) or goal_slots not in (1, 2):
+            raise ValueError(f"goal_slots must be 1 or 2 (goal encodings in the observation), got {goal_slots!r}")
+        if "compose" in levels and goal_slots != 2:
+            raise ValueError(
+                f"goal_split {goal_split!r} has the 'compose' level (two relations at once), whose goal encoding needs "
+                f"two slots: pass goal_slots=2 (observation of {STATE_DIM} + 2 * {GOAL_DIM} = "
+                f"{STATE_DIM + 2 * GOAL_DIM} dims), e.g. gym.make('CLEVR-Robot-v0', goal_split={goal_split!r}, goal_slots=2)"
+            )
         if max_episode_steps is not None and (
             not isinstance(max_episode_steps, (int, np.integer)) or max_episode_steps < 1
         ):
@@ -345,9 +550,12 @@ class ClevrRobotEnv(gym.Env):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"unsupported render_mode {render_mode!r}; accepted: None, 'rgb_array'")
         self.goal_split = goal_split
+        self.goal_slots = int(goal_slots)
+        self.levels = levels
+        self.obs_dim = STATE_DIM + self.goal_slots * GOAL_DIM
         self.max_episode_steps = None if max_episode_steps is None else int(max_episode_steps)
         self.render_mode = render_mode
-        self._programs, self._templates = goal_pool(goal_split)
+        self._pools = {level: goal_pool(level) for level in levels}
 
         self.model = mujoco.MjModel.from_xml_string(SCENE_XML)
         self.data = mujoco.MjData(self.model)
@@ -367,17 +575,22 @@ class ClevrRobotEnv(gym.Env):
         self._rel_x = [float(v[0]) for v in RELATION_VECTORS]
         self._rel_y = [float(v[1]) for v in RELATION_VECTORS]
 
-        low = np.concatenate([np.tile([WALLS["x_min"], WALLS["y_min"]], NUM_OBJECTS), np.zeros(GOAL_DIM)])
-        high = np.concatenate([np.tile([WALLS["x_max"], WALLS["y_max"]], NUM_OBJECTS), np.ones(GOAL_DIM)])
+        goal_dims = self.goal_slots * GOAL_DIM
+        low = np.concatenate([np.tile([WALLS["x_min"], WALLS["y_min"]], NUM_OBJECTS), np.zeros(goal_dims)])
+        high = np.concatenate([np.tile([WALLS["x_max"], WALLS["y_max"]], NUM_OBJECTS), np.ones(goal_dims)])
         self.observation_space = spaces.Box(low.astype(np.float32), high.astype(np.float32), dtype=np.float32)
         self.action_space = spaces.Discrete(NUM_ACTIONS)
 
-        self._program = 0
+        self._program = 0  # the (first) program of the goal
+        self._goal = (0,)  # all programs of the goal: (p,) or (p1, p2)
+        self._level = levels[0]
         self._template = 0
         self._instruction = ""
+        self._goal_str = PROGRAM_STRINGS[0]
         self._goal_t = self._goal_f = 0
         self._goal_ux = self._goal_uy = 0.0
-        self._goal_enc = _GOAL_ENCODINGS[0]
+        self._goal2 = None  # (target qpos address, reference qpos address, ux, uy) of a second relation
+        self._goal_enc = np.zeros(goal_dims, dtype=np.float32)
         self._steps = 0
         self._expert_data = None  # (scratch MjData, state buffer) for expert_action's look-ahead
         self._render_grid = None
@@ -385,8 +598,18 @@ class ClevrRobotEnv(gym.Env):
     # ------------------------------------------------------------------ public helpers
     @property
     def program(self) -> str:
-        """The current goal program string, e.g. 'red left_of blue'."""
-        return PROGRAM_STRINGS[self._program]
+        """The current goal program string, e.g. 'red left_of blue' ('A and B' for a compose goal)."""
+        return self._goal_str
+
+    @property
+    def goal(self) -> tuple[int, ...]:
+        """Program indices of the current goal: (p,) or (p1, p2) for a compose goal."""
+        return self._goal
+
+    @property
+    def level(self) -> str:
+        """The level of the current episode's goal and wording ('train', 'rephrase', 'compose', ...)."""
+        return self._level
 
     @property
     def instruction(self) -> str:
@@ -424,46 +647,78 @@ class ClevrRobotEnv(gym.Env):
                 )
         self._place(xy)
 
-    def set_goal(self, goal, template: int | None = None) -> None:
-        """Set the goal program (string, tuple or index) and paraphrase (None: first of the split's templates)."""
-        self._set_goal(parse_goal(goal), self._templates[0] if template is None else self._check_template(template))
+    def set_goal(self, goal, template: int | None = None, level: str | None = None) -> None:
+        """Set the goal (program string, tuple or index; 'A and B' or a pair for a compose goal), its
+        wording level (None: the current level if it fits the goal, else 'compose' for a pair and the
+        env's first one-relation level otherwise) and template (None: the level's first template)."""
+        g = parse_goals(goal)
+        if level is None:
+            level = self._level if (self._level == "compose") == (len(g) == 2) else self._level_for(g, None)
+        level = self._check_level(level, g)
+        pool_templates = self._pools[level][1] if level in self._pools else goal_pool(level)[1]
+        self._set_goal(g, pool_templates[0] if template is None else self._check_template(template, level), level)
 
     def goal_holds(self) -> bool:
-        """Whether the current goal holds in the current scene."""
+        """Whether the current goal (both relations of a compose goal) holds in the current scene."""
         q = self.data.qpos
         at, af = self._obj_qadr[self._goal_t], self._obj_qadr[self._goal_f]
-        return _holds(q[at] - q[af], q[at + 1] - q[af + 1], self._goal_ux, self._goal_uy)
+        if not _holds(q[at] - q[af], q[at + 1] - q[af + 1], self._goal_ux, self._goal_uy):
+            return False
+        if self._goal2 is None:
+            return True
+        at, af, ux, uy = self._goal2
+        return _holds(q[at] - q[af], q[at + 1] - q[af + 1], ux, uy)
+
+    def programs_holding(self) -> np.ndarray:
+        """bool (80,): which of the 80 programs hold in the current scene."""
+        pos = self.positions()
+        diff = pos[_PROGRAM_T] - pos[_PROGRAM_F]
+        dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
+        return (dist < RELATION_MAX_DIST) & (np.einsum("ij,ij->i", diff, _PROGRAM_DIR) > RELATION_COS * dist)
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         options = dict(options or {})
-        unknown = set(options) - {"goal", "template"}
+        unknown = set(options) - {"goal", "template", "level"}
         if unknown:
-            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; accepted: 'goal', 'template'")
-        fixed = parse_goal(options["goal"]) if options.get("goal") is not None else None
+            raise ValueError(f"unknown reset option(s) {sorted(unknown)}; accepted: 'goal', 'template', 'level'")
+        fixed = parse_goals(options["goal"]) if options.get("goal") is not None else None
+        rng = self.np_random
+        level = options.get("level")
+        if level is not None:
+            level = self._check_level(level, fixed)
+        else:  # one level: no draw (the single-level envs' random stream is the original one)
+            level = self._level_for(fixed, rng)
         template = options.get("template")
         if template is not None:
-            template = self._check_template(template)
-        rng = self.np_random
+            template = self._check_template(template, level)
+        goals, templates = self._pools[level] if level in self._pools else goal_pool(level)
         for _ in range(1000):
             self._place(self._sample_positions())
             if fixed is not None:
-                if not self.goal_holds_program(fixed):
-                    program = fixed
+                if not any(self.goal_holds_program(p) for p in fixed):
+                    goal = fixed
                     break
                 continue
-            false = [p for p in self._programs if not self.goal_holds_program(p)]
+            if level == "compose":
+                holding = self.programs_holding()
+                false = np.flatnonzero(~(holding[_COMPOSE_FIRST] | holding[_COMPOSE_SECOND]))
+                if false.size:
+                    goal = goals[int(false[int(rng.integers(false.size))])]
+                    break
+                continue
+            false = [p for p in goals if not self.goal_holds_program(p)]
             if false:
-                program = false[int(rng.integers(len(false)))]
+                goal = (false[int(rng.integers(len(false)))],)
                 break
         else:  # practically unreachable: 1000 scenes in which the goal holds
-            raise RuntimeError(f"could not draw a scene in which goal {PROGRAM_STRINGS[fixed]!r} is false")
+            raise RuntimeError(f"could not draw a scene in which goal {goal_string(fixed)!r} is false")
         if template is None:
-            template = self._templates[int(rng.integers(len(self._templates)))]
-        self._set_goal(program, template)
+            template = templates[int(rng.integers(len(templates)))]
+        self._set_goal(goal, template, level)
         self._steps = 0
-        return self._obs(), {"success": False, "instruction": self._instruction, "goal": PROGRAM_STRINGS[program]}
+        return self._obs(), self._info(False)
 
     def step(self, action):
         try:
@@ -492,8 +747,7 @@ class ClevrRobotEnv(gym.Env):
         self._steps += 1
         success = self.goal_holds()
         truncated = self.max_episode_steps is not None and self._steps >= self.max_episode_steps
-        info = {"success": success, "instruction": self._instruction, "goal": PROGRAM_STRINGS[self._program]}
-        return self._obs(), (1.0 if success else 0.0), success, truncated, info
+        return self._obs(), (1.0 if success else 0.0), success, truncated, self._info(success)
 
     def render(self):
         if self.render_mode is None:
@@ -509,21 +763,67 @@ class ClevrRobotEnv(gym.Env):
         at, af = self._obj_qadr[t], self._obj_qadr[f]
         return _holds(q[at] - q[af], q[at + 1] - q[af + 1], self._rel_x[r], self._rel_y[r])
 
-    def _check_template(self, template) -> int:
-        if isinstance(template, (int, np.integer)) and not isinstance(template, bool) and 0 <= template < len(TEMPLATES):
+    def _check_template(self, template, level: str = "train") -> int:
+        n = len(goal_pool(level)[1]) if level in ("rephrase", "compose") else len(TEMPLATES)
+        if isinstance(template, (int, np.integer)) and not isinstance(template, bool) and 0 <= template < n:
             return int(template)
-        raise ValueError(f"template must be an integer in [0, {len(TEMPLATES)}), got {template!r}")
+        what = "template" if n == len(TEMPLATES) else f"template of level {level!r}"
+        raise ValueError(f"{what} must be an integer in [0, {n}), got {template!r}")
 
-    def _set_goal(self, program: int, template: int) -> None:
-        self._program, self._template = program, template
-        t, r, f = PROGRAMS[program]
+    def _check_level(self, level, goal: tuple[int, ...] | None) -> str:
+        """Validate an explicitly asked level (any of SPLIT_NAMES) against goal_slots and the goal."""
+        if level not in SPLIT_NAMES:
+            raise ValueError(f"unknown level {level!r}; accepted: {', '.join(repr(s) for s in SPLIT_NAMES)}")
+        if level == "compose" and self.goal_slots != 2:
+            raise ValueError("level 'compose' (two relations at once) needs an env made with goal_slots=2")
+        if goal is not None and (level == "compose") != (len(goal) == 2):
+            raise ValueError(
+                f"level {level!r} does not fit goal {goal_string(goal)!r}: 'compose' words two-relation goals "
+                f"('A and B'), the other levels one-relation goals"
+            )
+        return level
+
+    def _level_for(self, goal: tuple[int, ...] | None, rng) -> str:
+        """The level of an episode: one of the env's levels (drawn uniformly with `rng` when there are
+        several) that fits `goal` (None: any)."""
+        levels = self.levels
+        if goal is not None:
+            levels = tuple(lv for lv in levels if (lv == "compose") == (len(goal) == 2))
+            if not levels:
+                if len(goal) == 2:
+                    return self._check_level("compose", goal)
+                raise ValueError(
+                    f"goal {goal_string(goal)!r} has one relation but this env's goal_split {self.goal_split!r} "
+                    f"words two-relation goals only: pass options={{'level': 'train'}} (or another one-relation level)"
+                )
+        if len(levels) == 1 or rng is None:
+            return levels[0]
+        return levels[int(rng.integers(len(levels)))]
+
+    def _set_goal(self, goal: tuple[int, ...], template: int, level: str) -> None:
+        self._goal, self._program, self._template, self._level = goal, goal[0], template, level
+        t, r, f = PROGRAMS[goal[0]]
         self._goal_t, self._goal_f = t, f
         self._goal_ux, self._goal_uy = self._rel_x[r], self._rel_y[r]
-        self._goal_enc = _GOAL_ENCODINGS[program]
-        self._instruction = instruction_text(program, template)
+        if len(goal) == 2:
+            if self.goal_slots != 2:
+                raise ValueError("a two-relation goal needs an env made with goal_slots=2")
+            t2, r2, f2 = PROGRAMS[goal[1]]
+            self._goal2 = (self._obj_qadr[t2], self._obj_qadr[f2], self._rel_x[r2], self._rel_y[r2])
+        else:
+            self._goal2 = None
+        enc = np.zeros(self.goal_slots * GOAL_DIM, dtype=np.float32)
+        for i, p in enumerate(goal):
+            enc[i * GOAL_DIM : (i + 1) * GOAL_DIM] = _GOAL_ENCODINGS[p]
+        self._goal_enc = enc
+        self._instruction = level_text(level, goal if len(goal) == 2 else goal[0], template)
+        self._goal_str = " and ".join(PROGRAM_STRINGS[p] for p in goal)
+
+    def _info(self, success: bool) -> dict:
+        return {"success": success, "instruction": self._instruction, "goal": self._goal_str, "level": self._level}
 
     def _obs(self) -> np.ndarray:
-        obs = np.empty(OBS_DIM, dtype=np.float32)
+        obs = np.empty(self.obs_dim, dtype=np.float32)
         obs[:STATE_DIM] = self.data.qpos[self._xy_index]
         obs[STATE_DIM:] = self._goal_enc
         return obs
@@ -668,9 +968,55 @@ def _simulate(env: ClevrRobotEnv, action: int) -> np.ndarray:
     return sd.qpos[env._xy_index].reshape(NUM_OBJECTS, 2)
 
 
+def _goal_cost(pos: np.ndarray, goal: tuple[int, ...]) -> float:
+    """The expert's cost of a goal: `_expert_cost` of a one-relation goal; for two relations, the sum
+    over the relations that do not hold of (0.5 + their cost), so that a push that breaks a relation
+    that holds is taken only when it brings the other one much closer."""
+    if len(goal) == 1:
+        return _expert_cost(pos, goal[0])
+    total = 0.0
+    for p in goal:
+        c = _expert_cost(pos, p)
+        if c > 0.0:
+            total += 0.5 + c
+    return total
+
+
+def _compose_expert_action(env: ClevrRobotEnv, pos: np.ndarray, goal: tuple[int, int]) -> int:
+    """Expert push for a two-relation goal: the pushes of the spheres of the relations that do not
+    hold yet first, then all 40, scored by `_goal_cost` (which keeps a relation that holds unless
+    breaking it pays off). Where no push gains at least 0.01 (a local minimum, e.g. the relation
+    that holds blocks the other one), it works on the relations that do not hold alone, even if
+    that breaks the other one."""
+    current = _goal_cost(pos, goal)
+    todo = [p for p in goal if not goal_holds(pos, p)]
+    objects: list[int] = []
+    for p in todo + [p for p in goal if p not in todo]:
+        t, _, f = PROGRAMS[p]
+        objects += [o for o in (t, f) if o not in objects]
+    order = [o * 8 + k for o in objects for k in range(8)]
+    order += [a for a in range(NUM_ACTIONS) if a not in order]
+    outcomes = {}
+    best_a, best_c = order[0], math.inf
+    for i, a in enumerate(order):
+        if i == 8 * len(objects) and best_c < current - 0.01:
+            return best_a  # progress with the goal's spheres: no need to try the others
+        outcomes[a] = after = _simulate(env, a).copy()
+        c = _goal_cost(after, goal)
+        if c < best_c:
+            best_a, best_c = a, c
+        if c == 0.0:
+            return a
+    if best_c < current - 0.01:
+        return best_a
+    return min(order, key=lambda a: sum(_expert_cost(outcomes[a], p) for p in todo))
+
+
 def expert_action(env, noise: float = 0.0, rng: np.random.Generator | None = None) -> int:
-    """Scripted expert: the push (of the target or reference sphere, else any) whose simulated
-    outcome brings the goal closest (see `_expert_cost`). `env` may be wrapped (gym.make).
+    """Scripted expert: the push (of the goal's spheres first, else any) whose simulated outcome
+    brings the goal closest (see `_expert_cost`; two-relation goals: `_goal_cost`, spheres of the
+    relations that do not hold yet first). The wording level does not matter (a rephrased
+    instruction has the same program). `env` may be wrapped (gym.make).
 
     noise: probability in [0, 1] of returning a uniformly random action instead (imperfect
     demonstrations). rng: numpy Generator for that coin; pass one for reproducibility (None: a
@@ -686,23 +1032,29 @@ def expert_action(env, noise: float = 0.0, rng: np.random.Generator | None = Non
         rng = rng if rng is not None else np.random.default_rng()
         if rng.random() < noise:
             return int(rng.integers(NUM_ACTIONS))
-    program = env._program
-    t, _, f = PROGRAMS[program]
-    current = _expert_cost(env.positions(), program)
-    first = [t * 8 + k for k in range(8)] + [f * 8 + k for k in range(8)]
+    goal = env._goal
+    pos = env.positions()
+    if len(goal) == 2:
+        return _compose_expert_action(env, pos, goal)
+    current = _goal_cost(pos, goal)
+    objects: list[int] = []
+    for p in sorted(goal, key=lambda p: goal_holds(pos, p)):  # relations that do not hold first
+        t, _, f = PROGRAMS[p]
+        objects += [o for o in (t, f) if o not in objects]
+    first = [o * 8 + k for o in objects for k in range(8)]
     best_a, best_c = first[0], math.inf
     for a in first:
-        c = _expert_cost(_simulate(env, a), program)
+        c = _goal_cost(_simulate(env, a), goal)
         if c < best_c:
             best_a, best_c = a, c
         if c == 0.0:
             return a
     if best_c < current - 1e-3:
         return best_a
-    for a in range(NUM_ACTIONS):  # no progress with the two goal spheres: try the others too
+    for a in range(NUM_ACTIONS):  # no progress with the goal's spheres: try the others too
         if a in first:
             continue
-        c = _expert_cost(_simulate(env, a), program)
+        c = _goal_cost(_simulate(env, a), goal)
         if c < best_c:
             best_a, best_c = a, c
     return best_a
@@ -714,20 +1066,26 @@ def collect_demos(
     goal_split: str = "train",
     seed: int = 0,
     max_episode_steps: int = 50,
+    goal_slots: int | None = None,
 ) -> dict:
     """Roll out the scripted expert; returns the project's demonstration dict.
 
-    observations float32 [N, 24] (full env observation before each action), actions int64 [N]
-    (the executed, possibly noisy, actions), instructions unicode [N], episode_ids int64 [N],
-    episode_success bool [E], env_id "CLEVR-Robot-v0", state_dim 10. Failed episodes are kept
-    (episode_success False). Deterministic given the arguments: the env is seeded once with
+    goal_split: any level, split or "+"-mixture the env takes (e.g. "rephrase", "compose",
+    "train+compose"). goal_slots: of the env (None: 2 when the split has the 'compose' level, else 1).
+    observations float32 [N, 10 + goal_slots * 14] (24 with one slot; full env observation before
+    each action), actions int64 [N] (the executed, possibly noisy, actions), instructions unicode
+    [N], episode_ids int64 [N], episode_success bool [E], env_id "CLEVR-Robot-v0", state_dim 10;
+    for a mixture also levels unicode [N] (the level of each step's episode). Failed episodes are
+    kept (episode_success False). Deterministic given the arguments: the env is seeded once with
     `seed` and the noise generator with `seed + 1`.
     """
     if num_episodes < 1:
         raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
-    env = ClevrRobotEnv(max_episode_steps=max_episode_steps, goal_split=goal_split)
+    if goal_slots is None:
+        goal_slots = 2 if "compose" in parse_goal_split(goal_split) else 1
+    env = ClevrRobotEnv(max_episode_steps=max_episode_steps, goal_split=goal_split, goal_slots=goal_slots)
     rng = np.random.default_rng(seed + 1)
-    obs_l, act_l, ins_l, ep_l, succ = [], [], [], [], []
+    obs_l, act_l, ins_l, ep_l, succ, lev_l = [], [], [], [], [], []
     for ep in range(num_episodes):
         obs, info = env.reset(seed=seed if ep == 0 else None)
         done = False
@@ -737,12 +1095,13 @@ def collect_demos(
             obs_l.append(obs)
             act_l.append(a)
             ins_l.append(info["instruction"])
+            lev_l.append(info["level"])
             ep_l.append(ep)
             obs, _, terminated, truncated, info = env.step(a)
             success = bool(info["success"])
             done = terminated or truncated
         succ.append(success)
-    return {
+    demos = {
         "observations": np.stack(obs_l).astype(np.float32),
         "actions": np.asarray(act_l, dtype=np.int64),
         "instructions": np.asarray(ins_l, dtype=np.str_),
@@ -751,3 +1110,47 @@ def collect_demos(
         "env_id": ENV_ID,
         "state_dim": STATE_DIM,
     }
+    if len(env.levels) > 1:
+        demos["levels"] = np.asarray(lev_l, dtype=np.str_)
+    return demos
+
+
+def level_success(
+    goal_split: str, episodes: int = 200, policy: str = "random", seed: int = 0, max_episode_steps: int = 50
+) -> dict:
+    """Success rate of uniform random actions ("random") or of the expert ("expert") on a level,
+    split or mixture: `episodes` episodes of at most `max_episode_steps` steps, the env seeded once
+    with `seed` (goal_slots 2 when the split has 'compose'), the random actions from seed + 1."""
+    if policy not in ("random", "expert"):
+        raise ValueError(f"policy must be 'random' or 'expert', got {policy!r}")
+    slots = 2 if "compose" in parse_goal_split(goal_split) else 1
+    env = ClevrRobotEnv(max_episode_steps=max_episode_steps, goal_split=goal_split, goal_slots=slots)
+    rng = np.random.default_rng(seed + 1)
+    wins, steps = 0, 0
+    for ep in range(episodes):
+        env.reset(seed=seed if ep == 0 else None)
+        while True:
+            a = int(rng.integers(NUM_ACTIONS)) if policy == "random" else expert_action(env)
+            *_, terminated, truncated, info = env.step(a)
+            steps += 1
+            if terminated or truncated:
+                break
+        wins += bool(info["success"])
+    return {"goal_split": goal_split, "policy": policy, "episodes": episodes, "success_rate": wins / episodes,
+            "steps_per_episode": steps / episodes}  # fmt: skip
+
+
+if __name__ == "__main__":  # python -m envs.clevr_robot --policy random --episodes 200 --seed 0
+    import argparse
+
+    parser = argparse.ArgumentParser(description="success rate per instruction level (CLEVR-Robot)")
+    parser.add_argument("--levels", default=",".join(LEVELS), help="comma-separated levels / splits / mixtures")
+    parser.add_argument("--policy", default="random", choices=("random", "expert"))
+    parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-episode-steps", type=int, default=50)
+    cli = parser.parse_args()
+    for name in cli.levels.split(","):
+        r = level_success(name, cli.episodes, cli.policy, cli.seed, cli.max_episode_steps)
+        print(f"{cli.policy}, goal_split={name!r}, {cli.episodes} episodes of <= {cli.max_episode_steps} steps: "
+              f"success {r['success_rate']:.3f}, {r['steps_per_episode']:.2f} steps per episode", flush=True)  # fmt: skip

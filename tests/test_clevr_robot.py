@@ -1,6 +1,7 @@
 """Tests of envs/clevr_robot.py: relations, pushes, walls, goals and split, seeding, expert, API."""
 
 import math
+import re
 import subprocess
 import sys
 import warnings
@@ -13,7 +14,14 @@ from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers CLEVR-Robot-v0)
 from envs.clevr_robot import (
+    COLOR_SYNONYMS,
     COLORS,
+    COMPOSE_FRAMES,
+    COMPOSE_GOALS,
+    LEVELS,
+    RELATION_PHRASES,
+    RELATION_SYNONYMS,
+    REPHRASE_TEMPLATES,
     DIRECTIONS,
     GOAL_DIM,
     HELDOUT_PROGRAMS,
@@ -30,12 +38,16 @@ from envs.clevr_robot import (
     TRAIN_TEMPLATES,
     ClevrRobotEnv,
     collect_demos,
+    compose_text,
     expert_action,
     goal_encoding,
     goal_holds,
     goal_pool,
     instruction_text,
+    level_instructions,
     parse_goal,
+    parse_goals,
+    rephrase_text,
     relation_holds,
     split_instructions,
 )
@@ -385,3 +397,224 @@ def test_import_envs_is_light():
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ------------------------------------------------------------------ instruction levels (rephrase, compose, mixtures)
+WORD = re.compile(r"[a-z]+")
+TRAIN_COLOUR_RELATION_WORDS = set(COLORS) | {w for phrases in RELATION_PHRASES.values() for p in phrases for w in WORD.findall(p)}
+TRAIN_COLOUR_RELATION_WORDS -= {"to", "the", "of", "on", "in"}  # function words, shared with any English
+MIX = "train+rephrase+heldout+compose"
+
+
+def words(text: str) -> set:
+    return set(WORD.findall(text.lower()))
+
+
+def decode_rephrase(text: str) -> str:
+    """The program a rephrase instruction names, read back with the synonym tables only."""
+    colour_of = {s: c for c, syn in COLOR_SYNONYMS.items() for s in syn}
+    relation_of = {s: r for r, syn in RELATION_SYNONYMS.items() for s in syn}
+    for frame in REPHRASE_TEMPLATES:
+        pattern = re.escape(frame).replace(r"\{t\}", "(?P<t>[a-z]+)").replace(r"\{f\}", "(?P<f>[a-z]+)")
+        m = re.fullmatch(pattern.replace(r"\{rel\}", "(?P<rel>[a-z ]+?)"), text)
+        if m and m["rel"] in relation_of:
+            return f"{colour_of[m['t']]} {relation_of[m['rel']]}_of {colour_of[m['f']]}"
+    raise AssertionError(f"no rephrase frame matches {text!r}")
+
+
+def test_default_env_is_unchanged_by_the_levels():
+    # pinned from the env before the levels existed (same seeds -> same goals, words and scenes)
+    env = ClevrRobotEnv()
+    pinned = [
+        ("cyan front_of red", "There is a red ball; is there a cyan rubber sphere in front of it?", 1.2427114248275757),
+        ("purple right_of red", "Is the purple sphere right of the red sphere?", 0.6470893621444702),
+        ("green behind_of purple", "Put the green ball behind the purple one.", 1.0509347915649414),
+    ]
+    for seed, (goal, text, xy_sum) in enumerate(pinned):
+        obs, info = env.reset(seed=seed)
+        assert (info["goal"], info["instruction"], info["level"]) == (goal, text, "train")
+        assert obs.shape == (OBS_DIM,) == (24,) and float(obs[:STATE_DIM].sum()) == xy_sum
+    assert env.step(0)[4]["level"] == "train"
+
+
+def test_rephrase_uses_no_train_word_and_names_the_right_program():
+    assert set(LEVELS) == {"train", "heldout", "rephrase", "compose"} and len(REPHRASE_TEMPLATES) >= 4
+    demo_words = set().union(*(words(s) for s in split_instructions("all")))
+    new_words = {w for syn in COLOR_SYNONYMS.values() for s in syn for w in words(s)}
+    new_words |= {w for syn in RELATION_SYNONYMS.values() for s in syn for w in words(s)} - {"to", "the", "of"}
+    assert new_words.isdisjoint(demo_words), new_words & demo_words  # never in any demonstrated wording
+    texts = level_instructions("rephrase")
+    assert len(texts) == len(set(texts)) == 80 * len(REPHRASE_TEMPLATES)
+    used = set()
+    for p in range(80):
+        for k in range(len(REPHRASE_TEMPLATES)):
+            text = rephrase_text(p, k)
+            assert words(text).isdisjoint(TRAIN_COLOUR_RELATION_WORDS), text
+            assert decode_rephrase(text) == PROGRAM_STRINGS[p], text
+            used |= words(text)
+    assert new_words <= used  # every synonym is used
+    env = ClevrRobotEnv(goal_split="rephrase")
+    for seed in range(30):
+        _, info = env.reset(seed=seed)
+        assert info["level"] == "rephrase" and decode_rephrase(info["instruction"]) == info["goal"]
+
+
+def test_levels_are_deterministic_sized_and_disjoint():
+    sizes = {"train": 64 * 7, "heldout": 16 * 3, "rephrase": 80 * 8, "compose": len(COMPOSE_GOALS) * len(COMPOSE_FRAMES)}
+    lists = {lv: level_instructions(lv) for lv in LEVELS}
+    for lv in LEVELS:
+        assert lists[lv] == level_instructions(lv) and len(lists[lv]) == len(set(lists[lv])) == sizes[lv]
+        for other in LEVELS:
+            if other != lv:
+                assert set(lists[lv]).isdisjoint(lists[other]), (lv, other)
+    assert split_instructions(MIX) == lists["train"] + lists["rephrase"] + lists["heldout"] + lists["compose"]
+    # compose goals: pairs of train programs about two different pairs of spheres, each pair once
+    assert len(COMPOSE_GOALS) == len(set(COMPOSE_GOALS)) == 1840 and len(COMPOSE_FRAMES) == 16
+    for a, b in COMPOSE_GOALS:
+        assert a < b and a in TRAIN_PROGRAMS and b in TRAIN_PROGRAMS
+        assert {PROGRAMS[a][0], PROGRAMS[a][2]} != {PROGRAMS[b][0], PROGRAMS[b][2]}
+    assert all(" and " in s for s in lists["compose"][:: 97])
+    # independent of the per-process string hashing
+    code = "import hashlib; from envs.clevr_robot import split_instructions as s; print(hashlib.sha1(repr(s('rephrase+compose')).encode()).hexdigest())"
+    root = Path(__file__).resolve().parents[1]
+    outs = {subprocess.run([sys.executable, "-c", code], cwd=root, env={"PYTHONHASHSEED": seed}, capture_output=True,
+                           text=True, check=True).stdout for seed in ("1", "2")}  # fmt: skip
+    assert len(outs) == 1
+
+
+def test_compose_reset_has_both_relations_false_and_both_slots():
+    env = ClevrRobotEnv(goal_split="compose", goal_slots=2)
+    allowed = set(COMPOSE_GOALS)
+    for seed in range(60):
+        obs, info = env.reset(seed=seed)
+        a, b = parse_goals(info["goal"])
+        assert (a, b) in allowed and env.goal == (a, b) and info["level"] == "compose" and not info["success"]
+        assert not goal_holds(obs[:STATE_DIM], a) and not goal_holds(obs[:STATE_DIM], b)
+        assert obs.shape == (38,) and env.observation_space.shape == (38,)
+        np.testing.assert_array_equal(obs[STATE_DIM : STATE_DIM + GOAL_DIM], goal_encoding(a))
+        np.testing.assert_array_equal(obs[STATE_DIM + GOAL_DIM :], goal_encoding(b))
+        assert info["instruction"] in {compose_text((a, b), k) for k in range(len(COMPOSE_FRAMES))}
+        for p in (a, b):  # both relations' colours are named
+            assert COLORS[PROGRAMS[p][0]] in info["instruction"] and COLORS[PROGRAMS[p][2]] in info["instruction"]
+
+
+def test_compose_success_iff_both_relations_hold():
+    env = gym.make("CLEVR-Robot-v0", goal_split="compose", goal_slots=2)
+    goal = "red left_of blue and green front_of cyan"
+    env.reset(seed=0, options={"goal": goal, "template": 0})
+    u = env.unwrapped
+    purple = [-0.40, 0.50]
+    push_purple_left = 3 * 8 + 2  # into the left wall: touches nothing else
+    cases = [  # (red, blue, green, cyan), first holds, second holds
+        (([0.0, 0.0], [-0.3, 0.0], [0.3, 0.1], [0.3, 0.45]), False, False),
+        (([0.0, 0.0], [-0.3, 0.0], [0.3, 0.45], [0.3, 0.1]), False, True),
+        (([-0.3, 0.0], [0.0, 0.0], [0.3, 0.1], [0.3, 0.45]), True, False),
+        (([-0.3, 0.0], [0.0, 0.0], [0.3, 0.45], [0.3, 0.1]), True, True),
+    ]
+    for (red, blue, green, cyan), first, second in cases:
+        u.set_positions([red, blue, green, purple, cyan])
+        _, reward, terminated, truncated, info = env.step(push_purple_left)
+        pos = u.positions()
+        assert goal_holds(pos, "red left_of blue") == first and goal_holds(pos, "green front_of cyan") == second
+        both = first and second
+        assert (reward, terminated, info["success"], u.goal_holds(), goal_holds(pos, goal)) == (float(both), both, both, both, both)
+        assert info["goal"] == goal and info["level"] == "compose" and not truncated
+
+
+def test_goal_slots_two_layout_for_single_goals():
+    env = ClevrRobotEnv(goal_split="train+rephrase", goal_slots=2)
+    for seed in range(10):
+        obs, info = env.reset(seed=seed)
+        assert obs.shape == (38,) and obs.dtype == np.float32
+        np.testing.assert_array_equal(obs[STATE_DIM : STATE_DIM + GOAL_DIM], goal_encoding(info["goal"]))
+        assert not obs[STATE_DIM + GOAL_DIM :].any()  # second slot zeros
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(gym.make("CLEVR-Robot-v0", goal_split=MIX, goal_slots=2).unwrapped)
+    assert ClevrRobotEnv(goal_split="train+rephrase").observation_space.shape == (24,)
+
+
+def test_mixture_draws_every_level_seeded():
+    def sequence(seed, n=60):
+        env = gym.make("CLEVR-Robot-v0", goal_split=MIX, goal_slots=2)
+        out = [env.reset(seed=seed)]
+        out += [env.reset() for _ in range(n - 1)]
+        return [(o.tobytes(), i["level"], i["goal"], i["instruction"]) for o, i in out]
+
+    a, b, c = sequence(3), sequence(3), sequence(4)
+    assert a == b and a != c
+    counts = {lv: sum(x[1] == lv for x in a) for lv in LEVELS}
+    assert all(n >= 6 for n in counts.values()), counts  # uniform over 4 levels: ~15 each
+    texts = {lv: set(level_instructions(lv)) for lv in LEVELS}
+    for _, level, goal, text in a:
+        assert text in texts[level] and (" and " in goal) == (level == "compose")
+
+
+def test_level_reset_options():
+    env = ClevrRobotEnv(goal_split=MIX, goal_slots=2)
+    _, info = env.reset(seed=0, options={"level": "rephrase", "goal": "red left_of blue", "template": 0})
+    assert info["instruction"] == rephrase_text("red left_of blue", 0) and info["level"] == "rephrase"
+    _, info = env.reset(seed=0, options={"goal": ("red left_of blue", "green front_of cyan")})
+    assert info["level"] == "compose" and info["goal"] == "red left_of blue and green front_of cyan"
+    for seed in range(8):  # a one-relation goal in a mixture is worded by a one-relation level
+        assert env.reset(seed=seed, options={"goal": "cyan behind_of red"})[1]["level"] != "compose"
+
+
+def test_level_inputs_are_checked():
+    with pytest.raises(ValueError, match=r"unknown level 'tran'.*\('train', 'heldout', 'rephrase', 'compose'\)"):
+        ClevrRobotEnv(goal_split="train+tran")
+    with pytest.raises(ValueError, match="unknown level 'all'"):
+        ClevrRobotEnv(goal_split="train+all")
+    with pytest.raises(ValueError, match="names a level twice"):
+        ClevrRobotEnv(goal_split="train+rephrase+train")
+    with pytest.raises(ValueError, match="unknown goal_split 'Rephrase'.*'rephrase', 'compose'"):
+        ClevrRobotEnv(goal_split="Rephrase")
+    for split in ("compose", "train+compose"):
+        with pytest.raises(ValueError, match="pass goal_slots=2"):
+            ClevrRobotEnv(goal_split=split)
+    with pytest.raises(ValueError, match="pass goal_slots=2"):
+        gym.make("CLEVR-Robot-v0", goal_split="compose")
+    with pytest.raises(ValueError, match="goal_slots must be 1 or 2"):
+        ClevrRobotEnv(goal_slots=3)
+    env = ClevrRobotEnv()
+    with pytest.raises(ValueError, match="needs an env made with goal_slots=2"):
+        env.reset(options={"level": "compose"})
+    with pytest.raises(ValueError, match="needs an env made with goal_slots=2"):
+        env.reset(options={"goal": "red left_of blue and green front_of cyan"})
+    with pytest.raises(ValueError, match="unknown level 'easy'"):
+        env.reset(options={"level": "easy"})
+    with pytest.raises(ValueError, match=r"template of level 'rephrase' must be an integer in \[0, 8\)"):
+        ClevrRobotEnv(goal_split="rephrase").reset(options={"template": 8})
+    with pytest.raises(ValueError, match="same two spheres"):
+        parse_goals("red left_of blue and blue left_of red")
+    with pytest.raises(ValueError, match="one-relation level"):
+        ClevrRobotEnv(goal_split="compose", goal_slots=2).reset(options={"goal": "red left_of blue"})
+    with pytest.raises(ValueError, match="does not fit goal"):
+        ClevrRobotEnv(goal_slots=2).reset(options={"level": "compose", "goal": "red left_of blue"})
+
+
+def test_expert_and_demos_on_the_new_levels():
+    assert expert_rate("rephrase", 10, seed0=500) >= 0.9
+    env = ClevrRobotEnv(goal_split="compose", goal_slots=2)
+    wins = 0
+    for ep in range(8):
+        env.reset(seed=700 + ep)
+        while True:
+            *_, terminated, truncated, info = env.step(expert_action(env))
+            if terminated or truncated:
+                break
+        wins += info["success"]
+    assert wins >= 7
+    d = collect_demos(6, goal_split="rephrase+compose", seed=2)
+    n = len(d["actions"])
+    assert d["observations"].shape == (n, 38) and d["levels"].shape == (n,) and set(d["levels"]) == {"rephrase", "compose"}
+    assert d["episode_success"].all()
+    assert "levels" not in collect_demos(2, seed=2)  # the default demo dict is unchanged
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("split", ["rephrase", "compose"])
+def test_expert_success_rate_new_levels_200_episodes(split):
+    from envs.clevr_robot import level_success
+
+    assert level_success(split, 200, policy="expert")["success_rate"] >= 0.9
