@@ -1,5 +1,6 @@
 """The benchmark harness: result files -> table + plots, resume, and one tiny end-to-end run."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -86,9 +87,24 @@ def test_resume_refuses_a_results_dir_with_another_budget(tmp_path):
     smoke = table.resolve(table.Args(preset="smoke"))
     table.check_or_write_config(tmp_path, smoke, "smoke")
     table.check_or_write_config(tmp_path, table.resolve(table.Args(preset="smoke", seeds=(1, 2))), "smoke")  # ok
+    more_tasks = table.resolve(table.Args(preset="smoke", metaworld_tasks="reach-v3,push-v3"))
+    table.check_or_write_config(tmp_path, more_tasks, "smoke")  # ok: tasks may be added
     other = table.resolve(table.Args(preset="smoke", clevr_timesteps=999))
     with pytest.raises(SystemExit, match="clevr_timesteps"):
         table.check_or_write_config(tmp_path, other, "smoke")
+    other_ppo = dataclasses.replace(smoke, metaworld_ppo_args=("--num-envs", "4"))
+    with pytest.raises(SystemExit, match="differs in: metaworld_ppo_args"):
+        table.check_or_write_config(tmp_path, other_ppo, "smoke")
+
+
+def flag_values(cmd):
+    """{flag: value} of a command line as argparse/tyro read it (the last occurrence of a flag wins)."""
+    flags = {}
+    for i, tok in enumerate(cmd[2:], start=2):
+        if tok.startswith("--"):
+            nxt = cmd[i + 1] if i + 1 < len(cmd) else ""
+            flags[tok] = "" if nxt.startswith("--") else nxt
+    return flags
 
 
 def test_rows_differ_only_in_guidance():
@@ -99,12 +115,7 @@ def test_rows_differ_only_in_guidance():
         commands = {}
         for row in ("ppo", "lago", "lago-random", "lago-adaptive"):
             cmd = table.ppo_command(env, task, row, 1, Path("/p") if row != "ppo" else None, p)
-            flags = {}
-            for i, tok in enumerate(cmd[2:]):
-                if tok.startswith("--"):
-                    nxt = cmd[2 + i + 1] if 2 + i + 1 < len(cmd) else ""
-                    flags[tok] = "" if nxt.startswith("--") else nxt
-            commands[row] = flags
+            commands[row] = flag_values(cmd)
         shared = {k: v for k, v in commands["ppo"].items() if k not in guidance}
         for row, flags in commands.items():
             assert {k: v for k, v in flags.items() if k not in guidance} == shared, row
@@ -113,9 +124,112 @@ def test_rows_differ_only_in_guidance():
         assert commands["lago-random"]["--llm"] == p.random_llm
 
 
-def test_cpu_preset_budget_is_at_least_three_seeds():
-    assert len(table.PRESETS["cpu"].seeds) >= 3
-    assert table.PRESETS["gpu"].llm == "Qwen2.5-1.5B"
+@pytest.mark.parametrize("preset", sorted(table.PRESETS))
+def test_commands_carry_the_budget(preset):
+    """The command lines built for a preset (with CLI overrides) run what the result files claim: the env-step
+    budget, seed, task, episode length, eval episodes, language models and demo settings, each env its own,
+    and no preset flag list overrides them (the last occurrence of a flag is the one the script reads)."""
+    p = table.resolve(table.Args(preset=preset, seeds=(7, 8), clevr_timesteps=1234, metaworld_timesteps=5678,
+                                 metaworld_tasks=" push-v3, reach-v3 ,"))
+    assert p.seeds == (7, 8) and p.metaworld_tasks == ("push-v3", "reach-v3")
+    pp = Path("/priors/x")
+    for env, task, steps, episodes in (("clevr", table.CLEVR_ENV_ID, "1234", p.clevr_eval_episodes),
+                                       ("metaworld", "reach-v3", "5678", p.metaworld_eval_episodes)):
+        for row in ("ppo", "lago", "lago-random", "lago-adaptive"):
+            cmd = table.ppo_command(env, task, row, 8, None if row == "ppo" else pp, p)
+            assert Path(cmd[1]).name == ("lago_ppo_discrete.py" if env == "clevr" else "lago_ppo_continuous.py")
+            f = flag_values(cmd)
+            assert (f["--env-id"], f["--seed"], f["--total-timesteps"]) == (task, "8", steps), (env, row)
+            assert f["--eval-episodes"] == str(episodes)
+            if env == "metaworld":
+                assert f["--max-episode-steps"] == str(p.metaworld_max_episode_steps)
+            else:
+                assert "--max-episode-steps" not in f
+            if row == "ppo":
+                assert "--llm" not in f and "--prior-path" not in f
+            else:
+                assert f["--prior-path"] == str(pp)
+                assert f["--llm"] == (p.random_llm if row == "lago-random" else p.llm)
+    for env in table.ENVS:
+        for llm in (p.llm, p.random_llm):
+            f = flag_values(table.finetune_command(env, llm, Path("/out"), p))
+            assert f["--llm"] == llm and f["--output-dir"] == "/out"
+            if env == "clevr":
+                assert f["--env-id"] == table.CLEVR_ENV_ID and f["--goal-split"] == "train"
+                assert (f["--num-episodes"], f["--demo-noise"]) == (str(p.clevr_demo_episodes), str(p.clevr_demo_noise))
+            else:  # one multi-task prior over all the tasks
+                assert f["--env-id"] == "push-v3,reach-v3"
+                assert f["--max-episode-steps"] == str(p.metaworld_max_episode_steps)
+                assert (f["--num-episodes"], f["--demo-noise"]) == (str(p.metaworld_demo_episodes),
+                                                                    str(p.metaworld_demo_noise))
+
+
+def test_kl_settings_reach_only_their_rows():
+    p = dataclasses.replace(table.PRESETS["smoke"], clevr_kl_coef=0.25, metaworld_kl_coef=0.5,
+                            clevr_kl_target=0.03, metaworld_kl_target=0.07)
+    for env, task, coef, target in (("clevr", table.CLEVR_ENV_ID, "0.25", "0.03"), ("metaworld", "reach-v3", "0.5", "0.07")):
+        f = {row: flag_values(table.ppo_command(env, task, row, 1, Path("/p"), p))
+             for row in ("ppo", "lago", "lago-random", "lago-adaptive")}
+        assert f["ppo"]["--kl-coef"] == "0"
+        assert [f[r]["--kl-coef"] for r in ("lago", "lago-random", "lago-adaptive")] == [coef] * 3
+        assert f["lago-adaptive"]["--kl-target"] == target
+        assert all("--kl-target" not in f[r] for r in ("ppo", "lago", "lago-random"))
+    # unset: the scripts' defaults (no flag)
+    f = flag_values(table.ppo_command("clevr", table.CLEVR_ENV_ID, "lago-adaptive", 1, Path("/p"), table.PRESETS["smoke"]))
+    assert "--kl-target" not in f and "--kl-coef" not in f
+
+
+def test_llm_override_and_its_twin():
+    named = table.resolve(table.Args(preset="gpu", llm="tiny-random"))
+    assert (named.llm, named.random_llm) == ("tiny-random", "tiny-random")  # no known twin: the model itself
+    mini = table.resolve(table.Args(preset="gpu", llm=table.PRETRAINED_LLM))
+    assert mini.random_llm == f"{table.PRETRAINED_LLM}-random"
+    both = table.resolve(table.Args(preset="cpu", llm="a", random_llm="b"))
+    assert (both.llm, both.random_llm) == ("a", "b")
+    assert [table.llm_of_row(r, both) for r in table.ROWS] == [None, "a", "a", "b", "a"]
+
+
+def dry_run(capsys, results_dir, **kw):
+    assert table.main(table.Args(dry_run=True, results_dir=str(results_dir), **kw)) == 0
+    out = capsys.readouterr().out
+    plan = next(line for line in out.splitlines() if "stage 1:" in line)
+    return out, plan
+
+
+def test_dry_run_plans_every_run_and_skips_finished_ones(tmp_path, capsys):
+    """The plan is seeds x (CLEVR + each Meta-World task) x rows; finished result files are skipped; a prior is
+    fine-tuned only if a run still to do needs it and it is not there; a dry run writes nothing."""
+    kw = dict(preset="cpu", llm="tiny-random", metaworld_timesteps=4321)
+    p = table.resolve(table.Args(**kw))
+    out, plan = dry_run(capsys, tmp_path, **kw)
+    n = len(p.seeds) * (1 + len(p.metaworld_tasks)) * len(table.ROWS)
+    assert plan.strip() == f"stage 1: 2 priors to fine-tune; stage 2: {n} runs to do, 0 finished already (skipped)"
+    commands = [line.split()[1:] for line in out.splitlines() if line.startswith("  $ ")]
+    ppo_cmds = [flag_values(c) for c in commands if "--total-timesteps" in c]
+    assert len(ppo_cmds) == len(p.seeds) * (1 + len(p.metaworld_tasks)) * (len(table.ROWS) - 1)
+    assert len({c["--seed"] for c in ppo_cmds}) >= 3, "the table reports mean +- std over >= 3 seeds"
+    mw = [c for c in ppo_cmds if c["--env-id"] != table.CLEVR_ENV_ID]
+    assert {c["--env-id"] for c in mw} == set(p.metaworld_tasks) and {c["--total-timesteps"] for c in mw} == {"4321"}
+    assert not any(tmp_path.iterdir()), "a dry run writes nothing"
+
+    # finished: every run of seed 1, and every guided Meta-World run: only CLEVR still needs its prior
+    for seed in p.seeds:
+        for env in table.ENVS:
+            for task in table.tasks_of(env, p):
+                for row in table.ROWS:
+                    if seed == p.seeds[0] or (env == "metaworld" and row != "ppo"):
+                        fake_result(tmp_path, env, row, task, seed, {})
+    done = len(list(tmp_path.glob("*/*/*.json")))
+    _, plan = dry_run(capsys, tmp_path, **kw)
+    assert plan.strip() == f"stage 1: 1 priors to fine-tune; stage 2: {n - done} runs to do, {done} finished already (skipped)"
+    # the CLEVR prior already fine-tuned: nothing to fine-tune
+    prior = table.prior_dir(tmp_path, "clevr", "tiny-random")
+    prior.mkdir(parents=True)
+    (prior / "prior_config.json").write_text("{}")
+    (prior / "heads.safetensors").write_bytes(b"")
+    _, plan = dry_run(capsys, tmp_path, **kw)
+    assert plan.strip().startswith("stage 1: 0 priors to fine-tune;")
+    assert not (tmp_path / "config.json").exists()
 
 
 def run_harness(results_dir: Path, *extra: str) -> str:
