@@ -79,7 +79,7 @@ RANDOM_INIT_LLMS = ("tiny-random", "all-MiniLM-L6-v2-random", "all-mpnet-base-v2
 ENCODER_MODEL_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "mpnet", "deberta",
                        "deberta-v2", "camembert", "modernbert", "nomic_bert"}  # fmt: skip
 BASE_INIT_SEED = 0  # random-init base models (tiny-random, *-random) are built under this seed
-OBS_STD_MIN = 1e-3  # observation dims that are constant in the demos get this std
+OBS_STD_MIN = 1e-3  # observation dims whose std in the demos is below this are constant there: the prior ignores them
 OBS_CLIP = 10.0  # normalised states are clipped to +-OBS_CLIP
 PRIOR_FILES = ("prior_config.json", "heads.safetensors", "adapter/adapter_config.json",
                "adapter/adapter_model.safetensors")  # fmt: skip
@@ -129,8 +129,9 @@ class Args:
     """train on this demo file (.npz, format in the module docstring) instead of collecting expert demos"""
     save_demos_path: Optional[str] = None
     """where collected demos are saved; None: demos/{env_id}__{episodes}ep__noise{noise}__{split}__seed{seed}__T{steps}.npz"""
-    num_episodes: int = 500
-    """expert episodes to collect (per task for Meta-World)"""
+    num_episodes: Optional[int] = None
+    """expert episodes to collect, per task for Meta-World; None: 500 on CLEVR-Robot (~1,350 steps), 25 per Meta-World
+    task (~1,500 steps: its experts need ~50-100 steps per episode)"""
     demo_noise: float = 0.0
     """expert noise: CLEVR-Robot: probability of a random action; Meta-World: std of Gaussian action noise"""
     goal_split: Literal["train", "heldout", "all"] = "train"
@@ -204,6 +205,20 @@ class PriorError(RuntimeError):
     """A problem the user can fix (bad flag, bad file, unreachable model): printed without a traceback."""
 
 
+@contextlib.contextmanager
+def preserved_random_state():
+    """Run a block without consuming the caller's random streams (python, numpy, torch CPU and CUDA): loading or
+    making a prior inside a PPO run then leaves its seeded rollouts exactly as without guidance."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
 def default_prior_path(env_id: str, llm: str) -> str:
     """Where a prior of `llm` fine-tuned on `env_id` is saved by default: priors/{env_id}__{llm} ("/" -> "_")."""
     return "priors/" + f"{env_id}__{llm}".replace("/", "_")
@@ -246,8 +261,12 @@ def save_demos(demos: dict, path: str) -> None:
     """Write a demo dict to `path` (.npz) atomically."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in demos.items()})
-    os.replace(tmp, path)
+    try:
+        np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in demos.items()})
+        os.replace(tmp, path)
+    finally:  # interrupted or failed: no half-written file stays behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def load_demos(path: str, env: dict, flag: str = "--demos-path") -> dict:
@@ -609,6 +628,11 @@ class LatentActionPrior(nn.Module):
         self.head = layer_init(nn.Linear(hidden, space["n"] if self.discrete else 2 * space["dim"]), std=0.01)
         self.register_buffer("obs_mean", torch.tensor(config["obs_mean"], dtype=torch.float32), persistent=False)
         self.register_buffer("obs_std", torch.tensor(config["obs_std"], dtype=torch.float32), persistent=False)
+        # dims that never varied in the demos carry nothing the prior could have learned: they read as 0, so a state
+        # the demos never showed (an object knocked over) stays in range instead of jumping to +-OBS_CLIP
+        informative = torch.ones(config["state_dim"])
+        informative[config.get("obs_ignored", [])] = 0.0
+        self.register_buffer("obs_informative", informative, persistent=False)
         before, after = config["prompt_template"].split("{state}")
         self._template = (before, after)
         with_special = tokenizer("x", add_special_tokens=True)["input_ids"]
@@ -638,7 +662,7 @@ class LatentActionPrior(nn.Module):
         if obs.ndim != 2 or obs.shape[1] < sd or len(instructions) != B:
             raise ValueError(f"prior expects observations [B, >={sd}] and B instructions, got "
                              f"{tuple(obs.shape)} and {len(instructions)} instructions")  # fmt: skip
-        state = ((obs[:, :sd] - self.obs_mean) / self.obs_std).clamp(-OBS_CLIP, OBS_CLIP)
+        state = ((obs[:, :sd] - self.obs_mean) / self.obs_std * self.obs_informative).clamp(-OBS_CLIP, OBS_CLIP)
         if self.embed_state:
             middles = [[self._pad_id] * self.config["num_state_tokens"]] * B
         else:
@@ -727,6 +751,14 @@ def _add_lora(llm, config: dict, adapter_dir: Optional[str], lora_seed: int):
     return PeftModel.from_pretrained(llm, adapter_dir, is_trainable=False)
 
 
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def save_prior(prior: LatentActionPrior, output_dir: str) -> None:
     """Write the prior directory atomically: build it in a temp dir next to `output_dir`, then rename."""
     output_dir = os.path.abspath(output_dir)
@@ -735,13 +767,19 @@ def save_prior(prior: LatentActionPrior, output_dir: str) -> None:
     tmp = os.path.join(parent, f".{os.path.basename(output_dir)}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    prior.llm.save_pretrained(os.path.join(tmp, "adapter"))
-    heads = {f"head.{k}": v for k, v in prior.head.state_dict().items()}
-    if prior.state_proj is not None:
-        heads.update({f"state_proj.{k}": v for k, v in prior.state_proj.state_dict().items()})
-    save_file({k: v.detach().float().cpu().contiguous() for k, v in heads.items()}, os.path.join(tmp, "heads.safetensors"))
-    with open(os.path.join(tmp, "prior_config.json"), "w") as f:
-        json.dump(prior.config, f, indent=1)
+    try:
+        prior.llm.save_pretrained(os.path.join(tmp, "adapter"))
+        heads = {f"head.{k}": v for k, v in prior.head.state_dict().items()}
+        if prior.state_proj is not None:
+            heads.update({f"state_proj.{k}": v for k, v in prior.state_proj.state_dict().items()})
+        heads = {k: v.detach().float().cpu().contiguous() for k, v in heads.items()}
+        save_file(heads, os.path.join(tmp, "heads.safetensors"))
+        config = dict(prior.config, file_sha256={f: file_sha256(os.path.join(tmp, f)) for f in PRIOR_FILES[1:]})
+        with open(os.path.join(tmp, "prior_config.json"), "w") as f:
+            json.dump(config, f, indent=1)
+    except BaseException:  # interrupted or failed: no half-written directory stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = None
     if os.path.exists(output_dir):
         old = os.path.join(parent, f".{os.path.basename(output_dir)}.old-{os.getpid()}")
@@ -771,8 +809,13 @@ def load_prior(path: str, device="cpu", merge_lora: Optional[bool] = None) -> La
         absent = [k for k in keys if k not in config]
         if absent:
             raise PriorError(f"prior_config.json in {path!r} lacks {absent}; retrain it with finetune_prior.py")
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PriorError(f"prior_config.json in {path!r} is not valid JSON ({e}); retrain it") from None
+    for name, want in config.get("file_sha256", {}).items():  # a truncated or corrupted weight file is refused
+        if file_sha256(os.path.join(path, name)) != want:
+            raise PriorError(f"{name} in the prior at {path!r} is corrupt or truncated (its SHA-256 differs from the "
+                             f"one saved with it); retrain it with `python finetune_prior.py --env-id "
+                             f"{config['env_id']} --llm {config['llm']}`")  # fmt: skip
     prior = build_prior(config, device, adapter_dir=os.path.join(path, "adapter"))
     heads = load_file(os.path.join(path, "heads.safetensors"))
     prior.head.load_state_dict({k[5:]: v for k, v in heads.items() if k.startswith("head.")})
@@ -851,7 +894,7 @@ def check_args(args: Args) -> None:
         raise PriorError("--prompt-template must contain exactly one {state} and one {instruction}, got "
                          f"{args.prompt_template!r}")  # fmt: skip
     for name in ("num_episodes", "epochs", "batch_size", "gradient_accumulation_steps", "eval_batch_size", "lora_rank"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise PriorError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.state_encoding == "embed" and args.num_state_tokens < 1:
         raise PriorError("--num-state-tokens must be >= 1 with --state-encoding embed")
@@ -888,9 +931,10 @@ def train(args: Args):
                          "evaluation file with --eval-demos-path")  # fmt: skip
     tag = lambda n, noise, split, seed: (f"demos/{env['env_id'].replace('/', '_')}__{n}ep__noise{noise:g}__"  # noqa: E731
                                          f"{split}__seed{seed}__T{args.max_episode_steps or 'default'}.npz")  # fmt: skip
-    collect = dict(num_episodes=args.num_episodes, noise=args.demo_noise, goal_split=args.goal_split,
+    num_episodes = args.num_episodes or (500 if env["kind"] == "clevr" else 25)
+    collect = dict(num_episodes=num_episodes, noise=args.demo_noise, goal_split=args.goal_split,
                    seed=args.seed, max_steps=args.max_episode_steps)  # fmt: skip
-    save_path = args.save_demos_path or tag(args.num_episodes, args.demo_noise, args.goal_split, args.seed)
+    save_path = args.save_demos_path or tag(num_episodes, args.demo_noise, args.goal_split, args.seed)
     demos = obtain_demos(args.demos_path, env, collect, save_path, rank, "--demos-path")
     if args.only_successful:
         demos = select_steps(demos, demos["episode_success"][demos["episode_ids"]])
@@ -913,6 +957,7 @@ def train(args: Args):
         "state_encoding": args.state_encoding, "num_state_tokens": args.num_state_tokens if args.state_encoding == "embed" else 0,
         "prompt_template": args.prompt_template, "text_decimals": args.text_decimals,
         "obs_mean": states.mean(0).tolist(), "obs_std": np.maximum(states.std(0), OBS_STD_MIN).tolist(),
+        "obs_ignored": np.flatnonzero(states.std(0) < OBS_STD_MIN).tolist(),
         "std_floor": args.std_floor,
         "lora": {"rank": args.lora_rank, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
                  "target_modules": args.lora_target_modules},
@@ -1001,7 +1046,10 @@ def train(args: Args):
         history.append(run_evals(step))
         if main:
             ev = " | ".join(f"{n} " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "samples") for n, m in history[-1].items())
-            tqdm.write(f"epoch {epoch}/{args.epochs} train_loss={np.mean(losses[-steps_per_epoch:]):.4f} {ev}")
+            elapsed = time.time() - t0
+            eta = elapsed / epoch * (args.epochs - epoch)
+            tqdm.write(f"epoch {epoch}/{args.epochs} train_loss={np.mean(losses[-steps_per_epoch:]):.4f} {ev} "
+                       f"elapsed={datetime.timedelta(seconds=int(elapsed))} eta={datetime.timedelta(seconds=int(eta))}")
     bar.close()
     train_time = time.time() - t0
 
@@ -1057,6 +1105,11 @@ def main(argv=None) -> int:
     except PriorError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # files are written atomically: an interrupted run leaves none half-written
+        output_dir = args.output_dir or default_prior_path(args.env_id, args.llm)
+        print(f"\ninterrupted: no prior was saved to {output_dir} (it is written when fine-tuning ends); "
+              "collected demos are kept only once complete (demos/); logs are under runs/", file=sys.stderr)  # fmt: skip
+        return 130
     return 0
 
 

@@ -17,9 +17,13 @@ real final observation (`infos["final_obs"]`) is added to the last reward, `r + 
 GAE then stops at the episode boundary as usual. CleanRL treats truncation like termination instead.
 """
 
+import datetime
+import difflib
 import json
 import os
 import random
+import signal
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -214,17 +218,69 @@ def update_adaptive_kl_coef(kl_coef, measured_kl, kl_target, rate=0.1, low=1e-4,
     return float(min(max(kl_coef * (1.0 + rate * error), low), high))
 
 
+def bootstrap_truncations(reward, terminations, truncations, final_obs, value_of, gamma):
+    """The reward with `gamma * V(final observation)` added where the time limit cut an episode (truncated, not
+    terminated): a truncation is not a failure. `final_obs` is infos["final_obs"] (with SAME_STEP autoreset the next
+    observation already belongs to the next episode); `value_of` maps observations [k, obs_dim] to values [k]."""
+    truncated = truncations & ~terminations
+    if not truncated.any():
+        return reward
+    reward = reward.copy()
+    reward[truncated] += gamma * value_of(np.stack(final_obs[truncated]))
+    return reward
+
+
+def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
+    """CleanRL's GAE(lambda) over a rollout [num_steps, num_envs]; dones[t] = 1 where obs[t] starts a new episode."""
+    num_steps = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    lastgaelam = 0
+    for t in reversed(range(num_steps)):
+        if t == num_steps - 1:
+            nextnonterminal = 1.0 - next_done
+            nextvalues = next_value
+        else:
+            nextnonterminal = 1.0 - dones[t + 1]
+            nextvalues = values[t + 1]
+        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
+        advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
+    return advantages
+
+
+def hms(seconds):
+    return str(datetime.timedelta(seconds=int(seconds)))
+
+
+def write_atomically(path, write):
+    """write(tmp_path), then rename it to `path`: an interrupted or failed write leaves no file behind."""
+    tmp = f"{path}.tmp"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def load_guidance_prior(args, envs, device="cpu"):
-    """The prior for this run, checked against the env; clear errors for a missing or mismatched prior."""
-    from finetune_prior import PriorError, default_prior_path, load_prior  # LaGO: imported only when guidance is on
+    """The prior for this run, checked against the env; clear errors for a missing or mismatched prior. Without
+    --prior-path, a missing default prior is made first: stage 1 with its defaults, as `make_cmd` would."""
+    import finetune_prior  # LaGO: imported only when guidance is on
+    from finetune_prior import PriorError, default_prior_path, load_prior
 
     path = args.prior_path or default_prior_path(args.env_id, args.llm)
     make_cmd = f"python finetune_prior.py --env-id {args.env_id} --llm {args.llm}"
-    if not os.path.isdir(path):
+    if args.prior_path and not os.path.isdir(path):
         raise FileNotFoundError(
-            f"no prior at {path!r} (env {args.env_id!r}, --llm {args.llm!r}). Make one with:\n    {make_cmd}\n"
-            f"or pass --prior-path DIR, or run vanilla PPO with --kl-coef 0."
+            f"no prior at --prior-path {path!r}. Make one with:\n    {make_cmd} --output-dir {path}\n"
+            f"or leave --prior-path out to use (and make, if missing) the default one, or run vanilla PPO with --kl-coef 0."
         )
+    if not os.path.isdir(path):
+        print(f"no prior at {path!r} yet: making it first (stage 1), as `{make_cmd}` does; later runs reuse it")
+        try:
+            finetune_prior.train(finetune_prior.Args(env_id=args.env_id, llm=args.llm, cuda=args.cuda))
+        except PriorError as e:
+            raise ValueError(str(e)) from None
     try:
         prior = load_prior(path, device=device)
     except PriorError as e:
@@ -294,8 +350,25 @@ if __name__ == "__main__":
             f"error: --total-timesteps {args.total_timesteps} is less than one rollout "
             f"(--num-envs x --num-steps = {args.batch_size})"
         )
+    if args.batch_size % args.num_minibatches != 0:
+        raise SystemExit(
+            f"error: --num-minibatches {args.num_minibatches} does not divide the batch of {args.batch_size} "
+            f"(--num-envs x --num-steps); pick a divisor of {args.batch_size}"
+        )
+    # LaGO: the guidance flags
+    if args.kl_coef < 0:
+        raise SystemExit(f"error: --kl-coef must be >= 0 (0 = vanilla PPO), got {args.kl_coef}")
+    if args.kl_schedule == "adaptive" and args.kl_target <= 0:
+        raise SystemExit(f"error: --kl-schedule adaptive needs --kl-target > 0 (nats per state), got {args.kl_target}")
     if args.prior_batch_size < 1:
         raise SystemExit(f"error: --prior-batch-size must be at least 1, got {args.prior_batch_size}")
+    if args.env_id not in gym.registry:
+        close = difflib.get_close_matches(args.env_id, list(gym.registry), n=3)
+        raise SystemExit(
+            f"error: unknown --env-id {args.env_id!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+            + ". This script runs registered gymnasium envs with Discrete actions (default CLEVR-Robot-v0); "
+            "Meta-World tasks go to lago_ppo_continuous.py"
+        )
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     if args.track:
         import wandb
@@ -310,6 +383,12 @@ if __name__ == "__main__":
             save_code=True,
         )
     writer = SummaryWriter(f"runs/{run_name}")
+
+    def interrupted(signum, frame):  # Ctrl-C: files are written atomically, so none is left half-written
+        print(f"\ninterrupted: the run's outputs so far are in runs/{run_name}", file=sys.stderr, flush=True)
+        raise SystemExit(130)
+
+    signal.signal(signal.SIGINT, interrupted)
     writer.add_text(
         "hyperparameters",
         "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
@@ -341,14 +420,21 @@ if __name__ == "__main__":
     use_prior = args.kl_coef > 0
     prior = None
     if use_prior:
-        try:
-            prior, prior_path = load_guidance_prior(args, envs, device)
+        from finetune_prior import preserved_random_state
+
+        try:  # LaGO: loading (or making) the prior draws nothing from this run's random streams: seeds stay paired
+            with preserved_random_state():
+                prior, prior_path = load_guidance_prior(args, envs, device)
         except (FileNotFoundError, ValueError) as e:
             raise SystemExit(f"error: {e}")
         print(f"LaGO prior: {prior_path} (llm {prior.config.get('llm')}), kl_coef={args.kl_coef} {args.kl_schedule}")
 
     agent = Agent(envs).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
+
+    def value_of(observations):  # V of observations [k, obs_dim], for the truncation bootstrap
+        with torch.no_grad():
+            return agent.get_value(torch.Tensor(observations).to(device)).flatten().cpu().numpy()
 
     # ALGO Logic: Storage setup
     obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape).to(device)
@@ -401,14 +487,8 @@ if __name__ == "__main__":
             # TRY NOT TO MODIFY: execute the game and log data.
             next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
             next_done = np.logical_or(terminations, truncations)
-            # time-limit truncation: bootstrap from the real final observation (next_obs is already the reset one)
-            truncated = truncations & ~terminations
-            if truncated.any():
-                final_obs = torch.Tensor(np.stack(infos["final_obs"][truncated])).to(device)
-                with torch.no_grad():
-                    final_values = agent.get_value(final_obs).flatten().cpu().numpy()
-                reward = reward.copy()
-                reward[truncated] += args.gamma * final_values
+            # gymnasium 1.x: a time-limit truncation bootstraps from the real final observation
+            reward = bootstrap_truncations(reward, terminations, truncations, infos.get("final_obs"), value_of, args.gamma)
             rewards[step] = torch.tensor(reward).to(device).view(-1)
             next_obs, next_done = torch.Tensor(next_obs).to(device), torch.Tensor(next_done).to(device)
 
@@ -426,17 +506,7 @@ if __name__ == "__main__":
         # bootstrap value if not done
         with torch.no_grad():
             next_value = agent.get_value(next_obs).reshape(1, -1)
-            advantages = torch.zeros_like(rewards).to(device)
-            lastgaelam = 0
-            for t in reversed(range(args.num_steps)):
-                if t == args.num_steps - 1:
-                    nextnonterminal = 1.0 - next_done
-                    nextvalues = next_value
-                else:
-                    nextnonterminal = 1.0 - dones[t + 1]
-                    nextvalues = values[t + 1]
-                delta = rewards[t] + args.gamma * nextvalues * nextnonterminal - values[t]
-                advantages[t] = lastgaelam = delta + args.gamma * args.gae_lambda * nextnonterminal * lastgaelam
+            advantages = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
             returns = advantages + values
 
         # flatten the batch
@@ -453,6 +523,9 @@ if __name__ == "__main__":
             b_instructions = [s for step_instructions in instructions for s in step_instructions]
             b_prior_logits = prior_on_states(prior, b_obs, b_instructions, args.prior_batch_size)
             prior_time += time.time() - prior_start
+            with torch.no_grad():  # LaGO: the KL of the policy that collected the rollout (drives the adaptive beta)
+                rollout_dist = agent.get_action_and_value(b_obs, b_actions.long())[4]
+                rollout_kl = prior_kl(rollout_dist, prior_dist(b_prior_logits), args.kl_direction).mean().item()
 
         # Optimizing the policy and value network
         b_inds = np.arange(args.batch_size)
@@ -531,18 +604,21 @@ if __name__ == "__main__":
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
         if iteration_successes:
             writer.add_scalar("charts/success_rate", np.mean(iteration_successes), global_step)
-        # LaGO: the KL to the prior (mean over this update's minibatches), beta, and the prior's share of wall time
+        # LaGO: the KL to the prior (of the rollout policy, and averaged over this update's minibatches), beta, and
+        # the prior's share of wall time; the adaptive beta follows the rollout policy's KL, as TRL's controller
         if use_prior:
             measured_kl = float(np.mean(prior_kls))
             writer.add_scalar("losses/prior_kl", measured_kl, global_step)
+            writer.add_scalar("losses/prior_kl_rollout", rollout_kl, global_step)
             writer.add_scalar("charts/kl_coef", kl_coef, global_step)
             if args.kl_schedule == "adaptive":
-                kl_coef = update_adaptive_kl_coef(kl_coef, measured_kl, args.kl_target)
+                kl_coef = update_adaptive_kl_coef(kl_coef, rollout_kl, args.kl_target)
         elapsed = time.time() - start_time
         writer.add_scalar("charts/prior_time_share", prior_time / elapsed, global_step)
         sps = int(global_step / elapsed)
         writer.add_scalar("charts/SPS", sps, global_step)
-        progress = f"global_step={global_step} SPS={sps}"
+        eta = elapsed / iteration * (args.num_iterations - iteration)
+        progress = f"global_step={global_step}/{args.num_iterations * args.batch_size} SPS={sps} elapsed={hms(elapsed)} eta={hms(eta)}"
         if recent_returns:
             progress += f" return(last {len(recent_returns)})={np.mean(recent_returns):.2f}"
         if recent_successes:
@@ -554,8 +630,7 @@ if __name__ == "__main__":
     train_time = time.time() - start_time
     if args.save_model:
         model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
-        torch.save(agent.state_dict(), model_path + ".tmp")
-        os.replace(model_path + ".tmp", model_path)  # atomic: a crash never leaves a half-written model
+        write_atomically(model_path, lambda tmp: torch.save(agent.state_dict(), tmp))
         print(f"model saved to {model_path}")
 
     # LaGO: final evaluation on each goal split (CLEVR-Robot: train and held-out goals), then one summary line
@@ -584,9 +659,12 @@ if __name__ == "__main__":
         "eval": results,
         "args": vars(args),
     }
-    with open(f"runs/{run_name}/eval.json.tmp", "w") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(f"runs/{run_name}/eval.json.tmp", f"runs/{run_name}/eval.json")
+
+    def write_summary(tmp):
+        with open(tmp, "w") as f:
+            json.dump(summary, f, indent=2)
+
+    write_atomically(f"runs/{run_name}/eval.json", write_summary)
 
     line = f"summary: {run_name} steps={global_step} time={train_time:.0f}s (prior {prior_time / train_time:.0%})"
     if recent_returns:

@@ -206,11 +206,14 @@ def test_vanilla_run_never_imports_the_language_model(tmp_path):
 
 
 def test_script_errors_are_clear(tmp_path):
-    """No prior at the default location -> the finetune command; a Box action space -> lago_ppo_continuous.py."""
+    """No prior at the default location -> stage 1 is started (here it cannot reach the Hub: a one-line error with the
+    offline choices); a Box action space -> lago_ppo_continuous.py."""
     proc = run_script(["--llm", "Qwen2.5-1.5B", *TINY], tmp_path, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "python finetune_prior.py --env-id CLEVR-Robot-v0 --llm Qwen2.5-1.5B" in proc.stderr
-    assert "priors/CLEVR-Robot-v0__Qwen2.5-1.5B" in proc.stderr
+    assert "python finetune_prior.py --env-id CLEVR-Robot-v0 --llm Qwen2.5-1.5B" in proc.stdout
+    assert "priors/CLEVR-Robot-v0__Qwen2.5-1.5B" in proc.stdout
+    assert proc.stderr.startswith("error: --llm 'Qwen2.5-1.5B'") and "tiny-random" in proc.stderr
+    assert not (tmp_path / "priors").exists()
 
     proc = run_script(["--env-id", "Pendulum-v1", "--kl-coef", "0", *TINY], tmp_path, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr

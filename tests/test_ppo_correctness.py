@@ -1,0 +1,296 @@
+"""Correctness of both PPO scripts, pinned on values they must compute: GAE and the truncation bootstrap against
+hand-computed rollouts, paired seeds with and without guidance, the adaptive beta's direction in a real run, the
+continuous prior reading raw observations, bad flags refused, interrupted runs leaving no half-written file, and
+the default prior made on first use (stage 1 from inside stage 2)."""
+
+import json
+import os
+import runpy
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import script_runs  # noqa: E402
+
+import finetune_prior  # noqa: E402
+import lago_ppo_continuous  # noqa: E402
+import lago_ppo_discrete  # noqa: E402
+
+DISCRETE, CONTINUOUS = str(REPO / "lago_ppo_discrete.py"), str(REPO / "lago_ppo_continuous.py")
+TWINS = pytest.mark.parametrize("ppo", [lago_ppo_discrete, lago_ppo_continuous], ids=["discrete", "continuous"])
+# tiny budgets: one or a few rollouts of 2 envs
+CLEVR_TINY = ["--num-envs", "2", "--num-steps", "64", "--total-timesteps", "128", "--num-minibatches", "2",
+              "--update-epochs", "1", "--eval-episodes", "0"]  # fmt: skip
+REACH_TINY = ["--num-envs", "2", "--num-steps", "40", "--total-timesteps", "80", "--num-minibatches", "2",
+              "--update-epochs", "1", "--eval-episodes", "0", "--max-episode-steps", "16"]  # fmt: skip
+
+
+def scalar_events(run_dir, tag):
+    """[(step, value)] of one tensorboard scalar."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(run_dir, size_guidance={"scalars": 0})
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)] if tag in acc.Tags()["scalars"] else []
+
+
+def run_in_process(script, argv, cwd, monkeypatch):
+    """Run a script as __main__ in this process (so a test can watch what it hands the prior)."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", [script, *argv])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        runpy.run_path(script, run_name="__main__")
+    finally:
+        torch.set_num_threads(threads)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# GAE and the truncation bootstrap, against rollouts computed by hand
+# ------------------------------------------------------------------------------------------------------------
+@TWINS
+def test_gae_matches_a_hand_computed_rollout(ppo):
+    """gamma 0.9, lambda 0.5. Env 0: its episode terminates after step 1 (obs[2] starts a new one), the rollout
+    ends mid-episode (bootstrap from next_value 1.0). Env 1: the rollout's last step ends its episode."""
+    rewards = torch.tensor([[1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 1.0]])
+    values = torch.tensor([[0.5, 0.0], [0.6, 0.0], [0.7, 0.0], [0.8, 0.0]])
+    dones = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    next_value, next_done = torch.tensor([[1.0, 5.0]]), torch.tensor([0.0, 1.0])
+    advantages = ppo.compute_gae(rewards, values, dones, next_value, next_done, 0.9, 0.5)
+    # env 0: A3 = 4 + .9*1 - .8; A2 = (3 + .9*.8 - .7) + .45*A3; A1 = 2 - .6 (episode ends); A0 = (1 + .9*.6 - .5) + .45*A1
+    # env 1: A3 = 1 (no bootstrap past the end); A2 = .45*A3; A1 = .45*A2; A0 = .45*A1
+    expected = torch.tensor([[1.67, 0.091125], [1.4, 0.2025], [4.865, 0.45], [4.1, 1.0]])
+    torch.testing.assert_close(advantages, expected)
+
+
+@TWINS
+def test_truncation_bootstraps_from_the_final_observation(ppo):
+    """Env 0 terminated (and hit the limit): no bootstrap. Env 1 truncated: + gamma * V(final obs). Env 2 runs on."""
+    reward = np.array([1.0, 1.0, 1.0])
+    final_obs = np.array([np.array([1.0, 2.0]), np.array([3.0, 4.0]), None], dtype=object)
+    value_of = lambda observations: observations.sum(1)  # noqa: E731
+    out = ppo.bootstrap_truncations(reward, np.array([True, False, False]), np.array([True, True, False]),
+                                    final_obs, value_of, 0.9)  # fmt: skip
+    np.testing.assert_allclose(out, [1.0, 1.0 + 0.9 * 7.0, 1.0])
+    np.testing.assert_array_equal(reward, [1.0, 1.0, 1.0])  # the env's reward array is not changed in place
+    none = ppo.bootstrap_truncations(reward, np.array([False] * 3), np.array([False] * 3), None, value_of, 0.9)
+    np.testing.assert_array_equal(none, reward)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Paired seeds: the prior consumes nothing of the run's random streams
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["discrete", "continuous"])
+def test_same_seed_same_first_rollout_with_and_without_guidance(kind, tiny_clevr_prior, tiny_reach_prior, tmp_path):
+    script, prior, budget = (DISCRETE, tiny_clevr_prior, CLEVR_TINY) if kind == "discrete" else (
+        CONTINUOUS, tiny_reach_prior, REACH_TINY)  # fmt: skip
+    first_rollout = {}
+    for name, guidance in (("ppo", ["--kl-coef", "0"]), ("lago", ["--kl-coef", "1", "--prior-path", prior])):
+        (tmp_path / name).mkdir()
+        script_runs.run_script(script, ["--llm", "tiny-random", *guidance, *budget], tmp_path / name)
+        rdir = script_runs.run_dir(str(tmp_path / name))
+        first_rollout[name] = [scalar_events(rdir, tag) for tag in ("charts/episodic_length", "charts/episodic_return")]
+    lengths, returns = first_rollout["ppo"]
+    assert len(lengths) >= 2 and len(set(round(r, 6) for _, r in returns)) >= 1  # episodes ended in the rollout
+    assert first_rollout["lago"] == first_rollout["ppo"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The adaptive beta moves the right way in a real run, driven by the rollout policy's KL
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("target, factor", [(1000.0, 0.9), (1e-6, 1.1)])
+def test_adaptive_beta_follows_the_kl_target(target, factor, tiny_clevr_prior, tmp_path):
+    """KL far below the target: beta shrinks by the controller's full 10% every update; far above: grows by 10%."""
+    script_runs.run_script(DISCRETE, ["--llm", "tiny-random", "--prior-path", tiny_clevr_prior, "--kl-coef", "0.5",
+                                      "--kl-schedule", "adaptive", "--kl-target", str(target), "--num-envs", "2",
+                                      "--num-steps", "16", "--total-timesteps", "96", "--eval-episodes", "0"],
+                           tmp_path)  # fmt: skip
+    logs = script_runs.scalars(script_runs.run_dir(str(tmp_path)))
+    np.testing.assert_allclose(logs["charts/kl_coef"], [0.5, 0.5 * factor, 0.5 * factor**2], rtol=1e-3)
+    assert len(logs["losses/prior_kl_rollout"]) == 3 and min(logs["losses/prior_kl_rollout"]) > 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+# What the continuous prior reads: the raw observations, not the policy's normalised ones
+# ------------------------------------------------------------------------------------------------------------
+class RecordingPrior:
+    """The real prior, with a record of the observations it was given."""
+
+    def __init__(self, prior):
+        self.prior, self.config, self.seen = prior, prior.config, []
+
+    def __call__(self, observations, instructions):
+        self.seen.append(torch.as_tensor(observations).clone())
+        return self.prior(observations, instructions)
+
+
+def test_continuous_prior_reads_raw_observations(tiny_reach_prior, tmp_path, monkeypatch):
+    recorders = []
+    load = finetune_prior.load_prior
+
+    def recording_load(*args, **kwargs):
+        recorders.append(RecordingPrior(load(*args, **kwargs)))
+        return recorders[-1]
+
+    monkeypatch.setattr(finetune_prior, "load_prior", recording_load)
+    run_in_process(CONTINUOUS, ["--prior-path", tiny_reach_prior, "--llm", "tiny-random", *REACH_TINY], tmp_path,
+                   monkeypatch)  # fmt: skip
+    seen = torch.cat(recorders[0].seen)
+    assert seen.shape == (80, 39)
+    # reach-v3's raw goal (obs 36:39) lies in x [-0.1, 0.1], y [0.8, 0.9], z [0.05, 0.3]; the hand is above the table
+    assert (seen[:, 37] > 0.75).all() and (seen[:, 37] < 0.95).all() and (seen[:, 36].abs() < 0.15).all()
+    assert (seen[:, 2] > 0).all()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Bad flags: one line that says what is accepted, never a traceback or a silently wrong run
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("script", [DISCRETE, CONTINUOUS], ids=["discrete", "continuous"])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--kl-coef", "-1"], "--kl-coef must be >= 0 (0 = vanilla PPO), got -1.0"),
+        (["--kl-schedule", "adaptive", "--kl-target", "0"], "--kl-schedule adaptive needs --kl-target > 0"),
+        (["--num-envs", "2", "--num-steps", "10", "--num-minibatches", "3"], "--num-minibatches 3 does not divide"),
+    ],
+)
+def test_bad_flags_are_refused(script, flags, message, tmp_path, monkeypatch):
+    with pytest.raises(SystemExit) as e:
+        run_in_process(script, flags, tmp_path, monkeypatch)
+    assert str(e.value.code).startswith("error: ") and message in str(e.value.code)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_discrete_env_is_refused(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit) as e:
+        run_in_process(DISCRETE, ["--env-id", "CLEVR-Robot-v9", "--kl-coef", "0"], tmp_path, monkeypatch)
+    assert "unknown --env-id 'CLEVR-Robot-v9'; did you mean CLEVR-Robot-v0" in str(e.value.code)
+    assert "lago_ppo_continuous.py" in str(e.value.code)
+
+
+@pytest.mark.parametrize("broken", ["heads.safetensors", "adapter/adapter_model.safetensors"])
+def test_truncated_prior_files_are_refused(broken, tiny_clevr_prior, tmp_path):
+    path = tmp_path / "prior"
+    shutil.copytree(tiny_clevr_prior, path)
+    data = (path / broken).read_bytes()
+    (path / broken).write_bytes(data[: len(data) // 2])
+    args = lago_ppo_discrete.Args(llm="tiny-random", prior_path=str(path))
+    envs = lago_ppo_discrete.gym.vector.SyncVectorEnv([lago_ppo_discrete.make_env("CLEVR-Robot-v0", 0, False, "x")])
+    with pytest.raises(ValueError, match=f"{broken} in the prior at .* is corrupt or truncated"):
+        lago_ppo_discrete.load_guidance_prior(args, envs)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Interrupts: no half-written file, and a message that says where the outputs are
+# ------------------------------------------------------------------------------------------------------------
+@TWINS
+def test_interrupted_atomic_write_leaves_nothing(ppo, tmp_path):
+    def write_then_interrupt(tmp):
+        Path(tmp).write_text("half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ppo.write_atomically(str(tmp_path / "eval.json"), write_then_interrupt)
+    assert list(tmp_path.iterdir()) == []
+
+
+def interrupt_after(cmd, cwd, marker):
+    """Start cmd, send Ctrl-C (SIGINT) once a line containing `marker` is printed; (returncode, stdout, stderr)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if marker in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, "".join(lines) + out, err
+
+
+def test_ctrl_c_during_ppo_says_where_the_outputs_are(tmp_path):
+    code, out, err = interrupt_after([sys.executable, DISCRETE, "--kl-coef", "0", "--num-envs", "2", "--num-steps",
+                                      "16", "--total-timesteps", "1000000"], tmp_path, "global_step=")  # fmt: skip
+    rdir = script_runs.run_dir(str(tmp_path))
+    assert code == 130 and "Traceback" not in err
+    assert f"interrupted: the run's outputs so far are in runs/{os.path.basename(rdir)}" in err
+    assert not list(Path(rdir).glob("*.tmp")) and not (Path(rdir) / "eval.json").exists()
+
+
+def test_ctrl_c_during_fine_tuning_saves_nothing(tmp_path):
+    cmd = [sys.executable, str(REPO / "finetune_prior.py"), "--env-id", "CLEVR-Robot-v0", "--llm", "tiny-random",
+           "--num-episodes", "30", "--epochs", "1000", "--no-progress-bar"]  # fmt: skip
+    code, out, err = interrupt_after(cmd, tmp_path, "before training")
+    assert code == 130 and "Traceback" not in err
+    assert "interrupted: no prior was saved to priors/CLEVR-Robot-v0__tiny-random" in err
+    assert not (tmp_path / "priors").exists()
+    assert [p.name for p in (tmp_path / "demos").iterdir()] == ["CLEVR-Robot-v0__30ep__noise0__train__seed1__Tdefault.npz"]
+
+
+def test_interrupted_save_keeps_the_previous_prior(tiny_clevr_prior, tmp_path, monkeypatch):
+    target = tmp_path / "prior"
+    shutil.copytree(tiny_clevr_prior, target)
+    before = sorted(p.name for p in target.rglob("*"))
+    prior = finetune_prior.load_prior(str(target))
+
+    def interrupted_save(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune_prior, "save_file", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        finetune_prior.save_prior(prior, str(target))
+    assert [p.name for p in tmp_path.iterdir()] == ["prior"]  # no temporary directory left
+    assert sorted(p.name for p in target.rglob("*")) == before
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The prior ignores observation dims that never varied in the demonstrations
+# ------------------------------------------------------------------------------------------------------------
+def test_dims_constant_in_the_demos_do_not_move_the_prior(tiny_reach_run):
+    prior = finetune_prior.load_prior(tiny_reach_run["prior"])
+    ignored = prior.config["obs_ignored"]
+    demos = np.load(tiny_reach_run["demos"])
+    states = demos["observations"][:8].astype(np.float32)
+    assert ignored and set(ignored) == set(np.flatnonzero(demos["observations"].std(0) < finetune_prior.OBS_STD_MIN))
+    moved = states.copy()
+    moved[:, ignored] += 3.0  # e.g. the object knocked over: a state no demonstration showed
+    informative = next(i for i in range(39) if i not in ignored)
+    shifted = states.copy()
+    shifted[:, informative] += 3.0 * prior.config["obs_std"][informative]
+    instructions = [str(s) for s in demos["instructions"][:8]]
+    with torch.inference_mode():
+        base, far, other = (prior(torch.tensor(x), instructions) for x in (states, moved, shifted))
+    torch.testing.assert_close(far, base)
+    assert not torch.allclose(other[0], base[0])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The design card's command: a missing default prior is made (stage 1), then reused
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["discrete", "continuous"])
+def test_first_run_makes_the_default_prior_and_the_next_reuses_it(kind, tmp_path):
+    script, env_id, budget = (DISCRETE, "CLEVR-Robot-v0", CLEVR_TINY) if kind == "discrete" else (
+        CONTINUOUS, "reach-v3", REACH_TINY)  # fmt: skip
+    cmd = ["--env-id", env_id, "--llm", "tiny-random", *budget]
+    first = script_runs.run_script(script, cmd, tmp_path)
+    prior = tmp_path / "priors" / f"{env_id}__tiny-random"
+    assert f"making it first (stage 1), as `python finetune_prior.py --env-id {env_id} --llm tiny-random`" in first.stdout
+    assert "SUMMARY env=" in first.stdout and (prior / "prior_config.json").exists()
+    assert f"LaGO prior: priors/{env_id}__tiny-random" in first.stdout and "summary: " in first.stdout
+    config = json.loads((prior / "prior_config.json").read_text())
+    assert config["llm"] == "tiny-random" and config["env_id"] == env_id
+    saved = (prior / "heads.safetensors").stat().st_mtime_ns
+    second = script_runs.run_script(script, cmd, tmp_path)
+    assert "making it first" not in second.stdout and "SUMMARY env=" not in second.stdout
+    assert (prior / "heads.safetensors").stat().st_mtime_ns == saved
