@@ -73,6 +73,8 @@ class Args:
     """the entity (team) of wandb's project"""
     save_model: bool = False
     """whether to save model (agent + observation normalisation statistics) into the `runs/{run_name}` folder"""
+    async_envs: bool = False
+    """if toggled, the envs step in parallel subprocesses (gymnasium's AsyncVectorEnv): faster with many envs and cores"""
 
     # Algorithm specific arguments
     env_id: str = "reach-v3"
@@ -434,7 +436,8 @@ if __name__ == "__main__":
 
     # env setup
     # LaGO: env i runs task i % len(tasks), seeded through make (Meta-World ignores reset(seed=))
-    envs = gym.vector.SyncVectorEnv(
+    vector_env = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
+    envs = vector_env(
         [
             make_env(tasks[i % len(tasks)], args.seed + i, args.max_episode_steps, args.reward_type, args.gamma)
             for i in range(args.num_envs)

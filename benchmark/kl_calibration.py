@@ -1,0 +1,158 @@
+"""Calibrate the continuous guidance: how large is the KL to a Gaussian prior at initialisation, and which std
+floor, KL direction and beta guide PPO without collapsing its exploration? (issue 12, item 2)
+
+    python -m benchmark.kl_calibration                    # stage 1 + KL at init + the stage-2 grid, resumable
+    python -m benchmark.kl_calibration --only-init-kl     # just the KL-at-initialisation table (a minute)
+
+Stage 1: a tiny-random prior per (task, demo noise, std floor), fine-tuned as finetune_prior.py's defaults
+(25 noise-free expert episodes per task, 5 epochs) with a fast model: the KL at initialisation is a property of
+the prior's std, which the NLL drives to the demonstrations' spread whatever the language model.
+KL at initialisation: the initial policy (mean ~0, std 1) against the prior at the states a random policy
+visits (what the first PPO update sees), summed over the 4 action dims, both directions.
+Stage 2: lago_ppo_continuous.py on 2 tasks x 3 seeds per guidance setting, at the benchmark's cpu budget.
+Results: one JSON per run under --results-dir (a finished run is skipped on rerun) and table.md there.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+TASKS = ("reach-v3", "button-press-topdown-v3")
+SEEDS = (1, 2, 3)
+NOISES = (0.0, 0.1, 0.3)
+FLOORS = (0.05, 0.3)
+# (name, std floor of the prior, KL direction, beta); beta 0 is vanilla PPO
+SETTINGS = (
+    ("ppo", 0.05, "reverse", 0.0),
+    ("reverse floor0.05 beta0.1", 0.05, "reverse", 0.1),
+    ("forward floor0.05 beta0.1", 0.05, "forward", 0.1),
+    ("reverse floor0.3 beta0.1", 0.3, "reverse", 0.1),
+    ("forward floor0.3 beta0.1", 0.3, "forward", 0.1),
+    ("forward floor0.3 beta1", 0.3, "forward", 1.0),
+)
+PPO_ARGS = ("--total-timesteps", "30000", "--num-envs", "8", "--num-steps", "128", "--num-minibatches", "16",
+            "--max-episode-steps", "200", "--eval-episodes", "20", "--save-model")  # fmt: skip
+
+
+def prior_dir(results, task, noise, floor):
+    return results / "priors" / f"{task}__noise{noise:g}__floor{floor:g}"
+
+
+def make_prior(results, task, noise, floor):
+    path = prior_dir(results, task, noise, floor)
+    if not path.exists():
+        cmd = [sys.executable, str(REPO / "finetune_prior.py"), "--env-id", task, "--llm", "tiny-random",
+               "--demo-noise", str(noise), "--std-floor", str(floor), "--output-dir", str(path), "--no-progress-bar",
+               "--save-demos-path", str(results / "demos" / f"{task}__noise{noise:g}.npz")]  # fmt: skip
+        subprocess.run(cmd, cwd=results, check=True, capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    return path
+
+
+def init_kl(results, task, noise, floor):
+    """Mean KL between the initial policy N(0, 1) and the prior over 1,000 states of a random policy."""
+    from torch.distributions import Independent, Normal, kl_divergence
+
+    from envs.metaworld import make_env
+    from finetune_prior import load_prior
+
+    prior = load_prior(str(prior_dir(results, task, noise, floor)))
+    env = make_env(task, seed=0, max_episode_steps=200)
+    env.action_space.seed(0)
+    obs, info = env.reset()
+    states = []
+    for _ in range(1000):
+        states.append(obs)
+        obs, _, terminated, truncated, info = env.step(env.action_space.sample())
+        if terminated or truncated:
+            obs, info = env.reset()
+    with torch.inference_mode():
+        mean, std = prior(torch.tensor(np.stack(states)), [info["instruction"]] * len(states))
+    prior_d = Independent(Normal(mean, std), 1)
+    policy_d = Independent(Normal(torch.zeros_like(mean), torch.ones_like(std)), 1)
+    return {"reverse": kl_divergence(policy_d, prior_d).mean().item(),
+            "forward": kl_divergence(prior_d, policy_d).mean().item(),
+            "prior_std": std.mean(0).tolist()}  # fmt: skip
+
+
+def run_ppo(results, task, seed, setting):
+    name, floor, direction, beta = setting
+    out = results / "ppo" / f"{task}__{name.replace(' ', '_')}__{seed}.json"
+    if out.exists():
+        return json.loads(out.read_text())
+    workdir = results / "work" / out.stem
+    workdir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(REPO / "lago_ppo_continuous.py"), "--env-id", task, "--seed", str(seed),
+           "--kl-coef", str(beta), "--kl-direction", direction, *PPO_ARGS]  # fmt: skip
+    if beta > 0:
+        cmd += ["--prior-path", str(prior_dir(results, task, 0.0, floor))]
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True,
+                          env=dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled"))  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    run = sorted((workdir / "runs").iterdir())[-1]
+    summary = json.loads((run / "eval.json").read_text())
+    model = torch.load(run / "lago_ppo_continuous.cleanrl_model")
+    result = {"task": task, "seed": seed, "setting": name, "eval_success": summary["eval"][task]["success_rate"],
+              "train_success": summary["final_success_rate"],
+              "policy_std": model["agent"]["actor_logstd"].exp().squeeze(0).tolist(),
+              "wall_s": time.time() - start}  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"{task} {name} seed {seed}: eval success {result['eval_success']:.2f}, policy std "
+          f"{np.round(result['policy_std'], 2).tolist()} ({result['wall_s']:.0f}s)", flush=True)  # fmt: skip
+    return result
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results-dir", default=str(REPO / "benchmark" / "results" / "kl_calibration"))
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one core each)")
+    parser.add_argument("--only-init-kl", action="store_true", help="stage 1 and the KL-at-initialisation table only")
+    args = parser.parse_args()
+    results = Path(args.results_dir).resolve()
+    results.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(1)
+
+    jobs = [(task, noise, floor) for task in TASKS for noise in NOISES for floor in FLOORS]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        list(pool.map(lambda job: make_prior(results, *job), jobs))
+    lines = ["| task | demo noise | std floor | prior std (mean over states, 4 dims) | KL(pi0 \\|\\| prior) | "
+             "KL(prior \\|\\| pi0) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for task, noise, floor in jobs:
+        kl = init_kl(results, task, noise, floor)
+        lines.append(f"| {task} | {noise:g} | {floor:g} | {', '.join(f'{s:.3f}' for s in kl['prior_std'])} | "
+                     f"{kl['reverse']:.1f} | {kl['forward']:.2f} |")  # fmt: skip
+    table = "\n".join(lines)
+    print(table)
+    if not args.only_init_kl:
+        runs = [(task, seed, setting) for setting in SETTINGS for task in TASKS for seed in SEEDS]
+        with ThreadPoolExecutor(args.jobs) as pool:
+            done = list(pool.map(lambda job: run_ppo(results, *job), runs))
+        rows = ["| guidance | " + " | ".join(f"{t} eval success" for t in TASKS) + " | task mean | policy std at end |",
+                "|---|" + "---|" * (len(TASKS) + 2)]  # fmt: skip
+        for setting in SETTINGS:
+            mine = [r for r in done if r["setting"] == setting[0]]
+            per_task = [[r["eval_success"] for r in mine if r["task"] == t] for t in TASKS]
+            means = [np.mean(p) for p in per_task]
+            cells = [f"{np.mean(p):.2f} +- {np.std(p):.2f}" for p in per_task]
+            stds = np.mean([np.mean(r["policy_std"]) for r in mine])
+            rows.append(f"| {setting[0]} | " + " | ".join(cells) + f" | {np.mean(means):.2f} | {stds:.2f} |")
+        table += "\n\n" + "\n".join(rows)
+        print("\n".join(rows))
+    (results / "table.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
