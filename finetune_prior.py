@@ -13,12 +13,14 @@ NLL of expert actions; the base model stays frozen. The PPO scripts load the res
 
 Usage:
     python finetune_prior.py --env-id CLEVR-Robot-v0 --num-episodes 500 --eval-goal-split heldout
+    python finetune_prior.py --env-id CLEVR-Robot-v0 --eval-goal-split heldout,rephrase,compose   # each level's top-1
     python finetune_prior.py --env-id reach-v3 --llm tiny-random --num-episodes 20
     python finetune_prior.py --env-id MT10 --llm Qwen2.5-0.5B --state-encoding text
     torchrun --nproc_per_node 2 finetune_prior.py --env-id CLEVR-Robot-v0 --llm tiny-random
 
 Demonstration file (.npz, written by this script after collecting, or your own; `--demos-path`):
-    observations     float32 [N, obs_dim]  the full env observation seen before each action
+    observations     float32 [N, obs_dim]  the full env observation seen before each action (CLEVR-Robot: 24, or 38
+                                           with goal_slots=2; the prior reads the first state_dim dims only)
     actions          int64 [N] in [0, n) (discrete) or float32 [N, act_dim] (continuous)
     instructions     unicode [N]           the natural-language instruction of each step
     episode_ids      int64 [N]             episode index of each step, in [0, E)
@@ -134,18 +136,20 @@ class Args:
     task (~1,500 steps: its experts need ~50-100 steps per episode)"""
     demo_noise: float = 0.0
     """expert noise: CLEVR-Robot: probability of a random action; Meta-World: std of Gaussian action noise"""
-    goal_split: Literal["train", "heldout", "all"] = "train"
-    """CLEVR-Robot goals/paraphrases the demos use: train, heldout or all"""
+    goal_split: str = "train"
+    """CLEVR-Robot goals/paraphrases the demos use: a level (train, heldout, all, rephrase, compose) or a '+' mixture of
+    levels (e.g. train+compose; demos with compose have 38-dim observations, of which the prior reads the same 10)"""
     max_episode_steps: Optional[int] = None
     """episode length of collected demos; None: the env's (50 CLEVR-Robot, 500 Meta-World)"""
     only_successful: bool = False
     """if toggled, drop demo episodes that did not reach their goal"""
     eval_fraction: float = 0.1
     """fraction of demo episodes held out for evaluation (split by episode, never by step)"""
-    eval_goal_split: Optional[Literal["train", "heldout", "all"]] = None
-    """CLEVR-Robot: also evaluate on freshly collected demos of this goal split ("heldout": unseen instructions)"""
+    eval_goal_split: Optional[str] = None
+    """CLEVR-Robot: also evaluate on freshly collected noise-free demos of each of these levels, a comma list (e.g.
+    "heldout,rephrase,compose"; "heldout": unseen instructions); each is reported as {level}_goals"""
     eval_num_episodes: int = 200
-    """episodes collected for the --eval-goal-split evaluation set"""
+    """episodes collected for each --eval-goal-split evaluation set"""
     eval_demos_path: Optional[str] = None
     """also evaluate on this demo file each epoch (same env; e.g. demos of held-out instructions)"""
 
@@ -228,11 +232,13 @@ def default_prior_path(env_id: str, llm: str) -> str:
 # Environments and demonstrations
 # ----------------------------------------------------------------------------------------------------------
 def resolve_env(env_id: str) -> dict:
-    """What the prior needs to know about an env: kind, tasks, action space, observation sizes."""
+    """What the prior needs to know about an env: kind, tasks, action space, observation sizes (obs_dims: every size a
+    demo file may have; CLEVR-Robot: one goal slot, 24, or goal_slots=2, 38; the prior reads the first state_dim)."""
     if env_id == CLEVR_ENV_ID:
         from envs import clevr_robot
 
         return {"env_id": env_id, "kind": "clevr", "tasks": None, "obs_dim": clevr_robot.OBS_DIM,
+                "obs_dims": (clevr_robot.OBS_DIM, clevr_robot.STATE_DIM + 2 * clevr_robot.GOAL_DIM),
                 "state_dim": clevr_robot.STATE_DIM, "action_space": {"type": "discrete", "n": clevr_robot.NUM_ACTIONS}}  # fmt: skip
     from envs.metaworld import resolve_tasks
 
@@ -243,7 +249,8 @@ def resolve_env(env_id: str) -> dict:
     except ValueError as e:
         raise PriorError(f"unknown --env-id {env_id!r}: use 'CLEVR-Robot-v0' or a Meta-World spec. {e}") from None
     return {"env_id": env_id, "kind": "metaworld", "tasks": tasks, "obs_dim": METAWORLD_OBS_DIM,
-            "state_dim": METAWORLD_OBS_DIM, "action_space": {"type": "continuous", "dim": METAWORLD_ACTION_DIM}}  # fmt: skip
+            "obs_dims": (METAWORLD_OBS_DIM,), "state_dim": METAWORLD_OBS_DIM,
+            "action_space": {"type": "continuous", "dim": METAWORLD_ACTION_DIM}}  # fmt: skip
 
 
 def collect_expert_demos(env: dict, num_episodes: int, noise: float, goal_split: str, seed: int, max_steps) -> dict:
@@ -297,8 +304,9 @@ def load_demos(path: str, env: dict, flag: str = "--demos-path") -> dict:
     n = len(obs)
     if obs.ndim != 2 or n == 0 or not np.issubdtype(obs.dtype, np.floating):
         raise bad(f"observations must be a non-empty float array [N, obs_dim], got {obs.dtype} {obs.shape}")
-    if obs.shape[1] != env["obs_dim"]:
-        raise bad(f"observations have {obs.shape[1]} dims but {env['env_id']} observations have {env['obs_dim']}")
+    if obs.shape[1] not in env["obs_dims"]:
+        raise bad(f"observations have {obs.shape[1]} dims but {env['env_id']} observations have "
+                  + " or ".join(map(str, env["obs_dims"])))  # fmt: skip
     if int(d["state_dim"]) != env["state_dim"]:
         raise bad(f"state_dim is {int(d['state_dim'])} but {env['env_id']} has state_dim {env['state_dim']}")
     space = env["action_space"]
@@ -894,9 +902,21 @@ def check_args(args: Args) -> None:
         raise PriorError(f"--eval-fraction must be in [0, 1), got {args.eval_fraction}")
     if args.std_floor <= 0:
         raise PriorError(f"--std-floor must be > 0, got {args.std_floor}")
-    for flag, split in (("--goal-split", args.goal_split), ("--eval-goal-split", args.eval_goal_split)):
-        if split is not None and split not in ("train", "heldout", "all"):
-            raise PriorError(f"{flag} must be 'train', 'heldout' or 'all', got {split!r}")
+    from envs.clevr_robot import parse_goal_split
+
+    for flag, splits in (("--goal-split", [args.goal_split]), ("--eval-goal-split", eval_goal_splits(args))):
+        for split in splits:
+            try:
+                parse_goal_split(split)
+            except ValueError as e:
+                raise PriorError(f"{flag}: {e}" + ("; a comma list of them" if flag == "--eval-goal-split" else "")) from None
+    if len(set(eval_goal_splits(args))) != len(eval_goal_splits(args)):
+        raise PriorError(f"--eval-goal-split {args.eval_goal_split!r} names a level twice")
+
+
+def eval_goal_splits(args: Args) -> list:
+    """The CLEVR-Robot levels (or mixtures) of --eval-goal-split, a comma list: each gets its own evaluation set."""
+    return [s.strip() for s in args.eval_goal_split.split(",")] if args.eval_goal_split else []
 
 
 def train(args: Args):
@@ -934,10 +954,10 @@ def train(args: Args):
             raise PriorError("--only-successful left no demos: no episode reached its goal")
     train_data, eval_data = split_by_episode(demos, args.eval_fraction, args.seed)
     extra_evals = {}
-    if args.eval_goal_split:
-        kw = dict(collect, num_episodes=args.eval_num_episodes, goal_split=args.eval_goal_split, noise=0.0, seed=args.seed + 10_000)
-        path = tag(args.eval_num_episodes, 0.0, args.eval_goal_split, args.seed + 10_000)
-        extra_evals[f"{args.eval_goal_split}_goals"] = obtain_demos(None, env, kw, path, rank, "--eval-demos-path")
+    for split in eval_goal_splits(args):  # LaGO: noise-free expert demos of each level, top-1 agreement with the expert
+        kw = dict(collect, num_episodes=args.eval_num_episodes, goal_split=split, noise=0.0, seed=args.seed + 10_000)
+        path = tag(args.eval_num_episodes, 0.0, split, args.seed + 10_000)
+        extra_evals[f"{split}_goals"] = obtain_demos(None, env, kw, path, rank, "--eval-demos-path")
     if args.eval_demos_path:
         extra_evals["eval_file"] = load_demos(args.eval_demos_path, env, "--eval-demos-path")
 
@@ -945,7 +965,7 @@ def train(args: Args):
     states = train_data["observations"][:, :sd].astype(np.float64)
     config = {
         "format_version": 1, "llm": args.llm, "env_id": args.env_id, "tasks": env["tasks"],
-        "action_space": env["action_space"], "obs_dim": env["obs_dim"], "state_dim": sd,
+        "action_space": env["action_space"], "obs_dim": int(train_data["observations"].shape[1]), "state_dim": sd,
         "state_encoding": args.state_encoding, "num_state_tokens": args.num_state_tokens if args.state_encoding == "embed" else 0,
         "prompt_template": args.prompt_template, "text_decimals": args.text_decimals,
         "obs_mean": states.mean(0).tolist(), "obs_std": np.maximum(states.std(0), OBS_STD_MIN).tolist(),

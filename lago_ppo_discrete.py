@@ -2,6 +2,7 @@
 
     python lago_ppo_discrete.py --llm Qwen2.5-1.5B                  # LaGO on CLEVR-Robot-v0
     python lago_ppo_discrete.py --kl-coef 0                         # vanilla PPO, nothing of the LLM loaded
+    python lago_ppo_discrete.py --goal-split train+rephrase+heldout+compose   # instruction levels, each evaluated
     python lago_ppo_discrete.py --env-id CartPole-v1 --kl-coef 0    # any gymnasium env with a Discrete action space
 
 CleanRL's ppo.py (vwxyzjn/cleanrl) on gymnasium 1.x, plus LaGO's guidance: the latent action prior
@@ -66,6 +67,13 @@ class Args:
     # Algorithm specific arguments
     env_id: str = "CLEVR-Robot-v0"
     """the id of the environment (any gymnasium env with a Discrete action space)"""
+    goal_split: str = "train"
+    """CLEVR-Robot goals of training: a level (train, heldout, all, rephrase, compose) or a '+' mixture of levels, e.g.
+    train+rephrase+heldout+compose (each episode draws its level uniformly)"""
+    eval_levels: Optional[str] = None
+    """CLEVR-Robot: comma list of levels evaluated separately at the end (--eval-episodes each), e.g.
+    train,heldout,rephrase,compose; None: train,heldout, then the other levels of --goal-split. With this flag or a
+    --goal-split other than train, the mean success over the levels is reported too (eval.json: eval_mean_success)"""
     total_timesteps: int = 500000
     """total timesteps of the experiments"""
     learning_rate: float = 2.5e-4
@@ -126,10 +134,13 @@ class Args:
     """the number of iterations (computed in runtime)"""
 
 
-def make_env(env_id, idx, capture_video, run_name, goal_split=None):
+def make_env(env_id, idx, capture_video, run_name, goal_split=None, goal_slots=None):
     def thunk():
-        # CLEVR-Robot samples its goals from a split: "train" for learning, "heldout" to test generalisation
+        # LaGO: CLEVR-Robot samples its goals from a level or a '+' mixture of levels ("train" for learning, the others
+        # test generalisation); goal_slots=2: room for two-relation ("compose") goals in the observation
         kwargs = {} if goal_split is None else {"goal_split": goal_split}
+        if goal_slots is not None:
+            kwargs["goal_slots"] = goal_slots
         if capture_video and idx == 0:
             env = gym.make(env_id, render_mode="rgb_array", **kwargs)
             env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
@@ -139,6 +150,33 @@ def make_env(env_id, idx, capture_video, run_name, goal_split=None):
         return env
 
     return thunk
+
+
+def clevr_protocol(goal_split, eval_levels=None):
+    """LaGO: CLEVR-Robot's instruction levels of a run: (levels evaluated, goal_slots of every env: 2 if a training or
+    evaluated level is "compose", else None, the env's default). Raises ValueError saying what is accepted."""
+    from envs.clevr_robot import SPLIT_NAMES, parse_goal_split
+
+    try:
+        train_levels = parse_goal_split(goal_split)
+    except ValueError as e:
+        raise ValueError(f"--goal-split: {e}") from None
+    if eval_levels is None:
+        eval_splits = ["train", "heldout"] + [level for level in train_levels if level not in ("train", "heldout")]
+    else:
+        eval_splits = [s.strip() for s in eval_levels.split(",")]
+        for s in eval_splits:
+            if s not in SPLIT_NAMES:
+                raise ValueError(
+                    f"unknown level {s!r} in --eval-levels {eval_levels!r}; accepted: a comma list of "
+                    f"{', '.join(SPLIT_NAMES)} (each at most once), e.g. train,heldout,rephrase,compose"
+                )
+        if len(set(eval_splits)) != len(eval_splits):
+            raise ValueError(
+                f"--eval-levels {eval_levels!r} names a level twice; each of {', '.join(SPLIT_NAMES)} at most once"
+            )
+    goal_slots = 2 if "compose" in (*train_levels, *eval_splits) else None
+    return eval_splits, goal_slots
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
@@ -298,20 +336,23 @@ def load_guidance_prior(args, envs, device="cpu"):
             f"the prior at {path!r} has action space {space}, but {args.env_id} has Discrete({n}). "
             f"Make a matching one with:\n    {make_cmd}"
         )
+    # LaGO: the prior reads only the first state_dim dims of an observation (CLEVR-Robot: the 10 coordinates; the
+    # goal goes in as text), so a prior fine-tuned with one goal slot (24 dims) also guides goal_slots=2 envs (38)
     obs_dim = int(np.prod(envs.single_observation_space.shape))
-    if config.get("obs_dim") != obs_dim:
+    state_dim = config.get("state_dim")
+    if not isinstance(state_dim, int) or obs_dim < state_dim:
         raise ValueError(
-            f"the prior at {path!r} reads observations of size {config.get('obs_dim')}, but {args.env_id} gives {obs_dim}. "
-            f"Make a matching one with:\n    {make_cmd}"
+            f"the prior at {path!r} reads the first {state_dim} dims of each observation, but {args.env_id} gives "
+            f"observations of size {obs_dim}. Make a matching one with:\n    {make_cmd}"
         )
     if args.prior_path and config.get("llm") != args.llm:
         print(f"note: the prior at {path!r} was made with --llm {config.get('llm')!r}; --llm {args.llm!r} is ignored")
     return prior, path
 
 
-def evaluate(agent, make_env, env_id, eval_episodes, seed, device, goal_split=None):
+def evaluate(agent, make_env, env_id, eval_episodes, seed, device, goal_split=None, goal_slots=None):
     """Mean return and success rate of the policy (actions sampled, as in training) over `eval_episodes` episodes."""
-    env = make_env(env_id, 0, False, "eval", goal_split)()
+    env = make_env(env_id, 0, False, "eval", goal_split, goal_slots)()
     returns, successes = [], []
     obs, _ = env.reset(seed=seed)
     episodic_return = 0.0
@@ -369,6 +410,18 @@ if __name__ == "__main__":
             + ". This script runs registered gymnasium envs with Discrete actions (default CLEVR-Robot-v0); "
             "Meta-World tasks go to lago_ppo_continuous.py"
         )
+    # LaGO: CLEVR-Robot's instruction levels (training goals, levels evaluated at the end); other envs have one set
+    is_clevr = args.env_id.startswith("CLEVR-Robot")
+    protocol = args.goal_split != "train" or args.eval_levels is not None  # report the mean over the levels too
+    if is_clevr:
+        try:
+            eval_splits, goal_slots = clevr_protocol(args.goal_split, args.eval_levels)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}")
+    elif protocol:
+        raise SystemExit(f"error: --goal-split / --eval-levels are CLEVR-Robot's instruction levels; {args.env_id} has none")
+    else:
+        eval_splits, goal_slots = [None], None
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     if args.track:
         import wandb
@@ -403,11 +456,11 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     # env setup
-    # LaGO: CLEVR-Robot trains on the "train" goals and is evaluated on "train" and "heldout"; other envs have one split
-    is_clevr = args.env_id.startswith("CLEVR-Robot")
-    train_split, eval_splits = ("train", ["train", "heldout"]) if is_clevr else (None, [None])
+    # LaGO: CLEVR-Robot trains on --goal-split (default the "train" goals) and is evaluated on each of eval_splits (default
+    # "train" and "heldout"), every env with the same goal_slots (same observation size); other envs have one split
+    train_split = args.goal_split if is_clevr else None
     envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, i, args.capture_video, run_name, train_split) for i in range(args.num_envs)],
+        [make_env(args.env_id, i, args.capture_video, run_name, train_split, goal_slots) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
     if not isinstance(envs.single_action_space, gym.spaces.Discrete):
@@ -633,18 +686,23 @@ if __name__ == "__main__":
         write_atomically(model_path, lambda tmp: torch.save(agent.state_dict(), tmp))
         print(f"model saved to {model_path}")
 
-    # LaGO: final evaluation on each goal split (CLEVR-Robot: train and held-out goals), then one summary line
+    # LaGO: final evaluation on each goal split (CLEVR-Robot: each level of eval_splits, by default train and held-out
+    # goals), then one summary line
     eval_start = time.time()
     results = {}
     if args.eval_episodes > 0:
         for split in eval_splits:
             name = split or "eval"
             results[name] = evaluate(
-                agent, make_env, args.env_id, args.eval_episodes, args.seed + 100_000, device, goal_split=split
+                agent, make_env, args.env_id, args.eval_episodes, args.seed + 100_000, device, split, goal_slots
             )
             for key in ("episodic_return", "success_rate"):
                 if results[name][key] is not None:
                     writer.add_scalar(f"eval/{name}_{key}", results[name][key], global_step)
+    mean_success = None  # LaGO: the average success rate over the levels (reported with --goal-split / --eval-levels)
+    if protocol and results:
+        mean_success = float(np.mean([result["success_rate"] for result in results.values()]))
+        writer.add_scalar("eval/mean_success_rate", mean_success, global_step)
     summary = {
         "env_id": args.env_id,
         "run_name": run_name,
@@ -657,6 +715,7 @@ if __name__ == "__main__":
         "final_success_rate": float(np.mean(recent_successes)) if recent_successes else None,
         "final_episodes": len(recent_returns),
         "eval": results,
+        **({"eval_mean_success": mean_success} if protocol else {}),  # LaGO: mean of the levels' success rates
         "args": vars(args),
     }
 
@@ -675,6 +734,8 @@ if __name__ == "__main__":
         line += f" | eval {name}: return={result['episodic_return']:.2f}"
         if result["success_rate"] is not None:
             line += f" success={result['success_rate']:.2f}"
+    if mean_success is not None:
+        line += f" | eval_mean_success={mean_success:.2f}"
     print(line + f" -> runs/{run_name}/eval.json")
 
     envs.close()

@@ -140,8 +140,11 @@ def test_mismatched_prior_is_refused(tiny_clevr_prior):
     assert "python finetune_prior.py --env-id CartPole-v1 --llm tiny-random" in str(e.value)
     with pytest.raises(ValueError, match=r"Discrete\(5\)"):
         ppo.load_guidance_prior(clevr, fake_envs(OBS_DIM, 5))
-    with pytest.raises(ValueError, match="observations of size"):
+    # the prior reads the first state_dim (10) dims: shorter observations are refused, longer ones (goal_slots=2) are not
+    with pytest.raises(ValueError, match="reads the first 10 dims of each observation, but CLEVR-Robot-v0 gives "
+                                         "observations of size 7"):  # fmt: skip
         ppo.load_guidance_prior(clevr, fake_envs(7, 40))
+    assert ppo.load_guidance_prior(clevr, fake_envs(OBS_DIM + 14, 40))[1] == tiny_clevr_prior
 
 
 # ------------------------------------------------------------------------------------------------------------

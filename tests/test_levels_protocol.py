@@ -1,0 +1,194 @@
+"""The instruction-level protocol (issue 11): PPO trained on a '+' mixture of CLEVR-Robot levels and evaluated per
+level with their mean, a prior fine-tuned on 24-dim observations guiding goal_slots=2 envs (38 dims), clear one-line
+errors for bad levels, and stage 1 reporting top-1 agreement on each level of --eval-goal-split."""
+
+import json
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import finetune_prior as fp
+import lago_ppo_discrete as ppo
+import script_runs
+from envs.clevr_robot import GOAL_DIM, OBS_DIM, STATE_DIM, level_instructions
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = str(REPO / "lago_ppo_discrete.py")
+MIXTURE = "train+rephrase+heldout+compose"
+TWO_SLOTS = STATE_DIM + 2 * GOAL_DIM  # 38
+# tiny budgets: 2 envs x 16 steps per rollout, 3 rollouts
+TINY = ["--num-envs", "2", "--num-steps", "16", "--total-timesteps", "96", "--num-minibatches", "2",
+        "--update-epochs", "2"]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def fake_envs(obs_dim, n=40):
+    """The two attributes load_guidance_prior reads from a vector env."""
+    return SimpleNamespace(single_observation_space=gym.spaces.Box(-1.0, 1.0, (obs_dim,), np.float32),
+                           single_action_space=gym.spaces.Discrete(n))  # fmt: skip
+
+
+def finished_run(cwd):
+    """(eval.json, saved model state dict, tensorboard scalars) of the one run under cwd."""
+    rdir = script_runs.run_dir(str(cwd))
+    return (json.loads(Path(rdir, "eval.json").read_text()), torch.load(Path(rdir, "lago_ppo_discrete.cleanrl_model")),
+            script_runs.scalars(rdir))  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------------------
+# PPO: levels of training and evaluation
+# ------------------------------------------------------------------------------------------------------------
+def test_protocol_defaults_and_goal_slots():
+    """The default protocol is today's (train goals, train + heldout evaluated, one goal slot: same envs, same numbers);
+    any level with two relations makes every env two-slot; --eval-levels picks the evaluated levels."""
+    assert ppo.clevr_protocol("train") == (["train", "heldout"], None)
+    assert ppo.clevr_protocol(MIXTURE) == (["train", "heldout", "rephrase", "compose"], 2)
+    assert ppo.clevr_protocol("rephrase") == (["train", "heldout", "rephrase"], None)
+    assert ppo.clevr_protocol("train", "compose , rephrase") == (["compose", "rephrase"], 2)
+    assert ppo.clevr_protocol("train+compose", "heldout") == (["heldout"], 2)
+    assert ppo.make_env("CLEVR-Robot-v0", 0, False, "x", "train")().observation_space.shape == (OBS_DIM,)
+    env = ppo.make_env("CLEVR-Robot-v0", 0, False, "x", "heldout", 2)()
+    assert env.observation_space.shape == (TWO_SLOTS,) and env.reset(seed=0)[1]["level"] == "heldout"
+
+
+@pytest.mark.parametrize("goal_split,eval_levels,message", [
+    ("train+bogus", None, "unknown level 'bogus'"),
+    ("train+train", None, "names a level twice"),
+    ("all+train", None, "unknown level 'all'"),
+    ("nope", None, "unknown goal_split 'nope'"),
+    ("train", "train,nope", "unknown level 'nope' in --eval-levels"),
+    ("train", "train,train", "names a level twice"),
+    ("train", "train+compose", "unknown level 'train+compose' in --eval-levels"),
+])  # fmt: skip
+def test_bad_levels_are_refused(goal_split, eval_levels, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as e:
+        ppo.clevr_protocol(goal_split, eval_levels)
+    assert "\n" not in str(e.value)
+    assert "rephrase" in str(e.value) and "compose" in str(e.value)  # names the accepted levels
+
+
+def test_bad_level_flags_give_one_line_errors(tmp_path):
+    for flags, message in ((["--goal-split", "train+bogus"], "--goal-split: unknown level 'bogus'"),
+                           (["--eval-levels", "heldout,nope"], "unknown level 'nope' in --eval-levels"),
+                           (["--env-id", "CartPole-v1", "--goal-split", "heldout"], "CartPole-v1 has none")):  # fmt: skip
+        proc = script_runs.run_script(SCRIPT, ["--kl-coef", "0", *flags, *TINY], tmp_path, check=False)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+        assert not (tmp_path / "runs").exists()  # refused before anything was written
+
+
+def test_mixture_run_reports_each_level_and_their_mean(tmp_path):
+    """PPO on the four-level mixture: two-slot observations, each level evaluated separately (--eval-episodes each),
+    their mean in eval.json, the summary line and tensorboard."""
+    proc = script_runs.run_script(SCRIPT, ["--kl-coef", "0", "--goal-split", MIXTURE, "--eval-episodes", "3",
+                                           "--save-model", *TINY], tmp_path)  # fmt: skip
+    result, model, logs = finished_run(tmp_path)
+    levels = ["train", "heldout", "rephrase", "compose"]
+    assert list(result["eval"]) == levels
+    assert all(result["eval"][level]["episodes"] == 3 for level in levels)
+    rates = [result["eval"][level]["success_rate"] for level in levels]
+    assert all(r in (0.0, 1 / 3, 2 / 3, 1.0) for r in rates)
+    assert result["eval_mean_success"] == pytest.approx(np.mean(rates), abs=1e-12)
+    assert result["args"]["goal_split"] == MIXTURE and result["global_step"] == 96
+    assert model["actor.0.weight"].shape == (64, TWO_SLOTS) and model["critic.0.weight"].shape == (64, TWO_SLOTS)
+    for level, rate in zip(levels, rates):
+        assert logs[f"eval/{level}_success_rate"] == [pytest.approx(rate)]
+    assert logs["eval/mean_success_rate"] == [pytest.approx(result["eval_mean_success"])]
+    (summary,) = [line for line in proc.stdout.splitlines() if line.startswith("summary:")]
+    for level in levels:
+        assert f"| eval {level}: return=" in summary
+    assert f"| eval_mean_success={result['eval_mean_success']:.2f} ->" in summary
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A prior fine-tuned with one goal slot guides two-slot envs
+# ------------------------------------------------------------------------------------------------------------
+def test_one_slot_prior_is_accepted_by_two_slot_envs(tiny_clevr_prior):
+    """The prior reads the first state_dim (10) dims: a 24-dim-trained prior loads for 38-dim envs and gives the same
+    logits on a 38-dim observation as on its first 24 dims; an observation shorter than state_dim is refused."""
+    args = ppo.Args(env_id="CLEVR-Robot-v0", llm="tiny-random", prior_path=tiny_clevr_prior)
+    prior, _ = ppo.load_guidance_prior(args, fake_envs(TWO_SLOTS))
+    assert prior.config["obs_dim"] == OBS_DIM and prior.config["state_dim"] == STATE_DIM
+    obs = torch.randn(5, TWO_SLOTS)
+    instructions = level_instructions("compose")[:5]
+    with torch.inference_mode():
+        assert torch.equal(prior(obs, instructions), prior(obs[:, :OBS_DIM], instructions))
+    with pytest.raises(ValueError, match=r"reads the first 10 dims .* observations of size 9") as e:
+        ppo.load_guidance_prior(args, fake_envs(STATE_DIM - 1))
+    assert "python finetune_prior.py --env-id CLEVR-Robot-v0 --llm tiny-random" in str(e.value)
+    with pytest.raises(ValueError, match=r"Discrete\(5\)"):
+        ppo.load_guidance_prior(args, fake_envs(TWO_SLOTS, 5))
+
+
+def test_lago_run_on_a_two_slot_mixture(tiny_clevr_prior, tmp_path):
+    """LaGO (beta > 0) with the 24-dim-trained tiny prior on train+compose (38-dim observations): it trains with the
+    KL to the prior and evaluates the levels asked."""
+    script_runs.run_script(SCRIPT, ["--llm", "tiny-random", "--prior-path", tiny_clevr_prior, "--kl-coef", "0.5",
+                                    "--goal-split", "train+compose", "--eval-levels", "compose,rephrase",
+                                    "--eval-episodes", "2", "--save-model", *TINY], tmp_path)  # fmt: skip
+    result, model, logs = finished_run(tmp_path)
+    assert list(result["eval"]) == ["compose", "rephrase"] and result["prior_time_s"] > 0
+    assert model["actor.0.weight"].shape == (64, TWO_SLOTS)
+    assert len(logs["losses/prior_kl"]) == 3 and all(np.isfinite(logs["losses/prior_kl"]))
+    assert result["eval_mean_success"] == pytest.approx(np.mean([r["success_rate"] for r in result["eval"].values()]))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Stage 1: top-1 agreement on each level
+# ------------------------------------------------------------------------------------------------------------
+def test_stage1_reports_top1_on_each_eval_level(tmp_path, capsys, monkeypatch):
+    """--eval-goal-split heldout,rephrase,compose: noise-free expert demos of each level (compose: 38-dim observations)
+    collected and evaluated on their own, each level its own entry in the summary, the SUMMARY line and tensorboard."""
+    monkeypatch.chdir(tmp_path)
+    code = fp.main(["--llm", "tiny-random", "--num-episodes", "20", "--epochs", "1", "--eval-num-episodes", "10",
+                    "--eval-goal-split", "heldout,rephrase,compose", "--output-dir", "prior", "--no-progress-bar",
+                    "--no-time-forward"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    (summary_line,) = [line for line in out.splitlines() if line.startswith("SUMMARY ")]
+    run = json.loads((tmp_path / "prior" / "prior_config.json").read_text())["train_summary"]
+    env = fp.resolve_env("CLEVR-Robot-v0")
+    (tb_dir,) = (tmp_path / "runs").iterdir()
+    logs = script_runs.scalars(str(tb_dir))
+    for level, dims in (("heldout", OBS_DIM), ("rephrase", OBS_DIM), ("compose", TWO_SLOTS)):
+        (path,) = (tmp_path / "demos").glob(f"*__10ep__noise0__{level}__*.npz")
+        demos = fp.load_demos(str(path), env)  # 38-dim compose demos are accepted
+        assert demos["observations"].shape[1] == dims
+        assert set(demos["instructions"].tolist()) <= set(level_instructions(level))
+        assert run[f"{level}_goals_samples"] == len(demos["actions"])
+        assert 0.0 <= run[f"{level}_goals_top1"] <= 1.0
+        assert f" {level}_goals_top1={run[f'{level}_goals_top1']:.4f} " in summary_line
+        assert len(logs[f"{level}_goals/top1"]) == 2  # before training and after the epoch
+
+
+def test_stage1_level_flags(tmp_path, capsys, monkeypatch):
+    """Bad levels in --goal-split / --eval-goal-split: one-line errors that say what is accepted; demo files with an
+    observation size CLEVR-Robot never has are refused."""
+    monkeypatch.chdir(tmp_path)
+    for argv, message in ((["--goal-split", "train+bogus"], "--goal-split: unknown level 'bogus'"),
+                          (["--eval-goal-split", "heldout,nope"], "--eval-goal-split: unknown goal_split 'nope'"),
+                          (["--eval-goal-split", "rephrase,rephrase"], "--eval-goal-split 'rephrase,rephrase' names a "
+                                                                       "level twice")):  # fmt: skip
+        code = fp.main([*argv, "--llm", "tiny-random", "--no-progress-bar", "--output-dir", "prior"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1, err
+        assert "heldout" in err or "twice" in err
+    bad = {"observations": np.zeros((4, 30), np.float32), "actions": np.zeros(4, np.int64),
+           "instructions": np.array(["Push the red ball left of the blue ball."] * 4), "episode_ids": np.zeros(4, np.int64),
+           "episode_success": np.ones(1, bool), "env_id": "CLEVR-Robot-v0", "state_dim": STATE_DIM}  # fmt: skip
+    fp.save_demos(bad, str(tmp_path / "bad.npz"))
+    with pytest.raises(fp.PriorError, match="30 dims but CLEVR-Robot-v0 observations have 24 or 38"):
+        fp.load_demos(str(tmp_path / "bad.npz"), fp.resolve_env("CLEVR-Robot-v0"))
