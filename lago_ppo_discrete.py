@@ -63,6 +63,8 @@ class Args:
     """whether to capture videos of the agent performances (check out `videos` folder)"""
     save_model: bool = False
     """whether to save model into the `runs/{run_name}` folder"""
+    async_envs: bool = False
+    """if toggled, the envs step in parallel subprocesses (gymnasium's AsyncVectorEnv): faster with many envs and cores"""
 
     # Algorithm specific arguments
     env_id: str = "CLEVR-Robot-v0"
@@ -74,6 +76,8 @@ class Args:
     """CLEVR-Robot: comma list of levels evaluated separately at the end (--eval-episodes each), e.g.
     train,heldout,rephrase,compose; None: train,heldout, then the other levels of --goal-split. With this flag or a
     --goal-split other than train, the mean success over the levels is reported too (eval.json: eval_mean_success)"""
+    max_episode_steps: Optional[int] = None
+    """episode length before truncation (None: the env's own, 50 on CLEVR-Robot)"""
     total_timesteps: int = 500000
     """total timesteps of the experiments"""
     learning_rate: float = 2.5e-4
@@ -134,18 +138,15 @@ class Args:
     """the number of iterations (computed in runtime)"""
 
 
-def make_env(env_id, idx, capture_video, run_name, goal_split=None, goal_slots=None):
+def make_env(env_id, idx, capture_video, run_name, **env_kwargs):
     def thunk():
-        # LaGO: CLEVR-Robot samples its goals from a level or a '+' mixture of levels ("train" for learning, the others
-        # test generalisation); goal_slots=2: room for two-relation ("compose") goals in the observation
-        kwargs = {} if goal_split is None else {"goal_split": goal_split}
-        if goal_slots is not None:
-            kwargs["goal_slots"] = goal_slots
+        # env_kwargs go to gym.make: max_episode_steps; LaGO: CLEVR-Robot's goal_split (a level or a '+' mixture of
+        # levels: "train" for learning, the others test generalisation) and goal_slots (2: room for two-relation goals)
         if capture_video and idx == 0:
-            env = gym.make(env_id, render_mode="rgb_array", **kwargs)
+            env = gym.make(env_id, render_mode="rgb_array", **env_kwargs)
             env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
         else:
-            env = gym.make(env_id, **kwargs)
+            env = gym.make(env_id, **env_kwargs)
         env = gym.wrappers.RecordEpisodeStatistics(env)
         return env
 
@@ -350,9 +351,9 @@ def load_guidance_prior(args, envs, device="cpu"):
     return prior, path
 
 
-def evaluate(agent, make_env, env_id, eval_episodes, seed, device, goal_split=None, goal_slots=None):
+def evaluate(agent, make_env, env_id, eval_episodes, seed, device, **env_kwargs):
     """Mean return and success rate of the policy (actions sampled, as in training) over `eval_episodes` episodes."""
-    env = make_env(env_id, 0, False, "eval", goal_split, goal_slots)()
+    env = make_env(env_id, 0, False, "eval", **env_kwargs)()
     returns, successes = [], []
     obs, _ = env.reset(seed=seed)
     episodic_return = 0.0
@@ -458,9 +459,13 @@ if __name__ == "__main__":
     # env setup
     # LaGO: CLEVR-Robot trains on --goal-split (default the "train" goals) and is evaluated on each of eval_splits (default
     # "train" and "heldout"), every env with the same goal_slots (same observation size); other envs have one split
-    train_split = args.goal_split if is_clevr else None
-    envs = gym.vector.SyncVectorEnv(
-        [make_env(args.env_id, i, args.capture_video, run_name, train_split, goal_slots) for i in range(args.num_envs)],
+    env_kwargs = {} if args.max_episode_steps is None else {"max_episode_steps": args.max_episode_steps}
+    if goal_slots is not None:
+        env_kwargs["goal_slots"] = goal_slots
+    train_kwargs = dict(env_kwargs, goal_split=args.goal_split) if is_clevr else env_kwargs
+    vector_env = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
+    envs = vector_env(
+        [make_env(args.env_id, i, args.capture_video, run_name, **train_kwargs) for i in range(args.num_envs)],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
     )
     if not isinstance(envs.single_action_space, gym.spaces.Discrete):
@@ -693,9 +698,8 @@ if __name__ == "__main__":
     if args.eval_episodes > 0:
         for split in eval_splits:
             name = split or "eval"
-            results[name] = evaluate(
-                agent, make_env, args.env_id, args.eval_episodes, args.seed + 100_000, device, split, goal_slots
-            )
+            eval_kwargs = env_kwargs if split is None else dict(env_kwargs, goal_split=split)
+            results[name] = evaluate(agent, make_env, args.env_id, args.eval_episodes, args.seed + 100_000, device, **eval_kwargs)
             for key in ("episodic_return", "success_rate"):
                 if results[name][key] is not None:
                     writer.add_scalar(f"eval/{name}_{key}", results[name][key], global_step)

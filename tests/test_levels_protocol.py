@@ -58,8 +58,8 @@ def test_protocol_defaults_and_goal_slots():
     assert ppo.clevr_protocol("rephrase") == (["train", "heldout", "rephrase"], None)
     assert ppo.clevr_protocol("train", "compose , rephrase") == (["compose", "rephrase"], 2)
     assert ppo.clevr_protocol("train+compose", "heldout") == (["heldout"], 2)
-    assert ppo.make_env("CLEVR-Robot-v0", 0, False, "x", "train")().observation_space.shape == (OBS_DIM,)
-    env = ppo.make_env("CLEVR-Robot-v0", 0, False, "x", "heldout", 2)()
+    assert ppo.make_env("CLEVR-Robot-v0", 0, False, "x", goal_split="train")().observation_space.shape == (OBS_DIM,)
+    env = ppo.make_env("CLEVR-Robot-v0", 0, False, "x", goal_split="heldout", goal_slots=2)()
     assert env.observation_space.shape == (TWO_SLOTS,) and env.reset(seed=0)[1]["level"] == "heldout"
 
 

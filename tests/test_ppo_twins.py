@@ -89,9 +89,10 @@ def test_missing_prior_error_is_the_same(a, b, tmp_path):
         with pytest.raises(FileNotFoundError) as exc:
             module.load_guidance_prior(args, envs=None)
         assert str(exc.value) == (
-            f"no prior at {args.prior_path!r} (env {env_id!r}, --llm 'tiny-random'). Make one with:\n"
-            f"    python finetune_prior.py --env-id {env_id} --llm tiny-random\n"
-            "or pass --prior-path DIR, or run vanilla PPO with --kl-coef 0."
+            f"no prior at --prior-path {args.prior_path!r}. Make one with:\n"
+            f"    python finetune_prior.py --env-id {env_id} --llm tiny-random --output-dir {args.prior_path}\n"
+            "or leave --prior-path out to use (and make, if missing) the default one, or run vanilla PPO with "
+            "--kl-coef 0."
         )
 
 
