@@ -167,8 +167,9 @@ class Args:
     """text encoding: decimals of the (normalised) state numbers"""
     pooling: Literal["auto", "last", "mean"] = "auto"
     """latent: hidden state at the last real token (decoders) or mean over real tokens (encoders); auto picks"""
-    std_floor: float = 0.05
-    """continuous actions: std = std_floor + softplus(raw), so the prior's std never collapses"""
+    std_floor: float = 0.3
+    """continuous actions: std = std_floor + softplus(raw), in action units (Meta-World's span [-1, 1]): the prior's
+    std never collapses, so the KL to an exploring policy stays moderate (benchmark/kl_calibration.py)"""
     lora_rank: int = 8
     """LoRA rank r"""
     lora_alpha: float = 16.0

@@ -38,9 +38,7 @@ SETTINGS = (
     ("reverse floor0.05 beta0.1", 0.05, "reverse", 0.1),
     ("forward floor0.05 beta0.1", 0.05, "forward", 0.1),
     ("reverse floor0.3 beta0.1", 0.3, "reverse", 0.1),
-    ("forward floor0.3 beta0.1", 0.3, "forward", 0.1),
-    ("forward floor0.3 beta1", 0.3, "forward", 1.0),
-)
+)  # also planned, dropped for CPU time: forward floor0.3 with beta 0.1 and 1
 PPO_ARGS = ("--total-timesteps", "30000", "--num-envs", "8", "--num-steps", "128", "--num-minibatches", "16",
             "--max-episode-steps", "200", "--eval-episodes", "20", "--save-model")  # fmt: skip
 
