@@ -50,7 +50,7 @@ def run_in_process(script, argv, cwd, monkeypatch):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        runpy.run_path(script, run_name="__main__")
+        return runpy.run_path(script, run_name="__main__")  # the script's globals after the run
     finally:
         torch.set_num_threads(threads)
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -86,6 +86,17 @@ def test_truncation_bootstraps_from_the_final_observation(ppo):
     np.testing.assert_array_equal(reward, [1.0, 1.0, 1.0])  # the env's reward array is not changed in place
     none = ppo.bootstrap_truncations(reward, np.array([False] * 3), np.array([False] * 3), None, value_of, 0.9)
     np.testing.assert_array_equal(none, reward)
+
+
+def test_the_script_bootstraps_its_truncations(tmp_path, monkeypatch):
+    """CLEVR-Robot pays 1 on success and 0 otherwise; with 3-step episodes most end by truncation, and the script must
+    add gamma * V(final obs) there: the last rollout's stored rewards then hold values other than 0 and 1."""
+    run = run_in_process(DISCRETE, ["--kl-coef", "0", "--max-episode-steps", "3", "--num-envs", "2", "--num-steps", "32",
+                                    "--total-timesteps", "64", "--eval-episodes", "0"], tmp_path, monkeypatch)  # fmt: skip
+    rewards = run["rewards"].flatten()
+    bootstrapped = (rewards != 0) & (rewards != 1)
+    assert bootstrapped.sum() >= 5, rewards
+    assert (rewards[bootstrapped].abs() < 2).all()  # gamma * V of a freshly initialised critic: small
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -28,6 +28,11 @@ TINY = ["--num-envs", "2", "--num-steps", "16", "--total-timesteps", "96", "--nu
         "--update-epochs", "2", "--eval-episodes", "2"]  # fmt: skip
 
 
+# the reproducibility run: 3 rollouts of 32 steps per env, 96 steps per env, past CLEVR-Robot's 50-step limit
+REPRO = ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "192", "--num-minibatches", "2",
+         "--update-epochs", "2", "--eval-episodes", "2"]  # fmt: skip
+
+
 def run_script(args, cwd, check=True):
     return script_runs.run_script(SCRIPT, args, cwd, check)
 
@@ -157,7 +162,7 @@ def test_lago_run_on_clevr_is_complete_and_reproducible(tiny_clevr_prior, tmp_pa
         cwd = tmp_path / name
         cwd.mkdir()
         proc = run_script(["--llm", "tiny-random", "--prior-path", tiny_clevr_prior, "--kl-coef", "0.5",
-                           "--kl-schedule", "adaptive", "--save-model", *TINY], cwd)  # fmt: skip
+                           "--kl-schedule", "adaptive", "--save-model", *REPRO], cwd)  # fmt: skip
         summary_lines = [line for line in proc.stdout.splitlines() if line.startswith("summary:")]
         assert len(summary_lines) == 1 and "eval train" in summary_lines[0] and "eval heldout" in summary_lines[0]
         rdir = script_runs.run_dir(cwd)
@@ -167,7 +172,8 @@ def test_lago_run_on_clevr_is_complete_and_reproducible(tiny_clevr_prior, tmp_pa
         assert not glob.glob(os.path.join(rdir, "*.tmp"))
 
     (result, model, logs), (result_b, model_b, logs_b) = results
-    assert result["global_step"] == 96 and result["prior_time_s"] > 0
+    assert result["global_step"] == 192 and result["prior_time_s"] > 0
+    assert 50.0 in logs["charts/episodic_length"]  # an episode reached the 50-step limit: truncations are in the run
     assert set(result["eval"]) == {"train", "heldout"}
     for split in ("train", "heldout"):
         assert result["eval"][split]["episodes"] == 2

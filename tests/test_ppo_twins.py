@@ -101,7 +101,7 @@ def test_prior_on_states_in_chunks_equals_one_call(tiny_clevr_prior, tiny_reach_
     batched call of the prior (7 states in chunks of 3: the last chunk is short)."""
     from finetune_prior import load_prior
 
-    for module, path, obs_dim in ((disc, tiny_clevr_prior, 10), (cont, tiny_reach_prior, 39)):
+    for module, path, obs_dim in ((disc, tiny_clevr_prior, 24), (cont, tiny_reach_prior, 39)):  # what the envs give
         prior = load_prior(path)
         torch.manual_seed(0)
         observations = torch.randn(7, obs_dim)
