@@ -59,11 +59,12 @@ def main():
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--eval-episodes", type=int, default=100, help="noise-free expert episodes per level")
     parser.add_argument("--results-dir", default=str(REPO / "benchmark" / "results" / "stage1_levels"))
+    parser.add_argument("--table-only", action="store_true", help="only write table.md from the finished runs")
     args = parser.parse_args()
     results = Path(args.results_dir).resolve()
     results.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
-    for seed in seeds:  # seed-major: every model of a seed shares its demos
+    for seed in [] if args.table_only else seeds:  # seed-major: every model of a seed shares its demos
         for llm in args.llms.split(","):
             run(results, llm, seed, args)
 
