@@ -24,7 +24,7 @@ import script_runs  # noqa: E402
 
 import lago_ppo_continuous as ppo  # noqa: E402
 from envs.metaworld import make_env  # noqa: E402
-from finetune_prior import load_prior  # noqa: E402
+from finetune_prior import file_sha256, load_prior  # noqa: E402
 from finetune_prior import main as finetune_main  # noqa: E402
 
 TWO_TASKS = "reach-v3,push-v3"
@@ -97,6 +97,9 @@ def test_guided_run_on_reach_pulls_policy_to_prior(tiny_reach_prior, tmp_path):
     heads = load_file(prior_path / "heads.safetensors")
     heads["head.bias"][:4] += torch.tensor([0.8, -0.8, 0.8, -0.8])  # the head outputs (mean, raw std)
     save_file(heads, prior_path / "heads.safetensors")
+    config = json.loads((prior_path / "prior_config.json").read_text())  # an edited prior needs its new checksum
+    config["file_sha256"]["heads.safetensors"] = file_sha256(str(prior_path / "heads.safetensors"))
+    (prior_path / "prior_config.json").write_text(json.dumps(config))
     proc = run_script(["--env-id", "reach-v3", "--prior-path", str(prior_path), "--llm", "tiny-random",
                        "--kl-coef", "10", "--reward-type", "sparse", "--total-timesteps", "192",
                        "--learning-rate", "3e-2", "--save-model", *TINY, "--update-epochs", "10"], tmp_path)  # fmt: skip
@@ -146,7 +149,7 @@ def test_guided_run_on_reach_pulls_policy_to_prior(tiny_reach_prior, tmp_path):
 
 def test_two_task_run_logs_success_per_task(two_task_prior, tmp_path):
     run_script(["--env-id", TWO_TASKS, "--prior-path", two_task_prior, "--llm", "tiny-random", "--kl-coef", "0.1",
-                "--kl-schedule", "adaptive", "--kl-target", "0.01", "--total-timesteps", "96", *TINY],
+                "--kl-schedule", "adaptive", "--kl-target", "1e-6", "--total-timesteps", "96", *TINY],
                tmp_path)  # fmt: skip
     directory = script_runs.run_dir(tmp_path)
     report = json.load(open(os.path.join(directory, "eval.json")))
@@ -201,9 +204,13 @@ def test_unknown_task_fails_clearly(monkeypatch, tmp_path):
 
 
 def test_missing_prior_prints_the_finetune_command(monkeypatch, tmp_path):
-    message = run_main(["--env-id", "push-v3", "--llm", "tiny-random", *TINY], monkeypatch, tmp_path)
-    assert "python finetune_prior.py --env-id push-v3 --llm tiny-random" in message
-    assert "priors/push-v3__tiny-random" in message
+    """An explicit --prior-path that does not exist is an error naming the command that makes it (a missing default
+    prior is made instead: tests/test_ppo_correctness.py)."""
+    nowhere = str(tmp_path / "nowhere")
+    message = run_main(["--env-id", "push-v3", "--llm", "tiny-random", "--prior-path", nowhere, *TINY], monkeypatch,
+                       tmp_path)  # fmt: skip
+    assert f"python finetune_prior.py --env-id push-v3 --llm tiny-random --output-dir {nowhere}" in message
+    assert not (tmp_path / "priors").exists()
 
 
 def test_prior_of_other_tasks_or_spaces_is_refused(
