@@ -3,13 +3,16 @@
 The state and the task instruction go into a pretrained LLM; a small head on its hidden state (the
 "latent") gives a Categorical over discrete actions (CLEVR-Robot) or a diagonal Gaussian with a floor
 on the std (Meta-World). LoRA adapters (peft) + a state projection + the head are trained with the
-NLL of expert actions; the base model stays frozen. The PPO scripts load the result with
+NLL of expert actions; the base model stays frozen. Load the result with
 
     from finetune_prior import load_prior, default_prior_path
     prior = load_prior(default_prior_path("CLEVR-Robot-v0", "all-MiniLM-L6-v2"))
     with torch.inference_mode():
-        logits = prior(obs, instructions)            # discrete: [B, 40]
-        mean, std = prior(obs, instructions)         # continuous: [B, 4] each
+        dist = prior.distribution(obs, instructions)  # p(a | s, instruction): Categorical, or Independent(Normal)
+        out = prior(obs, instructions)                # its parameters: logits [B, 40], or (mean, std) [B, 4] each
+
+The PPO scripts get theirs from `load_guidance_prior` (made first if missing, checked against the env), keep forward's
+outputs at the rollout states, and read the prior at any of them as `action_distribution(rows of out)`.
 
 Usage:
     python finetune_prior.py --env-id CLEVR-Robot-v0 --num-episodes 500 --eval-goal-split heldout
@@ -55,6 +58,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 from urllib.parse import urlparse
 
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -64,6 +68,7 @@ import transformers
 import tyro
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
+from torch.distributions import Categorical, Independent, Normal
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
@@ -665,7 +670,8 @@ class LatentActionPrior(nn.Module):
 
     def forward(self, observations, instructions):
         """observations [B, obs_dim] raw env observations; instructions list of B str.
-        Returns logits [B, n] (discrete) or (mean [B, d], std [B, d]) (continuous)."""
+        Returns the parameters of the action distribution (see `distribution`): logits [B, n] (discrete) or
+        (mean [B, d], std [B, d]) (continuous)."""
         obs = torch.as_tensor(observations, dtype=torch.float32, device=self.obs_mean.device)
         sd, B = self.config["state_dim"], len(obs)
         if obs.ndim != 2 or obs.shape[1] < sd or len(instructions) != B:
@@ -708,6 +714,20 @@ class LatentActionPrior(nn.Module):
             return out
         mean, raw_std = out.chunk(2, dim=-1)
         return mean, self.config["std_floor"] + F.softplus(raw_std)
+
+    def distribution(self, observations, instructions) -> torch.distributions.Distribution:
+        """p(a | state, instruction) at B states, a torch distribution of batch shape [B] (see action_distribution)."""
+        return action_distribution(self(observations, instructions))
+
+
+def action_distribution(out) -> torch.distributions.Distribution:
+    """The prior's action distribution from forward's output (at B states, or rows of it): logits [B, n] ->
+    Categorical over the n actions; (mean, std) [B, d] -> the diagonal Gaussian Independent(Normal(mean, std), 1), whose
+    log_prob, entropy and KL sum over the d action dimensions."""
+    if isinstance(out, torch.Tensor):
+        return Categorical(logits=out)
+    return Independent(Normal(*out), 1)
+
 
 def action_nll(out, actions: torch.Tensor) -> torch.Tensor:
     """Per-sample negative log-likelihood of `actions` under a prior output (logits, or (mean, std) summed over dims)."""
@@ -827,6 +847,79 @@ def load_prior(path: str, device="cpu", merge_lora: Optional[bool] = None) -> La
     if merge_lora:
         prior.llm = prior.llm.merge_and_unload()
     return prior.eval()
+
+
+def check_prior_fits(prior: LatentActionPrior, path: str, env_id: str, llm: str, action_space, observation_space):
+    """Raise PriorError unless the prior loaded from `path` can guide a PPO run on `env_id` whose vector env has these
+    (single) spaces: made for this env, the same action space, observations it can read. Each message ends with the
+    command that makes a matching prior (`llm`: the run's --llm)."""
+    config = prior.config
+    make_cmd = f"python finetune_prior.py --env-id {env_id} --llm {llm}"
+    space = config.get("action_space", {})
+    obs_dim = int(np.prod(observation_space.shape))
+    if isinstance(action_space, gym.spaces.Discrete):  # lago_ppo_discrete.py: CLEVR-Robot or another gymnasium env
+        if config.get("env_id") != env_id:
+            raise PriorError(
+                f"the prior at {path!r} was made for env {config.get('env_id')!r}, not --env-id {env_id!r}. "
+                f"Make one for this env with:\n    {make_cmd}"
+            )
+        n = action_space.n
+        if space.get("type") != "discrete" or space.get("n") != n:
+            raise PriorError(
+                f"the prior at {path!r} has action space {space}, but {env_id} has Discrete({n}). "
+                f"Make a matching one with:\n    {make_cmd}"
+            )
+        # the prior reads only the first state_dim dims of an observation (CLEVR-Robot: the 10 coordinates; the goal
+        # goes in as text), so a prior fine-tuned with one goal slot (24 dims) also guides goal_slots=2 envs (38)
+        state_dim = config.get("state_dim")
+        if not isinstance(state_dim, int) or obs_dim < state_dim:
+            raise PriorError(
+                f"the prior at {path!r} reads the first {state_dim} dims of each observation, but {env_id} gives "
+                f"observations of size {obs_dim}. Make a matching one with:\n    {make_cmd}"
+            )
+        return
+    # lago_ppo_continuous.py, Meta-World: a multi-task prior guides any of its tasks (one made for MT10 serves reach-v3)
+    from envs.metaworld import resolve_tasks
+
+    missing = [task for task in resolve_tasks(env_id) if task not in (config.get("tasks") or [])]
+    if missing:
+        raise PriorError(
+            f"the prior at {path!r} was made for env {config.get('env_id')!r}, which lacks {', '.join(missing)} of "
+            f"--env-id {env_id!r}. Make one for this env with:\n    {make_cmd}"
+        )
+    d = int(np.prod(action_space.shape))
+    if space.get("type") != "continuous" or space.get("dim") != d:
+        raise PriorError(
+            f"the prior at {path!r} has action space {space}, but {env_id} has Box({d},). "
+            f"Make a matching one with:\n    {make_cmd}"
+        )
+    if config.get("obs_dim") != obs_dim:
+        raise PriorError(
+            f"the prior at {path!r} reads observations of size {config.get('obs_dim')}, but {env_id} gives {obs_dim}. "
+            f"Make a matching one with:\n    {make_cmd}"
+        )
+
+
+def load_guidance_prior(env_id: str, llm: str, prior_path: Optional[str], envs, device="cpu", cuda: bool = True):
+    """The prior of a PPO run (lago_ppo_*.py --env-id, --llm, --prior-path) on the vector env `envs`, checked against
+    its spaces (check_prior_fits): the one at `prior_path`, or the default one of (env_id, llm), made first if missing
+    (stage 1 with its defaults, as the printed command would). Returns (prior, path). Raises FileNotFoundError for a missing `prior_path`, PriorError
+    for a prior that cannot be made, loaded or used on this env."""
+    path = prior_path or default_prior_path(env_id, llm)
+    make_cmd = f"python finetune_prior.py --env-id {env_id} --llm {llm}"
+    if prior_path and not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"no prior at --prior-path {path!r}. Make one with:\n    {make_cmd} --output-dir {path}\n"
+            "or leave --prior-path out to use (and make, if missing) the default one, or run vanilla PPO with --kl-coef 0."
+        )
+    if not os.path.isdir(path):
+        print(f"no prior at {path!r} yet: making it first (stage 1), as `{make_cmd}` does; later runs reuse it")
+        train(Args(env_id=env_id, llm=llm, cuda=cuda))
+    prior = load_prior(path, device=device)
+    check_prior_fits(prior, path, env_id, llm, envs.single_action_space, envs.single_observation_space)
+    if prior_path and prior.config.get("llm") != llm:
+        print(f"note: the prior at {path!r} was made with --llm {prior.config.get('llm')!r}; --llm {llm!r} is ignored")
+    return prior, path
 
 
 # ----------------------------------------------------------------------------------------------------------

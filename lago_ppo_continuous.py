@@ -203,11 +203,6 @@ def normalize_obs(obs_rms, obs):
     return np.clip((obs - obs_rms.mean) / np.sqrt(obs_rms.var + 1e-8), -10, 10)
 
 
-def prior_dist(prior_mean, prior_std):
-    """The prior's action distribution from its stored output (mean and std [..., d]): a diagonal Gaussian."""
-    return Independent(Normal(prior_mean, prior_std), 1)
-
-
 def prior_kl(policy_dist, prior_dist, direction="reverse"):
     """Exact KL between the policy and the prior at each state: reverse KL(pi || prior) or forward KL(prior || pi)."""
     if direction == "reverse":
@@ -286,55 +281,6 @@ def write_atomically(path, write):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def load_guidance_prior(args, envs, device="cpu"):
-    """The prior for this run, checked against the env; clear errors for a missing or mismatched prior. Without
-    --prior-path, a missing default prior is made first: stage 1 with its defaults, as `make_cmd` would."""
-    import finetune_prior  # LaGO: imported only when guidance is on
-    from finetune_prior import PriorError, default_prior_path, load_prior
-
-    path = args.prior_path or default_prior_path(args.env_id, args.llm)
-    make_cmd = f"python finetune_prior.py --env-id {args.env_id} --llm {args.llm}"
-    if args.prior_path and not os.path.isdir(path):
-        raise FileNotFoundError(
-            f"no prior at --prior-path {path!r}. Make one with:\n    {make_cmd} --output-dir {path}\n"
-            f"or leave --prior-path out to use (and make, if missing) the default one, or run vanilla PPO with --kl-coef 0."
-        )
-    if not os.path.isdir(path):
-        print(f"no prior at {path!r} yet: making it first (stage 1), as `{make_cmd}` does; later runs reuse it")
-        try:
-            finetune_prior.train(finetune_prior.Args(env_id=args.env_id, llm=args.llm, cuda=args.cuda))
-        except PriorError as e:
-            raise ValueError(str(e)) from None
-    try:
-        prior = load_prior(path, device=device)
-    except PriorError as e:
-        raise ValueError(str(e)) from None
-    config = prior.config
-    # a multi-task prior guides any of its tasks: e.g. one made for MT10 serves a reach-v3 run
-    missing = [task for task in resolve_tasks(args.env_id) if task not in (config.get("tasks") or [])]
-    if missing:
-        raise ValueError(
-            f"the prior at {path!r} was made for env {config.get('env_id')!r}, which lacks {', '.join(missing)} of "
-            f"--env-id {args.env_id!r}. Make one for this env with:\n    {make_cmd}"
-        )
-    space = config.get("action_space", {})
-    d = int(np.prod(envs.single_action_space.shape))
-    if space.get("type") != "continuous" or space.get("dim") != d:
-        raise ValueError(
-            f"the prior at {path!r} has action space {space}, but {args.env_id} has Box({d},). "
-            f"Make a matching one with:\n    {make_cmd}"
-        )
-    obs_dim = int(np.prod(envs.single_observation_space.shape))
-    if config.get("obs_dim") != obs_dim:
-        raise ValueError(
-            f"the prior at {path!r} reads observations of size {config.get('obs_dim')}, but {args.env_id} gives {obs_dim}. "
-            f"Make a matching one with:\n    {make_cmd}"
-        )
-    if args.prior_path and config.get("llm") != args.llm:
-        print(f"note: the prior at {path!r} was made with --llm {config.get('llm')!r}; --llm {args.llm!r} is ignored")
-    return prior, path
 
 
 def evaluate(agent, make_env, env_id, eval_episodes, seed, device, obs_rms, max_episode_steps, reward_type):
@@ -451,12 +397,12 @@ if __name__ == "__main__":
     use_prior = args.kl_coef > 0
     prior = None
     if use_prior:
-        from finetune_prior import preserved_random_state
+        from finetune_prior import PriorError, action_distribution, load_guidance_prior, preserved_random_state
 
         try:  # LaGO: loading (or making) the prior draws nothing from this run's random streams: seeds stay paired
             with preserved_random_state():
-                prior, prior_path = load_guidance_prior(args, envs, device)
-        except (FileNotFoundError, ValueError) as e:
+                prior, prior_path = load_guidance_prior(args.env_id, args.llm, args.prior_path, envs, device, args.cuda)
+        except (FileNotFoundError, PriorError) as e:
             raise SystemExit(f"error: {e}")
         print(f"LaGO prior: {prior_path} (llm {prior.config.get('llm')}), kl_coef={args.kl_coef} {args.kl_schedule}")
 
@@ -564,7 +510,8 @@ if __name__ == "__main__":
             prior_time += time.time() - prior_start
             with torch.no_grad():  # LaGO: the KL of the policy that collected the rollout (drives the adaptive beta)
                 rollout_dist = agent.get_action_and_value(b_obs, b_actions)[4]
-                rollout_kl = prior_kl(rollout_dist, prior_dist(b_prior_means, b_prior_stds), args.kl_direction).mean().item()
+                b_prior = action_distribution((b_prior_means, b_prior_stds))
+                rollout_kl = prior_kl(rollout_dist, b_prior, args.kl_direction).mean().item()
 
         # Optimizing the policy and value network
         b_inds = np.arange(args.batch_size)
@@ -616,7 +563,7 @@ if __name__ == "__main__":
                 loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
                 # LaGO: pull the policy toward the prior, closed-form KL of diagonal Gaussians at the rollout states
                 if use_prior:
-                    mb_prior = prior_dist(b_prior_means[mb_inds], b_prior_stds[mb_inds])
+                    mb_prior = action_distribution((b_prior_means[mb_inds], b_prior_stds[mb_inds]))
                     kl_loss = prior_kl(newdist, mb_prior, args.kl_direction).mean()
                     loss = loss + kl_coef * kl_loss
                     prior_kls.append(kl_loss.item())

@@ -216,11 +216,6 @@ class Agent(nn.Module):
         return action, probs.log_prob(action), probs.entropy(), self.critic(x), probs
 
 
-def prior_dist(prior_out):
-    """The prior's action distribution from its stored output (logits [..., n])."""
-    return Categorical(logits=prior_out)
-
-
 def prior_kl(policy_dist, prior_dist, direction="reverse"):
     """Exact KL between the policy and the prior at each state: reverse KL(pi || prior) or forward KL(prior || pi)."""
     if direction == "reverse":
@@ -299,56 +294,6 @@ def write_atomically(path, write):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-
-
-def load_guidance_prior(args, envs, device="cpu"):
-    """The prior for this run, checked against the env; clear errors for a missing or mismatched prior. Without
-    --prior-path, a missing default prior is made first: stage 1 with its defaults, as `make_cmd` would."""
-    import finetune_prior  # LaGO: imported only when guidance is on
-    from finetune_prior import PriorError, default_prior_path, load_prior
-
-    path = args.prior_path or default_prior_path(args.env_id, args.llm)
-    make_cmd = f"python finetune_prior.py --env-id {args.env_id} --llm {args.llm}"
-    if args.prior_path and not os.path.isdir(path):
-        raise FileNotFoundError(
-            f"no prior at --prior-path {path!r}. Make one with:\n    {make_cmd} --output-dir {path}\n"
-            f"or leave --prior-path out to use (and make, if missing) the default one, or run vanilla PPO with --kl-coef 0."
-        )
-    if not os.path.isdir(path):
-        print(f"no prior at {path!r} yet: making it first (stage 1), as `{make_cmd}` does; later runs reuse it")
-        try:
-            finetune_prior.train(finetune_prior.Args(env_id=args.env_id, llm=args.llm, cuda=args.cuda))
-        except PriorError as e:
-            raise ValueError(str(e)) from None
-    try:
-        prior = load_prior(path, device=device)
-    except PriorError as e:
-        raise ValueError(str(e)) from None
-    config = prior.config
-    if config.get("env_id") != args.env_id:
-        raise ValueError(
-            f"the prior at {path!r} was made for env {config.get('env_id')!r}, not --env-id {args.env_id!r}. "
-            f"Make one for this env with:\n    {make_cmd}"
-        )
-    space = config.get("action_space", {})
-    n = envs.single_action_space.n
-    if space.get("type") != "discrete" or space.get("n") != n:
-        raise ValueError(
-            f"the prior at {path!r} has action space {space}, but {args.env_id} has Discrete({n}). "
-            f"Make a matching one with:\n    {make_cmd}"
-        )
-    # LaGO: the prior reads only the first state_dim dims of an observation (CLEVR-Robot: the 10 coordinates; the
-    # goal goes in as text), so a prior fine-tuned with one goal slot (24 dims) also guides goal_slots=2 envs (38)
-    obs_dim = int(np.prod(envs.single_observation_space.shape))
-    state_dim = config.get("state_dim")
-    if not isinstance(state_dim, int) or obs_dim < state_dim:
-        raise ValueError(
-            f"the prior at {path!r} reads the first {state_dim} dims of each observation, but {args.env_id} gives "
-            f"observations of size {obs_dim}. Make a matching one with:\n    {make_cmd}"
-        )
-    if args.prior_path and config.get("llm") != args.llm:
-        print(f"note: the prior at {path!r} was made with --llm {config.get('llm')!r}; --llm {args.llm!r} is ignored")
-    return prior, path
 
 
 def evaluate(agent, make_env, env_id, eval_episodes, seed, device, **env_kwargs):
@@ -478,12 +423,12 @@ if __name__ == "__main__":
     use_prior = args.kl_coef > 0
     prior = None
     if use_prior:
-        from finetune_prior import preserved_random_state
+        from finetune_prior import PriorError, action_distribution, load_guidance_prior, preserved_random_state
 
         try:  # LaGO: loading (or making) the prior draws nothing from this run's random streams: seeds stay paired
             with preserved_random_state():
-                prior, prior_path = load_guidance_prior(args, envs, device)
-        except (FileNotFoundError, ValueError) as e:
+                prior, prior_path = load_guidance_prior(args.env_id, args.llm, args.prior_path, envs, device, args.cuda)
+        except (FileNotFoundError, PriorError) as e:
             raise SystemExit(f"error: {e}")
         print(f"LaGO prior: {prior_path} (llm {prior.config.get('llm')}), kl_coef={args.kl_coef} {args.kl_schedule}")
 
@@ -583,7 +528,7 @@ if __name__ == "__main__":
             prior_time += time.time() - prior_start
             with torch.no_grad():  # LaGO: the KL of the policy that collected the rollout (drives the adaptive beta)
                 rollout_dist = agent.get_action_and_value(b_obs, b_actions.long())[4]
-                rollout_kl = prior_kl(rollout_dist, prior_dist(b_prior_logits), args.kl_direction).mean().item()
+                rollout_kl = prior_kl(rollout_dist, action_distribution(b_prior_logits), args.kl_direction).mean().item()
 
         # Optimizing the policy and value network
         b_inds = np.arange(args.batch_size)
@@ -635,7 +580,7 @@ if __name__ == "__main__":
                 loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
                 # LaGO: pull the policy toward the prior, exact KL over the actions at the rollout states
                 if use_prior:
-                    kl_loss = prior_kl(newdist, prior_dist(b_prior_logits[mb_inds]), args.kl_direction).mean()
+                    kl_loss = prior_kl(newdist, action_distribution(b_prior_logits[mb_inds]), args.kl_direction).mean()
                     loss = loss + kl_coef * kl_loss
                     prior_kls.append(kl_loss.item())
 
