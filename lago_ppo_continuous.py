@@ -74,7 +74,8 @@ class Args:
     save_model: bool = False
     """whether to save model (agent + observation normalisation statistics) into the `runs/{run_name}` folder"""
     async_envs: bool = False
-    """if toggled, the envs step in parallel subprocesses (gymnasium's AsyncVectorEnv): faster with many envs and cores"""
+    """if toggled, the envs step in parallel subprocesses (gymnasium's AsyncVectorEnv): faster with many envs and
+    cores"""
 
     # Algorithm specific arguments
     env_id: str = "reach-v3"
@@ -124,7 +125,8 @@ class Args:
     kl_coef: float = 0.1
     """beta, the weight of the KL to the prior in the loss (0 = vanilla PPO: no language model is loaded)"""
     kl_schedule: Literal["constant", "linear", "adaptive"] = "constant"
-    """beta over training: constant; linear (decays from --kl-coef to 0); adaptive (starts at --kl-coef, steers the KL toward --kl-target)"""
+    """beta over training: constant; linear (decays from --kl-coef to 0); adaptive (starts at --kl-coef, steers the KL
+    toward --kl-target)"""
     kl_target: float = 1.0
     """the KL (nats per state, summed over action dimensions) that the adaptive schedule holds"""
     kl_direction: Literal["reverse", "forward"] = "reverse"
@@ -216,8 +218,10 @@ def prior_on_states(prior, observations, instructions, batch_size):
     """The prior's mean and std [N, action_dim] at N states (raw observations [N, obs_dim], N instructions), batch_size
     at a time, in inference mode (torch.cat outside it returns ordinary tensors that the loss can use)."""
     with torch.inference_mode():
-        chunks = [prior(observations[i : i + batch_size], instructions[i : i + batch_size])
-                  for i in range(0, len(instructions), batch_size)]  # fmt: skip
+        chunks = [
+            prior(observations[i : i + batch_size], instructions[i : i + batch_size])
+            for i in range(0, len(instructions), batch_size)
+        ]
     return torch.cat([mean for mean, _ in chunks]).float(), torch.cat([std for _, std in chunks]).float()
 
 
@@ -411,7 +415,8 @@ if __name__ == "__main__":
 
     def value_of(observations):  # V of raw observations [k, obs_dim], for the truncation bootstrap
         with torch.no_grad():
-            return agent.get_value(torch.Tensor(normalize_obs(obs_rms, observations)).to(device)).flatten().cpu().numpy()
+            x = torch.Tensor(normalize_obs(obs_rms, observations)).to(device)
+            return agent.get_value(x).flatten().cpu().numpy()
 
     # ALGO Logic: Storage setup
     obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape).to(device)
@@ -469,7 +474,9 @@ if __name__ == "__main__":
             next_raw_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
             next_done = np.logical_or(terminations, truncations)
             # gymnasium 1.x: a time-limit truncation bootstraps from the real final observation
-            reward = bootstrap_truncations(reward, terminations, truncations, infos.get("final_obs"), value_of, args.gamma)
+            reward = bootstrap_truncations(
+                reward, terminations, truncations, infos.get("final_obs"), value_of, args.gamma
+            )
             rewards[step] = torch.tensor(reward).to(device).view(-1)
             obs_rms.update(next_raw_obs)
             next_obs = torch.Tensor(normalize_obs(obs_rms, next_raw_obs)).to(device)
@@ -610,7 +617,8 @@ if __name__ == "__main__":
         sps = int(global_step / elapsed)
         writer.add_scalar("charts/SPS", sps, global_step)
         eta = elapsed / iteration * (args.num_iterations - iteration)
-        progress = f"global_step={global_step}/{args.num_iterations * args.batch_size} SPS={sps} elapsed={hms(elapsed)} eta={hms(eta)}"
+        progress = f"global_step={global_step}/{args.num_iterations * args.batch_size} SPS={sps}"
+        progress += f" elapsed={hms(elapsed)} eta={hms(eta)}"
         if recent_returns:
             progress += f" return(last {len(recent_returns)})={np.mean(recent_returns):.2f}"
         if recent_successes:
@@ -624,7 +632,8 @@ if __name__ == "__main__":
         model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
         # the observation statistics are part of the policy: saved with it, as tensors (torch.load needs no pickle)
         obs_rms_state = {"mean": torch.tensor(obs_rms.mean), "var": torch.tensor(obs_rms.var), "count": obs_rms.count}
-        write_atomically(model_path, lambda tmp: torch.save({"agent": agent.state_dict(), "obs_rms": obs_rms_state}, tmp))
+        checkpoint = {"agent": agent.state_dict(), "obs_rms": obs_rms_state}
+        write_atomically(model_path, lambda tmp: torch.save(checkpoint, tmp))
         print(f"model saved to {model_path}")
 
     # LaGO: final evaluation on each task, then one summary line
@@ -634,8 +643,15 @@ if __name__ == "__main__":
         for i, task in enumerate(tasks):
             name = task
             results[name] = evaluate(
-                agent, make_env, task, args.eval_episodes, args.seed + 100_000 + i, device, obs_rms,
-                args.max_episode_steps, args.reward_type,
+                agent,
+                make_env,
+                task,
+                args.eval_episodes,
+                args.seed + 100_000 + i,
+                device,
+                obs_rms,
+                args.max_episode_steps,
+                args.reward_type,
             )
             for key in ("episodic_return", "success_rate"):
                 if results[name][key] is not None:

@@ -64,7 +64,8 @@ class Args:
     save_model: bool = False
     """whether to save model into the `runs/{run_name}` folder"""
     async_envs: bool = False
-    """if toggled, the envs step in parallel subprocesses (gymnasium's AsyncVectorEnv): faster with many envs and cores"""
+    """if toggled, the envs step in parallel subprocesses (gymnasium's AsyncVectorEnv): faster with many envs and
+    cores"""
 
     # Algorithm specific arguments
     env_id: str = "CLEVR-Robot-v0"
@@ -119,7 +120,8 @@ class Args:
     kl_coef: float = 1.0
     """beta, the weight of the KL to the prior in the loss (0 = vanilla PPO: no language model is loaded)"""
     kl_schedule: Literal["constant", "linear", "adaptive"] = "constant"
-    """beta over training: constant; linear (decays from --kl-coef to 0); adaptive (starts at --kl-coef, steers the KL toward --kl-target)"""
+    """beta over training: constant; linear (decays from --kl-coef to 0); adaptive (starts at --kl-coef, steers the KL
+    toward --kl-target)"""
     kl_target: float = 0.1
     """the KL (nats per state) that the adaptive schedule holds"""
     kl_direction: Literal["reverse", "forward"] = "reverse"
@@ -229,8 +231,10 @@ def prior_on_states(prior, observations, instructions, batch_size):
     """The prior's logits [N, n] at N states (raw observations [N, obs_dim], N instructions), batch_size
     at a time, in inference mode (torch.cat outside it returns ordinary tensors that the loss can use)."""
     with torch.inference_mode():
-        chunks = [prior(observations[i : i + batch_size], instructions[i : i + batch_size])
-                  for i in range(0, len(instructions), batch_size)]  # fmt: skip
+        chunks = [
+            prior(observations[i : i + batch_size], instructions[i : i + batch_size])
+            for i in range(0, len(instructions), batch_size)
+        ]
     return torch.cat(chunks).float()
 
 
@@ -328,7 +332,9 @@ if __name__ == "__main__":
         try:
             import moviepy  # noqa: F401  (gymnasium's RecordVideo writes the videos with it)
         except ImportError:
-            raise SystemExit("error: --capture-video needs moviepy, which requirements.txt leaves out: pip install moviepy")
+            raise SystemExit(
+                "error: --capture-video needs moviepy, which requirements.txt leaves out: pip install moviepy"
+            )
     args.batch_size = int(args.num_envs * args.num_steps)
     args.minibatch_size = int(args.batch_size // args.num_minibatches)
     args.num_iterations = args.total_timesteps // args.batch_size
@@ -352,7 +358,8 @@ if __name__ == "__main__":
     if args.env_id not in gym.registry:
         close = difflib.get_close_matches(args.env_id, list(gym.registry), n=3)
         raise SystemExit(
-            f"error: unknown --env-id {args.env_id!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+            f"error: unknown --env-id {args.env_id!r}"
+            + (f"; did you mean {', '.join(close)}?" if close else "")
             + ". This script runs registered gymnasium envs with Discrete actions (default CLEVR-Robot-v0); "
             "Meta-World tasks go to lago_ppo_continuous.py"
         )
@@ -365,7 +372,9 @@ if __name__ == "__main__":
         except ValueError as e:
             raise SystemExit(f"error: {e}")
     elif protocol:
-        raise SystemExit(f"error: --goal-split / --eval-levels are CLEVR-Robot's instruction levels; {args.env_id} has none")
+        raise SystemExit(
+            f"error: --goal-split / --eval-levels are CLEVR-Robot's instruction levels; {args.env_id} has none"
+        )
     else:
         eval_splits, goal_slots = [None], None
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -402,8 +411,9 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     # env setup
-    # LaGO: CLEVR-Robot trains on --goal-split (default the "train" goals) and is evaluated on each of eval_splits (default
-    # "train" and "heldout"), every env with the same goal_slots (same observation size); other envs have one split
+    # LaGO: CLEVR-Robot trains on --goal-split (default the "train" goals) and is evaluated on each of eval_splits
+    # (default "train" and "heldout"), every env with the same goal_slots (same observation size); other envs have one
+    # split
     env_kwargs = {} if args.max_episode_steps is None else {"max_episode_steps": args.max_episode_steps}
     if goal_slots is not None:
         env_kwargs["goal_slots"] = goal_slots
@@ -491,7 +501,9 @@ if __name__ == "__main__":
             next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
             next_done = np.logical_or(terminations, truncations)
             # gymnasium 1.x: a time-limit truncation bootstraps from the real final observation
-            reward = bootstrap_truncations(reward, terminations, truncations, infos.get("final_obs"), value_of, args.gamma)
+            reward = bootstrap_truncations(
+                reward, terminations, truncations, infos.get("final_obs"), value_of, args.gamma
+            )
             rewards[step] = torch.tensor(reward).to(device).view(-1)
             next_obs, next_done = torch.Tensor(next_obs).to(device), torch.Tensor(next_done).to(device)
 
@@ -528,7 +540,8 @@ if __name__ == "__main__":
             prior_time += time.time() - prior_start
             with torch.no_grad():  # LaGO: the KL of the policy that collected the rollout (drives the adaptive beta)
                 rollout_dist = agent.get_action_and_value(b_obs, b_actions.long())[4]
-                rollout_kl = prior_kl(rollout_dist, action_distribution(b_prior_logits), args.kl_direction).mean().item()
+                b_prior = action_distribution(b_prior_logits)
+                rollout_kl = prior_kl(rollout_dist, b_prior, args.kl_direction).mean().item()
 
         # Optimizing the policy and value network
         b_inds = np.arange(args.batch_size)
@@ -621,7 +634,8 @@ if __name__ == "__main__":
         sps = int(global_step / elapsed)
         writer.add_scalar("charts/SPS", sps, global_step)
         eta = elapsed / iteration * (args.num_iterations - iteration)
-        progress = f"global_step={global_step}/{args.num_iterations * args.batch_size} SPS={sps} elapsed={hms(elapsed)} eta={hms(eta)}"
+        progress = f"global_step={global_step}/{args.num_iterations * args.batch_size} SPS={sps}"
+        progress += f" elapsed={hms(elapsed)} eta={hms(eta)}"
         if recent_returns:
             progress += f" return(last {len(recent_returns)})={np.mean(recent_returns):.2f}"
         if recent_successes:
@@ -644,7 +658,9 @@ if __name__ == "__main__":
         for split in eval_splits:
             name = split or "eval"
             eval_kwargs = env_kwargs if split is None else dict(env_kwargs, goal_split=split)
-            results[name] = evaluate(agent, make_env, args.env_id, args.eval_episodes, args.seed + 100_000, device, **eval_kwargs)
+            results[name] = evaluate(
+                agent, make_env, args.env_id, args.eval_episodes, args.seed + 100_000, device, **eval_kwargs
+            )
             for key in ("episodic_return", "success_rate"):
                 if results[name][key] is not None:
                     writer.add_scalar(f"eval/{name}_{key}", results[name][key], global_step)
