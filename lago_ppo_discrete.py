@@ -16,19 +16,25 @@ Episode ends: the vector env autoresets in the same step (gymnasium's AutoresetM
 the return there (no bootstrap). A truncation (time limit) is not a failure: the value of the episode's
 real final observation (`infos["final_obs"]`) is added to the last reward, `r + gamma * V(s_final)`, and
 GAE then stops at the episode boundary as usual. CleanRL treats truncation like termination instead.
+
+Read against CleanRL's ppo.py: `grep -n "# LaGO"` lists LaGO's method (a tag on a line covers that line; on a comment
+or a def, the block under it); every other departure names its reason: `# gymnasium 1.x:`, `# tyro 1.x:`,
+`# truncation:` (the bootstrap above), `# CLEVR-Robot:` (its instruction levels and success), `# errors:` (one-line
+messages instead of tracebacks), `# Ctrl-C:`, `# report:` (progress line, success rate, final evaluation, eval.json,
+summary), `# speed:` (--async-envs), `# tests:` (a loop of CleanRL's as a function the tests call).
 """
 
-import datetime
-import difflib
-import json
+import datetime  # report: elapsed and eta
+import difflib  # errors: "did you mean"
+import json  # report: eval.json
 import os
 import random
-import signal
-import sys
+import signal  # Ctrl-C
+import sys  # Ctrl-C
 import time
-from collections import deque
+from collections import deque  # report: the last 100 episodes
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional  # tyro 1.x: Optional[str] = None, not str = None; Literal: LaGO's choices
 
 import gymnasium as gym
 import numpy as np
@@ -36,11 +42,11 @@ import torch
 import torch.nn as nn
 import torch.optim as optim
 import tyro
-from torch.distributions import kl_divergence
+from torch.distributions import kl_divergence  # LaGO
 from torch.distributions.categorical import Categorical
 from torch.utils.tensorboard import SummaryWriter
 
-import envs as _lago_envs  # noqa: F401  (registers CLEVR-Robot-v0 with gymnasium)
+import envs as _lago_envs  # noqa: F401  CLEVR-Robot: registers CLEVR-Robot-v0 with gymnasium
 
 
 @dataclass
@@ -57,26 +63,26 @@ class Args:
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "cleanRL"
     """the wandb's project name"""
-    wandb_entity: Optional[str] = None
+    wandb_entity: Optional[str] = None  # tyro 1.x
     """the entity (team) of wandb's project"""
     capture_video: bool = False
     """whether to capture videos of the agent performances (check out `videos` folder)"""
-    save_model: bool = False
+    save_model: bool = False  # report: as in CleanRL's ppo_continuous_action.py
     """whether to save model into the `runs/{run_name}` folder"""
-    async_envs: bool = False
-    """if toggled, the envs step in parallel subprocesses (gymnasium's AsyncVectorEnv): faster with many envs and cores"""
+    async_envs: bool = False  # speed
+    """if toggled, envs step in parallel subprocesses (gymnasium's AsyncVectorEnv): faster with many envs and cores"""
 
     # Algorithm specific arguments
-    env_id: str = "CLEVR-Robot-v0"
+    env_id: str = "CLEVR-Robot-v0"  # CLEVR-Robot
     """the id of the environment (any gymnasium env with a Discrete action space)"""
-    goal_split: str = "train"
+    goal_split: str = "train"  # CLEVR-Robot
     """CLEVR-Robot goals of training: a level (train, heldout, all, rephrase, compose) or a '+' mixture of levels, e.g.
     train+rephrase+heldout+compose (each episode draws its level uniformly)"""
-    eval_levels: Optional[str] = None
+    eval_levels: Optional[str] = None  # CLEVR-Robot
     """CLEVR-Robot: comma list of levels evaluated separately at the end (--eval-episodes each), e.g.
     train,heldout,rephrase,compose; None: train,heldout, then the other levels of --goal-split. With this flag or a
     --goal-split other than train, the mean success over the levels is reported too (eval.json: eval_mean_success)"""
-    max_episode_steps: Optional[int] = None
+    max_episode_steps: Optional[int] = None  # CLEVR-Robot: episode length (gym.make's max_episode_steps)
     """episode length before truncation (None: the env's own, 50 on CLEVR-Robot)"""
     total_timesteps: int = 500000
     """total timesteps of the experiments"""
@@ -108,10 +114,10 @@ class Args:
     """coefficient of the value function"""
     max_grad_norm: float = 0.5
     """the maximum norm for the gradient clipping"""
-    target_kl: Optional[float] = None
+    target_kl: Optional[float] = None  # tyro 1.x
     """the target KL divergence threshold"""
 
-    # LaGO guidance
+    # LaGO: guidance
     llm: str = "all-MiniLM-L6-v2"
     """language model of the prior (finetune_prior.py's --llm): picks the default --prior-path"""
     prior_path: Optional[str] = None
@@ -119,14 +125,15 @@ class Args:
     kl_coef: float = 1.0
     """beta, the weight of the KL to the prior in the loss (0 = vanilla PPO: no language model is loaded)"""
     kl_schedule: Literal["constant", "linear", "adaptive"] = "constant"
-    """beta over training: constant; linear (decays from --kl-coef to 0); adaptive (starts at --kl-coef, steers the KL toward --kl-target)"""
+    """beta over training: constant; linear (decays from --kl-coef to 0);
+    adaptive (starts at --kl-coef, steers the KL toward --kl-target)"""
     kl_target: float = 0.1
     """the KL (nats per state) that the adaptive schedule holds"""
     kl_direction: Literal["reverse", "forward"] = "reverse"
     """reverse: KL(pi || prior), mode-seeking; forward: KL(prior || pi), covers every action the prior likes"""
     prior_batch_size: int = 256
     """states per prior forward pass when the rollout's states are evaluated (lower it if GPU memory runs out)"""
-    eval_episodes: int = 100
+    eval_episodes: int = 100  # report
     """episodes of the final evaluation on each goal split (0 = no evaluation); written to runs/{run_name}/eval.json"""
 
     # to be filled in runtime
@@ -140,8 +147,8 @@ class Args:
 
 def make_env(env_id, idx, capture_video, run_name, **env_kwargs):
     def thunk():
-        # env_kwargs go to gym.make: max_episode_steps; LaGO: CLEVR-Robot's goal_split (a level or a '+' mixture of
-        # levels: "train" for learning, the others test generalisation) and goal_slots (2: room for two-relation goals)
+        # CLEVR-Robot: env_kwargs go to gym.make: max_episode_steps, goal_split (a level or a '+' mixture of levels:
+        # "train" for learning, the others test generalisation) and goal_slots (2: room for two-relation goals)
         if capture_video and idx == 0:
             env = gym.make(env_id, render_mode="rgb_array", **env_kwargs)
             env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
@@ -153,8 +160,9 @@ def make_env(env_id, idx, capture_video, run_name, **env_kwargs):
     return thunk
 
 
+# CLEVR-Robot
 def clevr_protocol(goal_split, eval_levels=None):
-    """LaGO: CLEVR-Robot's instruction levels of a run: (levels evaluated, goal_slots of every env: 2 if a training or
+    """CLEVR-Robot's instruction levels of a run: (levels evaluated, goal_slots of every env: 2 if a training or
     evaluated level is "compose", else None, the env's default). Raises ValueError saying what is accepted."""
     from envs.clevr_robot import SPLIT_NAMES, parse_goal_split
 
@@ -216,11 +224,7 @@ class Agent(nn.Module):
         return action, probs.log_prob(action), probs.entropy(), self.critic(x), probs
 
 
-def prior_dist(prior_out):
-    """The prior's action distribution from its stored output (logits [..., n])."""
-    return Categorical(logits=prior_out)
-
-
+# LaGO
 def prior_kl(policy_dist, prior_dist, direction="reverse"):
     """Exact KL between the policy and the prior at each state: reverse KL(pi || prior) or forward KL(prior || pi)."""
     if direction == "reverse":
@@ -230,15 +234,19 @@ def prior_kl(policy_dist, prior_dist, direction="reverse"):
     raise ValueError(f"kl direction must be 'reverse' or 'forward', got {direction!r}")
 
 
+# LaGO
 def prior_on_states(prior, observations, instructions, batch_size):
     """The prior's logits [N, n] at N states (raw observations [N, obs_dim], N instructions), batch_size
     at a time, in inference mode (torch.cat outside it returns ordinary tensors that the loss can use)."""
     with torch.inference_mode():
-        chunks = [prior(observations[i : i + batch_size], instructions[i : i + batch_size])
-                  for i in range(0, len(instructions), batch_size)]  # fmt: skip
+        chunks = [
+            prior(observations[i : i + batch_size], instructions[i : i + batch_size])
+            for i in range(0, len(instructions), batch_size)
+        ]
     return torch.cat(chunks).float()
 
 
+# LaGO
 def kl_coef_schedule(schedule, kl_coef, iteration, num_iterations):
     """beta of the fixed schedules at `iteration` (1-based): constant, or linear decay from kl_coef to 0."""
     if schedule == "constant":
@@ -248,6 +256,7 @@ def kl_coef_schedule(schedule, kl_coef, iteration, num_iterations):
     raise ValueError(f"kl schedule {schedule!r} is not a fixed schedule (constant, linear)")
 
 
+# LaGO
 def update_adaptive_kl_coef(kl_coef, measured_kl, kl_target, rate=0.1, low=1e-4, high=1e3):
     """Adaptive beta, a proportional multiplicative controller (Ziegler et al. 2019; TRL's AdaptiveKLController):
     beta *= 1 + rate * clip(KL / target - 1, -1, 1), i.e. at most +-10% per update, up when the policy is further
@@ -257,6 +266,7 @@ def update_adaptive_kl_coef(kl_coef, measured_kl, kl_target, rate=0.1, low=1e-4,
     return float(min(max(kl_coef * (1.0 + rate * error), low), high))
 
 
+# truncation
 def bootstrap_truncations(reward, terminations, truncations, final_obs, value_of, gamma):
     """The reward with `gamma * V(final observation)` added where the time limit cut an episode (truncated, not
     terminated): a truncation is not a failure. `final_obs` is infos["final_obs"] (with SAME_STEP autoreset the next
@@ -269,6 +279,7 @@ def bootstrap_truncations(reward, terminations, truncations, final_obs, value_of
     return reward
 
 
+# tests: CleanRL's GAE loop, as a function
 def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda):
     """CleanRL's GAE(lambda) over a rollout [num_steps, num_envs]; dones[t] = 1 where obs[t] starts a new episode."""
     num_steps = rewards.shape[0]
@@ -286,10 +297,12 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda
     return advantages
 
 
+# report
 def hms(seconds):
     return str(datetime.timedelta(seconds=int(seconds)))
 
 
+# Ctrl-C
 def write_atomically(path, write):
     """write(tmp_path), then rename it to `path`: an interrupted or failed write leaves no file behind."""
     tmp = f"{path}.tmp"
@@ -301,56 +314,7 @@ def write_atomically(path, write):
             os.remove(tmp)
 
 
-def load_guidance_prior(args, envs, device="cpu"):
-    """The prior for this run, checked against the env; clear errors for a missing or mismatched prior. Without
-    --prior-path, a missing default prior is made first: stage 1 with its defaults, as `make_cmd` would."""
-    import finetune_prior  # LaGO: imported only when guidance is on
-    from finetune_prior import PriorError, default_prior_path, load_prior
-
-    path = args.prior_path or default_prior_path(args.env_id, args.llm)
-    make_cmd = f"python finetune_prior.py --env-id {args.env_id} --llm {args.llm}"
-    if args.prior_path and not os.path.isdir(path):
-        raise FileNotFoundError(
-            f"no prior at --prior-path {path!r}. Make one with:\n    {make_cmd} --output-dir {path}\n"
-            f"or leave --prior-path out to use (and make, if missing) the default one, or run vanilla PPO with --kl-coef 0."
-        )
-    if not os.path.isdir(path):
-        print(f"no prior at {path!r} yet: making it first (stage 1), as `{make_cmd}` does; later runs reuse it")
-        try:
-            finetune_prior.train(finetune_prior.Args(env_id=args.env_id, llm=args.llm, cuda=args.cuda))
-        except PriorError as e:
-            raise ValueError(str(e)) from None
-    try:
-        prior = load_prior(path, device=device)
-    except PriorError as e:
-        raise ValueError(str(e)) from None
-    config = prior.config
-    if config.get("env_id") != args.env_id:
-        raise ValueError(
-            f"the prior at {path!r} was made for env {config.get('env_id')!r}, not --env-id {args.env_id!r}. "
-            f"Make one for this env with:\n    {make_cmd}"
-        )
-    space = config.get("action_space", {})
-    n = envs.single_action_space.n
-    if space.get("type") != "discrete" or space.get("n") != n:
-        raise ValueError(
-            f"the prior at {path!r} has action space {space}, but {args.env_id} has Discrete({n}). "
-            f"Make a matching one with:\n    {make_cmd}"
-        )
-    # LaGO: the prior reads only the first state_dim dims of an observation (CLEVR-Robot: the 10 coordinates; the
-    # goal goes in as text), so a prior fine-tuned with one goal slot (24 dims) also guides goal_slots=2 envs (38)
-    obs_dim = int(np.prod(envs.single_observation_space.shape))
-    state_dim = config.get("state_dim")
-    if not isinstance(state_dim, int) or obs_dim < state_dim:
-        raise ValueError(
-            f"the prior at {path!r} reads the first {state_dim} dims of each observation, but {args.env_id} gives "
-            f"observations of size {obs_dim}. Make a matching one with:\n    {make_cmd}"
-        )
-    if args.prior_path and config.get("llm") != args.llm:
-        print(f"note: the prior at {path!r} was made with --llm {config.get('llm')!r}; --llm {args.llm!r} is ignored")
-    return prior, path
-
-
+# report
 def evaluate(agent, make_env, env_id, eval_episodes, seed, device, **env_kwargs):
     """Mean return and success rate of the policy (actions sampled, as in training) over `eval_episodes` episodes."""
     env = make_env(env_id, 0, False, "eval", **env_kwargs)()
@@ -377,41 +341,44 @@ def evaluate(agent, make_env, env_id, eval_episodes, seed, device, **env_kwargs)
 
 
 if __name__ == "__main__":
-    script_start = time.time()
+    script_start = time.time()  # report
     args = tyro.cli(Args)
-    if args.capture_video:
+    if args.capture_video:  # errors
         try:
             import moviepy  # noqa: F401  (gymnasium's RecordVideo writes the videos with it)
         except ImportError:
-            raise SystemExit("error: --capture-video needs moviepy, which requirements.txt leaves out: pip install moviepy")
+            raise SystemExit(
+                "error: --capture-video needs moviepy, which requirements.txt leaves out: pip install moviepy"
+            )
     args.batch_size = int(args.num_envs * args.num_steps)
     args.minibatch_size = int(args.batch_size // args.num_minibatches)
     args.num_iterations = args.total_timesteps // args.batch_size
-    if args.num_iterations < 1:
+    if args.num_iterations < 1:  # errors
         raise SystemExit(
             f"error: --total-timesteps {args.total_timesteps} is less than one rollout "
             f"(--num-envs x --num-steps = {args.batch_size})"
         )
-    if args.batch_size % args.num_minibatches != 0:
+    if args.batch_size % args.num_minibatches != 0:  # errors
         raise SystemExit(
             f"error: --num-minibatches {args.num_minibatches} does not divide the batch of {args.batch_size} "
             f"(--num-envs x --num-steps); pick a divisor of {args.batch_size}"
         )
-    # LaGO: the guidance flags
+    # LaGO: the guidance flags (errors)
     if args.kl_coef < 0:
         raise SystemExit(f"error: --kl-coef must be >= 0 (0 = vanilla PPO), got {args.kl_coef}")
     if args.kl_schedule == "adaptive" and args.kl_target <= 0:
         raise SystemExit(f"error: --kl-schedule adaptive needs --kl-target > 0 (nats per state), got {args.kl_target}")
     if args.prior_batch_size < 1:
         raise SystemExit(f"error: --prior-batch-size must be at least 1, got {args.prior_batch_size}")
-    if args.env_id not in gym.registry:
+    if args.env_id not in gym.registry:  # errors
         close = difflib.get_close_matches(args.env_id, list(gym.registry), n=3)
         raise SystemExit(
-            f"error: unknown --env-id {args.env_id!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+            f"error: unknown --env-id {args.env_id!r}"
+            + (f"; did you mean {', '.join(close)}?" if close else "")
             + ". This script runs registered gymnasium envs with Discrete actions (default CLEVR-Robot-v0); "
             "Meta-World tasks go to lago_ppo_continuous.py"
         )
-    # LaGO: CLEVR-Robot's instruction levels (training goals, levels evaluated at the end); other envs have one set
+    # CLEVR-Robot: its instruction levels (training goals, levels evaluated at the end); other envs have one set
     is_clevr = args.env_id.startswith("CLEVR-Robot")
     protocol = args.goal_split != "train" or args.eval_levels is not None  # report the mean over the levels too
     if is_clevr:
@@ -420,7 +387,9 @@ if __name__ == "__main__":
         except ValueError as e:
             raise SystemExit(f"error: {e}")
     elif protocol:
-        raise SystemExit(f"error: --goal-split / --eval-levels are CLEVR-Robot's instruction levels; {args.env_id} has none")
+        raise SystemExit(
+            f"error: --goal-split / --eval-levels are CLEVR-Robot's instruction levels; {args.env_id} has none"
+        )
     else:
         eval_splits, goal_slots = [None], None
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
@@ -442,7 +411,7 @@ if __name__ == "__main__":
         print(f"\ninterrupted: the run's outputs so far are in runs/{run_name}", file=sys.stderr, flush=True)
         raise SystemExit(130)
 
-    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGINT, interrupted)  # Ctrl-C
     writer.add_text(
         "hyperparameters",
         "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])),
@@ -457,18 +426,18 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     # env setup
-    # LaGO: CLEVR-Robot trains on --goal-split (default the "train" goals) and is evaluated on each of eval_splits (default
+    # CLEVR-Robot: trains on --goal-split (default the "train" goals) and is evaluated on each of eval_splits (default
     # "train" and "heldout"), every env with the same goal_slots (same observation size); other envs have one split
     env_kwargs = {} if args.max_episode_steps is None else {"max_episode_steps": args.max_episode_steps}
     if goal_slots is not None:
         env_kwargs["goal_slots"] = goal_slots
     train_kwargs = dict(env_kwargs, goal_split=args.goal_split) if is_clevr else env_kwargs
-    vector_env = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv
+    vector_env = gym.vector.AsyncVectorEnv if args.async_envs else gym.vector.SyncVectorEnv  # speed
     envs = vector_env(
         [make_env(args.env_id, i, args.capture_video, run_name, **train_kwargs) for i in range(args.num_envs)],
-        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,  # gymnasium 1.x
     )
-    if not isinstance(envs.single_action_space, gym.spaces.Discrete):
+    if not isinstance(envs.single_action_space, gym.spaces.Discrete):  # errors
         raise SystemExit(
             f"error: {args.env_id} has a {type(envs.single_action_space).__name__} action space; this script needs a "
             f"Discrete one. For continuous actions use lago_ppo_continuous.py --env-id {args.env_id}"
@@ -478,19 +447,19 @@ if __name__ == "__main__":
     use_prior = args.kl_coef > 0
     prior = None
     if use_prior:
-        from finetune_prior import preserved_random_state
+        from finetune_prior import PriorError, action_distribution, load_guidance_prior, preserved_random_state
 
         try:  # LaGO: loading (or making) the prior draws nothing from this run's random streams: seeds stay paired
             with preserved_random_state():
-                prior, prior_path = load_guidance_prior(args, envs, device)
-        except (FileNotFoundError, ValueError) as e:
+                prior, prior_path = load_guidance_prior(args.env_id, args.llm, args.prior_path, envs, device, args.cuda)
+        except (FileNotFoundError, PriorError) as e:
             raise SystemExit(f"error: {e}")
-        print(f"LaGO prior: {prior_path} (llm {prior.config.get('llm')}), kl_coef={args.kl_coef} {args.kl_schedule}")
+        print(f"LaGO prior: {prior_path} (llm {prior.config['llm']}), kl_coef={args.kl_coef} {args.kl_schedule}")
 
     agent = Agent(envs).to(device)
     optimizer = optim.Adam(agent.parameters(), lr=args.learning_rate, eps=1e-5)
 
-    def value_of(observations):  # V of observations [k, obs_dim], for the truncation bootstrap
+    def value_of(observations):  # truncation: V of observations [k, obs_dim]
         with torch.no_grad():
             return agent.get_value(torch.Tensor(observations).to(device)).flatten().cpu().numpy()
 
@@ -507,13 +476,13 @@ if __name__ == "__main__":
     # TRY NOT TO MODIFY: start the game
     global_step = 0
     start_time = time.time()
-    prior_time = 0.0
-    kl_coef = args.kl_coef
-    recent_returns, recent_successes = deque(maxlen=100), deque(maxlen=100)
-    next_obs, infos = envs.reset(seed=args.seed)
+    prior_time = 0.0  # LaGO
+    kl_coef = args.kl_coef  # LaGO
+    recent_returns, recent_successes = deque(maxlen=100), deque(maxlen=100)  # report
+    next_obs, infos = envs.reset(seed=args.seed)  # LaGO: infos hold the instructions
     next_obs = torch.Tensor(next_obs).to(device)
     next_done = torch.zeros(args.num_envs).to(device)
-    if use_prior and "instruction" not in infos:
+    if use_prior and "instruction" not in infos:  # LaGO
         raise SystemExit(f"error: {args.env_id} gives no info['instruction'], which the prior reads")
 
     for iteration in range(1, args.num_iterations + 1):
@@ -525,7 +494,7 @@ if __name__ == "__main__":
         # LaGO: beta of this iteration (the adaptive controller updates it after each update instead)
         if args.kl_schedule != "adaptive":
             kl_coef = kl_coef_schedule(args.kl_schedule, args.kl_coef, iteration, args.num_iterations)
-        iteration_successes = []
+        iteration_successes = []  # report
 
         for step in range(0, args.num_steps):
             global_step += args.num_envs
@@ -537,7 +506,7 @@ if __name__ == "__main__":
 
             # ALGO LOGIC: action logic
             with torch.no_grad():
-                action, logprob, _, value, _ = agent.get_action_and_value(next_obs)
+                action, logprob, _, value, _ = agent.get_action_and_value(next_obs)  # LaGO: and the distribution
                 values[step] = value.flatten()
             actions[step] = action
             logprobs[step] = logprob
@@ -545,11 +514,14 @@ if __name__ == "__main__":
             # TRY NOT TO MODIFY: execute the game and log data.
             next_obs, reward, terminations, truncations, infos = envs.step(action.cpu().numpy())
             next_done = np.logical_or(terminations, truncations)
-            # gymnasium 1.x: a time-limit truncation bootstraps from the real final observation
-            reward = bootstrap_truncations(reward, terminations, truncations, infos.get("final_obs"), value_of, args.gamma)
+            # truncation: a time-limit truncation bootstraps from the real final observation (gymnasium 1.x: final_obs)
+            reward = bootstrap_truncations(
+                reward, terminations, truncations, infos.get("final_obs"), value_of, args.gamma
+            )
             rewards[step] = torch.tensor(reward).to(device).view(-1)
             next_obs, next_done = torch.Tensor(next_obs).to(device), torch.Tensor(next_done).to(device)
 
+            # gymnasium 1.x: final_info is a dict of arrays; report: returns and success of the last 100 episodes
             if "final_info" in infos and "episode" in infos["final_info"]:
                 final_info = infos["final_info"]
                 for i in np.nonzero(final_info["_episode"])[0]:
@@ -557,13 +529,14 @@ if __name__ == "__main__":
                     recent_returns.append(episodic_return)
                     writer.add_scalar("charts/episodic_return", episodic_return, global_step)
                     writer.add_scalar("charts/episodic_length", final_info["episode"]["l"][i], global_step)
-                    if "success" in final_info and final_info["_success"][i]:
+                    if "success" in final_info and final_info["_success"][i]:  # CLEVR-Robot
                         iteration_successes.append(float(final_info["success"][i]))
                         recent_successes.append(float(final_info["success"][i]))
 
         # bootstrap value if not done
         with torch.no_grad():
             next_value = agent.get_value(next_obs).reshape(1, -1)
+            # tests: CleanRL's GAE loop, as a function
             advantages = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
             returns = advantages + values
 
@@ -583,19 +556,20 @@ if __name__ == "__main__":
             prior_time += time.time() - prior_start
             with torch.no_grad():  # LaGO: the KL of the policy that collected the rollout (drives the adaptive beta)
                 rollout_dist = agent.get_action_and_value(b_obs, b_actions.long())[4]
-                rollout_kl = prior_kl(rollout_dist, prior_dist(b_prior_logits), args.kl_direction).mean().item()
+                b_prior = action_distribution(b_prior_logits)
+                rollout_kl = prior_kl(rollout_dist, b_prior, args.kl_direction).mean().item()
 
         # Optimizing the policy and value network
         b_inds = np.arange(args.batch_size)
         clipfracs = []
-        prior_kls = []
+        prior_kls = []  # LaGO
         for epoch in range(args.update_epochs):
             np.random.shuffle(b_inds)
             for start in range(0, args.batch_size, args.minibatch_size):
                 end = start + args.minibatch_size
                 mb_inds = b_inds[start:end]
 
-                _, newlogprob, entropy, newvalue, newdist = agent.get_action_and_value(
+                _, newlogprob, entropy, newvalue, newdist = agent.get_action_and_value(  # LaGO: newdist
                     b_obs[mb_inds], b_actions.long()[mb_inds]
                 )
                 logratio = newlogprob - b_logprobs[mb_inds]
@@ -635,7 +609,7 @@ if __name__ == "__main__":
                 loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
                 # LaGO: pull the policy toward the prior, exact KL over the actions at the rollout states
                 if use_prior:
-                    kl_loss = prior_kl(newdist, prior_dist(b_prior_logits[mb_inds]), args.kl_direction).mean()
+                    kl_loss = prior_kl(newdist, action_distribution(b_prior_logits[mb_inds]), args.kl_direction).mean()
                     loss = loss + kl_coef * kl_loss
                     prior_kls.append(kl_loss.item())
 
@@ -660,7 +634,7 @@ if __name__ == "__main__":
         writer.add_scalar("losses/approx_kl", approx_kl.item(), global_step)
         writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
         writer.add_scalar("losses/explained_variance", explained_var, global_step)
-        if iteration_successes:
+        if iteration_successes:  # report
             writer.add_scalar("charts/success_rate", np.mean(iteration_successes), global_step)
         # LaGO: the KL to the prior (of the rollout policy, and averaged over this update's minibatches), beta, and
         # the prior's share of wall time; the adaptive beta follows the rollout policy's KL, as TRL's controller
@@ -672,38 +646,42 @@ if __name__ == "__main__":
             if args.kl_schedule == "adaptive":
                 kl_coef = update_adaptive_kl_coef(kl_coef, rollout_kl, args.kl_target)
         elapsed = time.time() - start_time
-        writer.add_scalar("charts/prior_time_share", prior_time / elapsed, global_step)
+        writer.add_scalar("charts/prior_time_share", prior_time / elapsed, global_step)  # LaGO
+        # report: one progress line per iteration instead of CleanRL's line per episode and "SPS:"
         sps = int(global_step / elapsed)
         writer.add_scalar("charts/SPS", sps, global_step)
         eta = elapsed / iteration * (args.num_iterations - iteration)
-        progress = f"global_step={global_step}/{args.num_iterations * args.batch_size} SPS={sps} elapsed={hms(elapsed)} eta={hms(eta)}"
+        progress = f"global_step={global_step}/{args.num_iterations * args.batch_size} SPS={sps}"
+        progress += f" elapsed={hms(elapsed)} eta={hms(eta)}"
         if recent_returns:
             progress += f" return(last {len(recent_returns)})={np.mean(recent_returns):.2f}"
         if recent_successes:
             progress += f" success={np.mean(recent_successes):.2f}"
-        if use_prior:
+        if use_prior:  # LaGO
             progress += f" prior_kl={measured_kl:.3f} kl_coef={kl_coef:.4g} prior_time={prior_time / elapsed:.0%}"
         print(progress)
 
-    train_time = time.time() - start_time
-    if args.save_model:
+    train_time = time.time() - start_time  # report
+    if args.save_model:  # report: as in CleanRL's ppo_continuous_action.py, written atomically (Ctrl-C)
         model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
         write_atomically(model_path, lambda tmp: torch.save(agent.state_dict(), tmp))
         print(f"model saved to {model_path}")
 
-    # LaGO: final evaluation on each goal split (CLEVR-Robot: each level of eval_splits, by default train and held-out
-    # goals), then one summary line
+    # report: final evaluation on each goal split (CLEVR-Robot: each level of eval_splits, by default train and
+    # held-out goals), eval.json, then one summary line
     eval_start = time.time()
     results = {}
     if args.eval_episodes > 0:
         for split in eval_splits:
             name = split or "eval"
             eval_kwargs = env_kwargs if split is None else dict(env_kwargs, goal_split=split)
-            results[name] = evaluate(agent, make_env, args.env_id, args.eval_episodes, args.seed + 100_000, device, **eval_kwargs)
+            results[name] = evaluate(
+                agent, make_env, args.env_id, args.eval_episodes, args.seed + 100_000, device, **eval_kwargs
+            )
             for key in ("episodic_return", "success_rate"):
                 if results[name][key] is not None:
                     writer.add_scalar(f"eval/{name}_{key}", results[name][key], global_step)
-    mean_success = None  # LaGO: the average success rate over the levels (reported with --goal-split / --eval-levels)
+    mean_success = None  # CLEVR-Robot: the mean success rate over the levels (with --goal-split / --eval-levels)
     if protocol and results:
         mean_success = float(np.mean([result["success_rate"] for result in results.values()]))
         writer.add_scalar("eval/mean_success_rate", mean_success, global_step)
@@ -719,7 +697,7 @@ if __name__ == "__main__":
         "final_success_rate": float(np.mean(recent_successes)) if recent_successes else None,
         "final_episodes": len(recent_returns),
         "eval": results,
-        **({"eval_mean_success": mean_success} if protocol else {}),  # LaGO: mean of the levels' success rates
+        **({"eval_mean_success": mean_success} if protocol else {}),  # CLEVR-Robot: mean of the levels' successes
         "args": vars(args),
     }
 

@@ -107,7 +107,11 @@ def test_reach_prior_end_to_end(tiny_reach_run):
     obs = torch.from_numpy(demos["observations"][:8])
     with torch.inference_mode():
         mean, std = prior(obs, demos["instructions"][:8].tolist())
+        dist = prior.distribution(obs, demos["instructions"][:8].tolist())
     assert mean.shape == std.shape == (8, 4)
+    # the distribution PPO reads: a diagonal Gaussian with forward's mean and std, log-probs summed over the 4 dims
+    assert isinstance(dist, torch.distributions.Independent) and dist.batch_shape == (8,) and dist.event_shape == (4,)
+    assert torch.equal(dist.mean, mean) and torch.equal(dist.stddev, std)
     assert torch.isfinite(mean).all() and (std >= cfg["std_floor"]).all()
     assert np.isfinite(summary["eval_mse"]) and np.isfinite(summary["eval_nll"])
 
@@ -121,6 +125,9 @@ def test_forward_contract(tiny_clevr_prior):
     with torch.inference_mode():
         logits = prior(obs, instr)
         assert logits.shape == (5, 40) and logits.dtype == torch.float32 and torch.isfinite(logits).all()
+        dist = prior.distribution(obs, instr)  # the distribution PPO reads: a Categorical with forward's logits
+        assert isinstance(dist, torch.distributions.Categorical) and dist.batch_shape == (5,)
+        assert torch.equal(dist.logits, torch.distributions.Categorical(logits=logits).logits)
         goal_changed = obs.clone()
         goal_changed[:, 10:] = 7.0  # dims past state_dim are not the prior's business
         assert torch.equal(prior(goal_changed, instr), logits)

@@ -35,9 +35,14 @@ def one_thread():
 
 
 def fake_envs(obs_dim, n=40):
-    """The two attributes load_guidance_prior reads from a vector env."""
+    """The two attributes fp.load_guidance_prior reads from a vector env."""
     return SimpleNamespace(single_observation_space=gym.spaces.Box(-1.0, 1.0, (obs_dim,), np.float32),
                            single_action_space=gym.spaces.Discrete(n))  # fmt: skip
+
+
+def load_guidance_prior(args, envs):
+    """fp.load_guidance_prior as lago_ppo_discrete.py calls it, for the run `args` on the vector env `envs`."""
+    return fp.load_guidance_prior(args.env_id, args.llm, args.prior_path, envs)
 
 
 def finished_run(cwd):
@@ -120,17 +125,17 @@ def test_one_slot_prior_is_accepted_by_two_slot_envs(tiny_clevr_prior):
     """The prior reads the first state_dim (10) dims: a 24-dim-trained prior loads for 38-dim envs and gives the same
     logits on a 38-dim observation as on its first 24 dims; an observation shorter than state_dim is refused."""
     args = ppo.Args(env_id="CLEVR-Robot-v0", llm="tiny-random", prior_path=tiny_clevr_prior)
-    prior, _ = ppo.load_guidance_prior(args, fake_envs(TWO_SLOTS))
+    prior, _ = load_guidance_prior(args, fake_envs(TWO_SLOTS))
     assert prior.config["obs_dim"] == OBS_DIM and prior.config["state_dim"] == STATE_DIM
     obs = torch.randn(5, TWO_SLOTS)
     instructions = level_instructions("compose")[:5]
     with torch.inference_mode():
         assert torch.equal(prior(obs, instructions), prior(obs[:, :OBS_DIM], instructions))
-    with pytest.raises(ValueError, match=r"reads the first 10 dims .* observations of size 9") as e:
-        ppo.load_guidance_prior(args, fake_envs(STATE_DIM - 1))
+    with pytest.raises(fp.PriorError, match=r"reads the first 10 dims .* observations of size 9") as e:
+        load_guidance_prior(args, fake_envs(STATE_DIM - 1))
     assert "python finetune_prior.py --env-id CLEVR-Robot-v0 --llm tiny-random" in str(e.value)
-    with pytest.raises(ValueError, match=r"Discrete\(5\)"):
-        ppo.load_guidance_prior(args, fake_envs(TWO_SLOTS, 5))
+    with pytest.raises(fp.PriorError, match=r"Discrete\(5\)"):
+        load_guidance_prior(args, fake_envs(TWO_SLOTS, 5))
 
 
 def test_lago_run_on_a_two_slot_mixture(tiny_clevr_prior, tmp_path):

@@ -24,7 +24,7 @@ import script_runs  # noqa: E402
 
 import lago_ppo_continuous as ppo  # noqa: E402
 from envs.metaworld import make_env  # noqa: E402
-from finetune_prior import file_sha256, load_prior  # noqa: E402
+from finetune_prior import action_distribution, file_sha256, load_prior  # noqa: E402
 from finetune_prior import main as finetune_main  # noqa: E402
 
 TWO_TASKS = "reach-v3,push-v3"
@@ -57,7 +57,7 @@ def test_closed_form_kl_matches_monte_carlo():
     torch.manual_seed(0)
     mean_p, mean_q = torch.randn(3, 4), torch.randn(3, 4)
     std_p, std_q = torch.rand(3, 4) + 0.3, torch.rand(3, 4) + 0.3
-    pi, prior = ppo.prior_dist(mean_p, std_p), ppo.prior_dist(mean_q, std_q)
+    pi, prior = action_distribution((mean_p, std_p)), action_distribution((mean_q, std_q))
     samples = pi.sample((200_000,))
     mc_reverse = (pi.log_prob(samples) - prior.log_prob(samples)).mean(0)
     samples = prior.sample((200_000,))

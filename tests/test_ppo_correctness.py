@@ -198,8 +198,8 @@ def test_truncated_prior_files_are_refused(broken, tiny_clevr_prior, tmp_path):
     (path / broken).write_bytes(data[: len(data) // 2])
     args = lago_ppo_discrete.Args(llm="tiny-random", prior_path=str(path))
     envs = lago_ppo_discrete.gym.vector.SyncVectorEnv([lago_ppo_discrete.make_env("CLEVR-Robot-v0", 0, False, "x")])
-    with pytest.raises(ValueError, match=f"{broken} in the prior at .* is corrupt or truncated"):
-        lago_ppo_discrete.load_guidance_prior(args, envs)
+    with pytest.raises(finetune_prior.PriorError, match=f"{broken} in the prior at .* is corrupt or truncated"):
+        finetune_prior.load_guidance_prior(args.env_id, args.llm, args.prior_path, envs)
 
 
 # ------------------------------------------------------------------------------------------------------------

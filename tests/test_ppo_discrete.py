@@ -22,6 +22,8 @@ import script_runs  # noqa: E402
 
 import lago_ppo_discrete as ppo  # noqa: E402
 from envs.clevr_robot import OBS_DIM  # noqa: E402
+import finetune_prior  # noqa: E402
+from finetune_prior import PriorError, action_distribution  # noqa: E402
 
 # tiny budgets: 2 envs x 16 steps per rollout, 3 rollouts
 TINY = ["--num-envs", "2", "--num-steps", "16", "--total-timesteps", "96", "--num-minibatches", "2",
@@ -47,11 +49,16 @@ def one_thread():
 
 
 def fake_envs(obs_dim, n):
-    """The two attributes Agent and load_guidance_prior read from a vector env."""
+    """The two attributes Agent and finetune_prior.load_guidance_prior read from a vector env."""
     return SimpleNamespace(
         single_observation_space=gym.spaces.Box(-1.0, 1.0, (obs_dim,), np.float32),
         single_action_space=gym.spaces.Discrete(n),
     )
+
+
+def load_guidance_prior(args, envs):
+    """finetune_prior.load_guidance_prior as the script calls it, for the run `args` on the vector env `envs`."""
+    return finetune_prior.load_guidance_prior(args.env_id, args.llm, args.prior_path, envs)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -63,11 +70,11 @@ def test_kl_equals_direct_sum_both_directions():
     p, q = policy_logits.softmax(-1), prior_logits.softmax(-1)
     reverse = (p * (p / q).log()).sum(-1)  # KL(pi || prior)
     forward = (q * (q / p).log()).sum(-1)  # KL(prior || pi)
-    pi, prior = torch.distributions.Categorical(logits=policy_logits), ppo.prior_dist(prior_logits)
+    pi, prior = torch.distributions.Categorical(logits=policy_logits), action_distribution(prior_logits)
     torch.testing.assert_close(ppo.prior_kl(pi, prior, "reverse"), reverse)
     torch.testing.assert_close(ppo.prior_kl(pi, prior, "forward"), forward)
     assert not torch.allclose(reverse, forward)  # the fixed tensors do tell the directions apart
-    assert ppo.prior_kl(pi, ppo.prior_dist(policy_logits)).abs().max() < 1e-6
+    assert ppo.prior_kl(pi, action_distribution(policy_logits)).abs().max() < 1e-6
     with pytest.raises(ValueError, match="reverse"):
         ppo.prior_kl(pi, prior, "sideways")
 
@@ -110,7 +117,7 @@ def test_large_beta_without_reward_moves_the_policy_to_the_prior(direction, one_
         _, newlogprob, entropy, _, dist = agent.get_action_and_value(obs, actions)
         ratio = (newlogprob - newlogprob.detach()).exp()
         pg_loss = (-torch.zeros(256) * ratio).mean()
-        kl = ppo.prior_kl(dist, ppo.prior_dist(prior_logits), direction).mean()
+        kl = ppo.prior_kl(dist, action_distribution(prior_logits), direction).mean()
         loss = pg_loss - 0.01 * entropy.mean() + 10.0 * kl
         optimizer.zero_grad()
         loss.backward()
@@ -130,26 +137,26 @@ def test_large_beta_without_reward_moves_the_policy_to_the_prior(direction, one_
 def test_missing_prior_names_the_finetune_command(tmp_path):
     args = ppo.Args(env_id="CLEVR-Robot-v0", llm="tiny-random", prior_path=str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError) as e:
-        ppo.load_guidance_prior(args, fake_envs(13, 40))
+        load_guidance_prior(args, fake_envs(13, 40))
     assert "python finetune_prior.py --env-id CLEVR-Robot-v0 --llm tiny-random" in str(e.value)
     assert "nowhere" in str(e.value)
 
 
 def test_mismatched_prior_is_refused(tiny_clevr_prior):
     clevr = ppo.Args(env_id="CLEVR-Robot-v0", llm="tiny-random", prior_path=tiny_clevr_prior)
-    prior, path = ppo.load_guidance_prior(clevr, fake_envs(OBS_DIM, 40))
+    prior, path = load_guidance_prior(clevr, fake_envs(OBS_DIM, 40))
     assert path == tiny_clevr_prior and prior.config["action_space"] == {"type": "discrete", "n": 40}
     cartpole = ppo.Args(env_id="CartPole-v1", llm="tiny-random", prior_path=tiny_clevr_prior)
-    with pytest.raises(ValueError, match="made for env 'CLEVR-Robot-v0', not --env-id 'CartPole-v1'") as e:
-        ppo.load_guidance_prior(cartpole, fake_envs(4, 2))
+    with pytest.raises(PriorError, match="made for env 'CLEVR-Robot-v0', not --env-id 'CartPole-v1'") as e:
+        load_guidance_prior(cartpole, fake_envs(4, 2))
     assert "python finetune_prior.py --env-id CartPole-v1 --llm tiny-random" in str(e.value)
-    with pytest.raises(ValueError, match=r"Discrete\(5\)"):
-        ppo.load_guidance_prior(clevr, fake_envs(OBS_DIM, 5))
+    with pytest.raises(PriorError, match=r"Discrete\(5\)"):
+        load_guidance_prior(clevr, fake_envs(OBS_DIM, 5))
     # the prior reads the first state_dim (10) dims: shorter observations are refused, longer ones (goal_slots=2) are not
-    with pytest.raises(ValueError, match="reads the first 10 dims of each observation, but CLEVR-Robot-v0 gives "
+    with pytest.raises(PriorError, match="reads the first 10 dims of each observation, but CLEVR-Robot-v0 gives "
                                          "observations of size 7"):  # fmt: skip
-        ppo.load_guidance_prior(clevr, fake_envs(7, 40))
-    assert ppo.load_guidance_prior(clevr, fake_envs(OBS_DIM + 14, 40))[1] == tiny_clevr_prior
+        load_guidance_prior(clevr, fake_envs(7, 40))
+    assert load_guidance_prior(clevr, fake_envs(OBS_DIM + 14, 40))[1] == tiny_clevr_prior
 
 
 # ------------------------------------------------------------------------------------------------------------

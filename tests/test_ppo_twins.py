@@ -1,5 +1,6 @@
 """lago_ppo_discrete.py and lago_ppo_continuous.py are twins: the blocks they duplicate (KL to the prior, beta
-schedules, prior loading errors, logging, eval.json, the summary line) behave the same on the same inputs."""
+schedules, logging, eval.json, the summary line) behave the same on the same inputs, and both load their prior
+with finetune_prior.load_guidance_prior."""
 
 import glob
 import inspect
@@ -27,8 +28,7 @@ TWINS = pytest.mark.parametrize("a,b", [(disc, cont)], ids=["discrete-continuous
 
 @TWINS
 def test_duplicated_functions_have_the_same_signature(a, b):
-    for name in ("layer_init", "prior_kl", "prior_on_states", "kl_coef_schedule", "update_adaptive_kl_coef",
-                 "load_guidance_prior"):
+    for name in ("layer_init", "prior_kl", "prior_on_states", "kl_coef_schedule", "update_adaptive_kl_coef"):
         assert inspect.signature(getattr(a, name)) == inspect.signature(getattr(b, name)), name
     assert [f.name for f in a.Args.__dataclass_fields__.values()][-10:] == [
         f.name for f in b.Args.__dataclass_fields__.values()
@@ -49,9 +49,11 @@ def test_prior_kl_is_the_same_on_both_kinds_of_distribution(a, b):
         for module in (a, b):
             with pytest.raises(ValueError, match="reverse"):
                 module.prior_kl(pi, prior, "both")
-    # and each script's prior_dist turns its stored prior output into that kind of distribution
-    assert isinstance(a.prior_dist(torch.zeros(2, 40)), Categorical)
-    assert isinstance(b.prior_dist(torch.zeros(2, 4), torch.ones(2, 4)), Independent)
+    # and the prior turns each script's stored prior output into that kind of distribution
+    from finetune_prior import action_distribution
+
+    assert isinstance(action_distribution(torch.zeros(2, 40)), Categorical)
+    assert isinstance(action_distribution((torch.zeros(2, 4), torch.ones(2, 4))), Independent)
 
 
 @TWINS
@@ -82,12 +84,14 @@ def test_layer_init_is_the_same(a, b):
     assert (second.bias == 0).all()
 
 
-@TWINS
-def test_missing_prior_error_is_the_same(a, b, tmp_path):
-    for module, env_id in ((a, "CLEVR-Robot-v0"), (b, "reach-v3")):
+def test_missing_prior_error_is_the_same(tmp_path):
+    """Both scripts load their prior with finetune_prior.load_guidance_prior: one message for either env."""
+    from finetune_prior import load_guidance_prior
+
+    for env_id in ("CLEVR-Robot-v0", "reach-v3"):
         args = SimpleNamespace(env_id=env_id, llm="tiny-random", prior_path=str(tmp_path / "nowhere"))
         with pytest.raises(FileNotFoundError) as exc:
-            module.load_guidance_prior(args, envs=None)
+            load_guidance_prior(args.env_id, args.llm, args.prior_path, envs=None)
         assert str(exc.value) == (
             f"no prior at --prior-path {args.prior_path!r}. Make one with:\n"
             f"    python finetune_prior.py --env-id {env_id} --llm tiny-random --output-dir {args.prior_path}\n"
