@@ -30,11 +30,13 @@ import tyro
 ROW_LABELS = {
     "ppo": "PPO (beta = 0)",
     "prior": "Prior alone, greedy, no RL ({llm})",
+    "prior-sampled": "Prior alone, sampled, no RL ({llm})",
     "lago": "LaGO ({llm})",
     "lago-random": "LaGO, random-init twin ({llm})",
     "lago-adaptive": "LaGO ({llm}), adaptive beta",
 }
 ENV_TITLES = {"clevr": "CLEVR-Robot", "metaworld": "Meta-World"}
+LEVEL_TITLES = {"train": "train goals", "heldout": "held-out goals", "rephrase": "rephrased", "compose": "composed"}
 CURVE_TAG = "charts/success_rate"
 RETURN_TAG = "charts/episodic_return"
 
@@ -134,26 +136,63 @@ def _per_seed(runs: list[dict], fn) -> list[float]:
     return [fn([r for r in runs if r["seed"] == s]) for s in seeds]
 
 
+def clevr_levels(results: list[dict]) -> list[str]:
+    """The CLEVR levels the results were evaluated on, in LEVEL_TITLES' order."""
+    seen = {level for r in results if r["env"] == "clevr" for level in r["success"]}
+    return [lv for lv in LEVEL_TITLES if lv in seen] + sorted(seen - set(LEVEL_TITLES))
+
+
 def clevr_table(results: list[dict]) -> str:
     rows = _group(results, "clevr")
     if not rows:
         return ""
-    lines = [
-        "| Method | Seeds | Success, train goals (%) | Success, held-out goals (%) | Return | Wall time / run (min) |",
-        "|---|---|---|---|---|---|",
-    ]
+    levels = clevr_levels(results)
+    mean_column = len(levels) > 2  # the thesis protocol: the mean over the levels, each seed's first
+    header = "| Method | Seeds | " + " | ".join(f"Success, {LEVEL_TITLES.get(lv, lv)} (%)" for lv in levels)
+    header += (" | Mean over levels (%)" if mean_column else "") + " | Return | Wall time / run (min) |"
+    lines = [header, "|" + "---|" * (len(levels) + 4 + mean_column)]
     for row, runs in rows.items():
-        lines.append(
-            "| {} | {} | {} | {} | {} | {} |".format(
-                _label(runs[0]),
-                len({r["seed"] for r in runs}),
-                _fmt([r["success"].get("train") for r in runs], 100),
-                _fmt([r["success"].get("heldout") for r in runs], 100),
-                _fmt([r.get("return") for r in runs], 1, 2),
-                _fmt([r.get("wall_time_s") for r in runs], 1 / 60, 1),
-            )
-        )
+        cells = [_label(runs[0]), str(len({r["seed"] for r in runs}))]
+        cells += [_fmt([r["success"].get(lv) for r in runs], 100) for lv in levels]
+        if mean_column:
+            cells.append(_fmt([float(np.mean([r["success"][lv] for lv in levels])) for r in runs], 100))
+        cells += [_fmt([r.get("return") for r in runs], 1, 2), _fmt([r.get("wall_time_s") for r in runs], 1 / 60, 1)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def plot_levels(results: list[dict], out_png: str | os.PathLike) -> Optional[Path]:
+    """Bar chart of CLEVR success per level (and their mean), one bar per row, mean ± std over seeds."""
+    rows = _group(results, "clevr")
+    levels = clevr_levels(results)
+    if not rows or len(levels) < 3:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = levels + ["mean"]
+    width = 0.8 / len(rows)
+    fig, ax = plt.subplots(figsize=(1.9 * len(groups) + 2, 3.8))
+    for i, (row, runs) in enumerate(rows.items()):
+        per_level = [[r["success"].get(lv) for r in runs] for lv in levels]
+        per_level.append([float(np.mean([r["success"][lv] for lv in levels])) for r in runs])
+        stats = [_mean_std(v) for v in per_level]
+        x = np.arange(len(groups)) + (i - (len(rows) - 1) / 2) * width
+        ax.bar(x, [100 * m for m, _ in stats], width, yerr=[100 * sd for _, sd in stats], capsize=2,
+               label=f"{_label(runs[0])}, n={len({r['seed'] for r in runs})}")
+    ax.set_xticks(np.arange(len(groups)), [LEVEL_TITLES.get(g, "mean over levels" if g == "mean" else g) for g in groups])
+    ax.set_ylabel("evaluation success (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.set_title("CLEVR-Robot: success per instruction level after training (mean ± std over seeds)")
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out_png
 
 
 def metaworld_table(results: list[dict]) -> str:
@@ -193,7 +232,7 @@ def markdown(results: list[dict]) -> str:
         caption = (
             f"**{ENV_TITLES.get(env, env)}**: {', '.join(f'{s:,}' for s in steps)} env steps per run, "
             f"seeds {seeds}; mean ± std over seeds; success rate of the evaluation episodes after training "
-            f"(the prior row: the fine-tuned prior acting greedily, no RL)."
+            f"(the prior rows: the fine-tuned prior acting alone, no RL)."
         )
         betas = guidance_settings(env_results)
         if betas:
@@ -207,7 +246,7 @@ def guidance_settings(results: list[dict]) -> str:
     seen: dict[str, str] = {}
     for r in results:
         args = (r.get("eval") or {}).get("args") or {}
-        if r["row"] in ("ppo", "prior") or "kl_coef" not in args:
+        if r["row"] in ("ppo", "prior", "prior-sampled") or "kl_coef" not in args:
             continue
         text = f"beta {args['kl_coef']:g} {args.get('kl_schedule', '?')}"
         if args.get("kl_schedule") == "adaptive":
@@ -256,10 +295,12 @@ def plot_curves(results: list[dict], env: str, out_png: str | os.PathLike, bins:
             color = colors[i % len(colors)]
             if not runs:
                 continue
-            if row == "prior":
-                # no learning curve: the greedy prior's evaluation success as a reference line
-                split = "train" if env == "clevr" else task
-                mean, std = _mean_std([r["success"].get(split) for r in runs])
+            if row.startswith("prior"):
+                # no learning curve: the prior's evaluation success as a reference line
+                if env == "clevr":  # the training episodes draw every level: the mean over the levels
+                    mean, std = _mean_std([float(np.mean(list(r["success"].values()))) for r in runs])
+                else:
+                    mean, std = _mean_std([r["success"].get(task) for r in runs])
                 if not math.isnan(mean):
                     ax.axhline(mean, color=color, linestyle="--", label=_label(runs[0]))
                 continue
@@ -321,6 +362,9 @@ def make_report(results_dir: str | os.PathLike, out_table: Optional[str] = None,
         png = plot_curves(results, env, results_dir / f"curves_{env}.png", bins=bins)
         if png is not None:
             pngs.append(png)
+    levels_png = plot_levels(results, results_dir / "levels_clevr.png")
+    if levels_png is not None:
+        pngs.insert(0, levels_png)
     text = markdown(results)
     if pngs:
         text += "\n" + "\n".join(f"![{p.stem}]({p.name})" for p in pngs) + "\n"

@@ -47,7 +47,7 @@ if str(REPO) not in sys.path:  # `python benchmark/table.py` as well as `python 
 
 from benchmark import plot  # noqa: E402
 
-ROWS = ("ppo", "prior", "lago", "lago-random", "lago-adaptive")
+ROWS = ("ppo", "prior", "prior-sampled", "lago", "lago-random", "lago-adaptive")
 ENVS = ("clevr", "metaworld")
 CLEVR_ENV_ID = "CLEVR-Robot-v0"
 PRETRAINED_LLM = "all-MiniLM-L6-v2"
@@ -101,6 +101,10 @@ class Preset:
     """KL the adaptive row holds on Meta-World; None = the script's default"""
     device_args: tuple[str, ...] = ()
     """flags given to every script (e.g. the device)"""
+    clevr_goal_split: str = "train"
+    """the CLEVR goals RL trains on: a level or a '+' mixture of levels (each episode draws its level)"""
+    clevr_levels: tuple[str, ...] = ("train", "heldout")
+    """the CLEVR levels every run (and the prior alone) is evaluated on, each separately"""
 
 
 MT10 = ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
@@ -130,6 +134,33 @@ PRESETS: dict[str, Preset] = {
         metaworld_ppo_args=("--num-envs", "8", "--num-steps", "128", "--num-minibatches", "16"),
         clevr_eval_episodes=100,
         metaworld_eval_episodes=20,
+    ),
+    # The thesis protocol (issue 11): RL on the mixture of the four instruction levels, so the prior guides where it
+    # has no demonstrations (stage 1 sees train goals only); each level evaluated separately, and their mean.
+    # PPO settings: those of the baseline that learns (benchmark/results/clevr_baseline: 45.0% vs 36.8% untrained).
+    # CLEVR-Robot only; one prior per language model (seed 1), shared by the RL seeds.
+    "thesis": Preset(
+        seeds=(1, 2, 3),
+        llm=PRETRAINED_LLM,
+        random_llm=f"{PRETRAINED_LLM}-random",
+        clevr_timesteps=200_000,
+        metaworld_timesteps=30_000,
+        metaworld_tasks=("reach-v3", "button-press-topdown-v3", "push-v3"),
+        metaworld_max_episode_steps=200,
+        clevr_demo_episodes=500,
+        clevr_demo_noise=0.3,
+        metaworld_demo_episodes=10,
+        metaworld_demo_noise=0.3,
+        clevr_finetune_args=(
+            "--epochs", "5", "--eval-goal-split", "train,heldout,rephrase,compose", "--eval-num-episodes", "100",
+        ),  # the command of benchmark/stage1_levels.py, seed 1: its priors are these
+        metaworld_finetune_args=("--epochs", "5"),
+        clevr_ppo_args=("--num-envs", "8", "--num-steps", "64", "--learning-rate", "1e-3", "--update-epochs", "8"),
+        metaworld_ppo_args=("--num-envs", "8", "--num-steps", "128", "--num-minibatches", "16"),
+        clevr_eval_episodes=200,
+        metaworld_eval_episodes=20,
+        clevr_goal_split="train+rephrase+heldout+compose",
+        clevr_levels=("train", "heldout", "rephrase", "compose"),
     ),
     # One seed, a few hundred steps: checks the pipeline end to end (tests/test_benchmark_harness.py).
     "smoke": Preset(
@@ -177,12 +208,13 @@ PRESETS: dict[str, Preset] = {
 
 @dataclass
 class Args:
-    preset: Literal["cpu", "smoke", "gpu"] = "cpu"
-    """budget preset: `cpu` (whole table on 2 cores in <= 3 h, 3 seeds), `smoke` (1 seed, a few hundred
-    steps), `gpu` (Qwen2.5-1.5B prior, MT10, 5 seeds, 500k steps per run)"""
+    preset: Literal["cpu", "thesis", "smoke", "gpu"] = "cpu"
+    """budget preset: `cpu` (whole table on 2 cores in <= 3 h, 3 seeds), `thesis` (CLEVR-Robot on the mixture of
+    instruction levels, 200k steps, 3 seeds), `smoke` (1 seed, a few hundred steps), `gpu` (Qwen2.5-1.5B prior,
+    MT10, 5 seeds, 500k steps per run)"""
     envs: tuple[Literal["clevr", "metaworld"], ...] = ENVS
     """environments to run"""
-    rows: tuple[Literal["ppo", "prior", "lago", "lago-random", "lago-adaptive"], ...] = ROWS
+    rows: tuple[Literal["ppo", "prior", "prior-sampled", "lago", "lago-random", "lago-adaptive"], ...] = ROWS
     """rows of the table to run"""
     seeds: Optional[tuple[int, ...]] = None
     """override the preset's seeds"""
@@ -345,6 +377,8 @@ def ppo_command(env: str, task: str, row: str, seed: int, prior_path: Optional[P
             cmd += ["--kl-target", str(kl_target)]
     if env == "metaworld":
         cmd += ["--max-episode-steps", str(p.metaworld_max_episode_steps)]
+    elif (p.clevr_goal_split, p.clevr_levels) != ("train", ("train", "heldout")):
+        cmd += ["--goal-split", p.clevr_goal_split, "--eval-levels", ",".join(p.clevr_levels)]
     return cmd + list(p.clevr_ppo_args if env == "clevr" else p.metaworld_ppo_args) + list(p.device_args)
 
 
@@ -450,8 +484,8 @@ def ppo_job(env: str, task: str, row: str, seed: int, p: Preset, results_dir: Pa
         result = {
             "env": env, "task": task, "task_index": tasks_of(env, p).index(task), "row": row, "seed": seed, "llm": llm,
             "total_timesteps": p.clevr_timesteps if env == "clevr" else p.metaworld_timesteps,
-            "success": eval_success(env, task, ev),
-            "return": eval_return(env, task, ev),
+            "success": eval_success(env, task, ev, p),
+            "return": eval_return(env, task, ev, p),
             "wall_time_s": float(ev.get("wall_time_s", secs)),
             "subprocess_wall_time_s": secs,
             "run_dir": str(run_dir.relative_to(results_dir)),
@@ -465,18 +499,18 @@ def ppo_job(env: str, task: str, row: str, seed: int, p: Preset, results_dir: Pa
     return Job(f"{env} {row} {task} seed {seed}", fn, f"{env}-{'ppo' if row == 'ppo' else 'guided'}")
 
 
-def eval_success(env: str, task: str, ev: dict) -> dict:
-    """Evaluation success rates from a run's eval.json: {"train", "heldout"} (CLEVR) or {task} (Meta-World)."""
-    splits = ("train", "heldout") if env == "clevr" else (task,)
+def eval_success(env: str, task: str, ev: dict, p: Preset) -> dict:
+    """Evaluation success rates from a run's eval.json: {level} (CLEVR: the preset's levels) or {task} (Meta-World)."""
+    splits = p.clevr_levels if env == "clevr" else (task,)
     try:
         return {split: float(ev["eval"][split]["success_rate"]) for split in splits}
     except (KeyError, TypeError) as e:
         raise RuntimeError(f"eval.json has no eval/{{split}}/success_rate for {splits} ({e!r}): evaluation skipped?") from e
 
 
-def eval_return(env: str, task: str, ev: dict) -> Optional[float]:
-    """Mean evaluation return (over the CLEVR goal splits, or of the Meta-World task)."""
-    splits = ("train", "heldout") if env == "clevr" else (task,)
+def eval_return(env: str, task: str, ev: dict, p: Preset) -> Optional[float]:
+    """Mean evaluation return (over the CLEVR levels, or of the Meta-World task)."""
+    splits = p.clevr_levels if env == "clevr" else (task,)
     values = [ev["eval"][s].get("episodic_return") for s in splits if s in ev.get("eval", {})]
     values = [float(v) for v in values if v is not None]
     return float(np.mean(values)) if values else None
@@ -487,29 +521,37 @@ def fmt_success(success: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# the prior alone, acting greedily (no RL)
+# the prior alone, acting greedily or sampling (no RL)
 
 
-def evaluate_prior_greedy(prior_path: Path, env: str, task: str, seed: int, episodes: int,
-                          max_episode_steps: Optional[int] = None) -> dict:
-    """Success and return of the prior's greedy policy (argmax logits / Gaussian mean, clipped).
+_LOAD_LOCK = threading.Lock()
+
+
+def evaluate_prior(prior_path: Path, env: str, task: str, seed: int, episodes: int,
+                   max_episode_steps: Optional[int] = None, levels: tuple[str, ...] = ("train", "heldout"),
+                   goal_slots: int = 1, sample: bool = False) -> dict:
+    """Success and return of the prior acting alone: greedily (argmax logits / Gaussian mean, clipped) or, with
+    `sample`, drawing its actions from its distribution (the policy LaGO's KL pulls towards).
 
     Runs `episodes` environments in lockstep so that the prior sees one batch per step.
-    CLEVR: on train and on held-out goals; Meta-World: on `task`. Success = the episode's
-    `info["success"]` was true at some step (CLEVR terminates there)."""
+    CLEVR: on each of `levels` (envs with `goal_slots` goal encodings, as the RL runs); Meta-World: on `task`.
+    Success = the episode's `info["success"]` was true at some step (CLEVR terminates there)."""
     import gymnasium as gym
     import torch
 
     import envs  # noqa: F401  (registers CLEVR-Robot-v0)
-    from finetune_prior import load_prior
+    from finetune_prior import action_distribution, load_prior
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # as the scripts (their --cuda default)
-    prior = load_prior(str(prior_path), device=device)
-    splits = ("train", "heldout") if env == "clevr" else (task,)
+    with _LOAD_LOCK:  # loading sets torch's default dtype for a while (bf16 on CUDA): not safe in parallel threads
+        prior = load_prior(str(prior_path), device=device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    splits = levels if env == "clevr" else (task,)
     success, returns = {}, []
     for split in splits:
         if env == "clevr":
             kw = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+            kw.update({} if goal_slots == 1 else {"goal_slots": goal_slots})
             vec = [gym.make(CLEVR_ENV_ID, goal_split=split, **kw) for _ in range(episodes)]
         else:
             from envs.metaworld import make_env
@@ -530,13 +572,19 @@ def evaluate_prior_greedy(prior_path: Path, env: str, task: str, seed: int, epis
             x = torch.as_tensor(np.stack([obs[i] for i in idx]), dtype=torch.float32, device=device)
             with torch.inference_mode():
                 out = prior(x, [instr[i] for i in idx])
-            if env == "clevr":
-                actions = out.argmax(-1).cpu().numpy()
-            else:
+                if sample and env == "clevr":
+                    actions = torch.multinomial(out.float().softmax(-1), 1, generator=generator)[:, 0].cpu().numpy()
+                elif sample:
+                    mean, std = out
+                    noise = torch.randn(mean.shape, generator=generator, device=mean.device)
+                    actions = (mean + std * noise).float().cpu().numpy()
+                else:
+                    actions = (out.argmax(-1) if env == "clevr" else out[0]).float().cpu().numpy()
+            if env != "clevr":
                 space = vec[0].action_space
-                actions = np.clip(out[0].float().cpu().numpy(), space.low, space.high)
+                actions = np.clip(actions, space.low, space.high)
             for a, i in zip(actions, idx):
-                o, r, term, trunc, info = vec[i].step(a.item() if env == "clevr" else a)
+                o, r, term, trunc, info = vec[i].step(int(a) if env == "clevr" else a)
                 obs[i] = o
                 ret[i] += float(r)
                 succ[i] |= bool(info.get("success", False))
@@ -549,8 +597,9 @@ def evaluate_prior_greedy(prior_path: Path, env: str, task: str, seed: int, epis
     return {"success": success, "return": float(np.mean(returns))}
 
 
-def prior_job(env: str, task: str, seed: int, p: Preset, results_dir: Path, threads: int) -> Job:
-    out = result_path(results_dir, env, "prior", task, seed)
+def prior_job(env: str, task: str, row: str, seed: int, p: Preset, results_dir: Path, threads: int) -> Job:
+    """The `prior` (greedy) or `prior-sampled` row: the fine-tuned prior acting alone, no RL."""
+    out = result_path(results_dir, env, row, task, seed)
     path = prior_dir(results_dir, env, p.llm)
 
     def fn() -> str:
@@ -562,23 +611,25 @@ def prior_job(env: str, task: str, seed: int, p: Preset, results_dir: Path, thre
         start = time.time()
         episodes = p.clevr_eval_episodes if env == "clevr" else p.metaworld_eval_episodes
         try:
-            ev = evaluate_prior_greedy(path, env, task, seed, episodes,
-                                       None if env == "clevr" else p.metaworld_max_episode_steps)
+            ev = evaluate_prior(path, env, task, seed, episodes,
+                                None if env == "clevr" else p.metaworld_max_episode_steps,
+                                p.clevr_levels, 2 if "compose" in (*p.clevr_goal_split.split("+"), *p.clevr_levels) else 1,
+                                sample=row == "prior-sampled")
         except Exception as e:  # noqa: BLE001 - reported with the run's name, the other runs go on
-            raise RuntimeError(f"greedy evaluation of the prior {path} failed: {type(e).__name__}: {e}") from e
+            raise RuntimeError(f"evaluation of the prior {path} alone failed: {type(e).__name__}: {e}") from e
         secs = time.time() - start
         stage1 = results_dir / "stage1" / f"{path.name}.json"
         result = {
-            "env": env, "task": task, "task_index": tasks_of(env, p).index(task), "row": "prior", "seed": seed,
+            "env": env, "task": task, "task_index": tasks_of(env, p).index(task), "row": row, "seed": seed,
             "llm": p.llm,
             "total_timesteps": 0, "success": ev["success"], "return": ev["return"], "wall_time_s": secs,
             "finetune_wall_time_s": json.loads(stage1.read_text())["wall_time_s"] if stage1.exists() else None,
             "curve": {"steps": [], "values": []}, "eval_episodes": episodes,
         }
         write_json_atomic(out, result)
-        return f"prior {task} seed {seed}: success {fmt_success(ev['success'])} in {secs:.0f} s"
+        return f"{row} {task} seed {seed}: success {fmt_success(ev['success'])} in {secs:.0f} s"
 
-    return Job(f"{env} prior {task} seed {seed}", fn, f"{env}-prior")
+    return Job(f"{env} {row} {task} seed {seed}", fn, f"{env}-prior")
 
 
 def time_left(unfinished: list[Job], durations: dict[str, list[float]], n_parallel: int) -> str:
@@ -646,8 +697,8 @@ def main(args: Args) -> int:
                         continue
                     if llm_of_row(row, p):
                         needed.add((env, llm_of_row(row, p)))
-                    if row == "prior":
-                        stage2.append(prior_job(env, task, seed, p, results_dir, args.threads_per_job))
+                    if row.startswith("prior"):
+                        stage2.append(prior_job(env, task, row, seed, p, results_dir, args.threads_per_job))
                     else:
                         stage2.append(ppo_job(env, task, row, seed, p, results_dir, args.threads_per_job))
 
@@ -668,8 +719,8 @@ def main(args: Args) -> int:
             for env in args.envs:
                 for task in tasks_of(env, p):
                     for row in args.rows:
-                        if row == "prior":
-                            print(f"  (in-process) greedy prior {prior_dir(results_dir, env, p.llm).name} on {task}, seed {seed}")
+                        if row.startswith("prior"):
+                            print(f"  (in-process) {row}: prior {prior_dir(results_dir, env, p.llm).name} on {task}, seed {seed}")
                         else:
                             llm = llm_of_row(row, p)
                             pp = prior_dir(results_dir, env, llm) if llm else None
