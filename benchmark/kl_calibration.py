@@ -39,6 +39,8 @@ SETTINGS = (
     ("forward floor0.05 beta0.1", 0.05, "forward", 0.1),
     ("reverse floor0.3 beta0.1", 0.3, "reverse", 0.1),
 )  # also planned, dropped for CPU time: forward floor0.3 with beta 0.1 and 1
+# the guiding prior acting alone, no RL (issue 11: LaGO should beat it): (name, std floor, sampled actions?)
+PRIOR_ALONE = (("prior alone greedy floor0.3", 0.3, False), ("prior alone sampled floor0.3", 0.3, True))
 PPO_ARGS = ("--total-timesteps", "30000", "--num-envs", "8", "--num-steps", "128", "--num-minibatches", "16",
             "--max-episode-steps", "200", "--eval-episodes", "20", "--save-model")  # fmt: skip
 
@@ -113,6 +115,26 @@ def run_ppo(results, task, seed, setting):
     return result
 
 
+def run_prior_alone(results, task, seed, setting):
+    """The noise-0 prior of `setting`'s floor acting alone (greedy: its mean action; sampled: from its Gaussian) on
+    the same number of evaluation episodes and episode length as the PPO runs."""
+    from benchmark.table import evaluate_prior
+
+    name, floor, sample = setting
+    out = results / "ppo" / f"{task}__{name.replace(' ', '_')}__{seed}.json"
+    if out.exists():
+        return json.loads(out.read_text())
+    episodes, steps = int(PPO_ARGS[PPO_ARGS.index("--eval-episodes") + 1]), int(
+        PPO_ARGS[PPO_ARGS.index("--max-episode-steps") + 1]
+    )
+    ev = evaluate_prior(prior_dir(results, task, 0.0, floor), "metaworld", task, seed, episodes, steps, sample=sample)
+    result = {"task": task, "seed": seed, "setting": name, "eval_success": ev["success"][task], "policy_std": None}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"{task} {name} seed {seed}: eval success {result['eval_success']:.2f}", flush=True)
+    return result
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results-dir", default=str(REPO / "benchmark" / "results" / "kl_calibration"))
@@ -138,15 +160,17 @@ def main():
         runs = [(task, seed, setting) for setting in SETTINGS for task in TASKS for seed in SEEDS]
         with ThreadPoolExecutor(args.jobs) as pool:
             done = list(pool.map(lambda job: run_ppo(results, *job), runs))
+        done += [run_prior_alone(results, task, seed, s) for s in PRIOR_ALONE for task in TASKS for seed in SEEDS]
         rows = ["| guidance | " + " | ".join(f"{t} eval success" for t in TASKS) + " | task mean | policy std at end |",
                 "|---|" + "---|" * (len(TASKS) + 2)]  # fmt: skip
-        for setting in SETTINGS:
+        for setting in SETTINGS + PRIOR_ALONE:
             mine = [r for r in done if r["setting"] == setting[0]]
             per_task = [[r["eval_success"] for r in mine if r["task"] == t] for t in TASKS]
             means = [np.mean(p) for p in per_task]
             cells = [f"{np.mean(p):.2f} +- {np.std(p):.2f}" for p in per_task]
-            stds = np.mean([np.mean(r["policy_std"]) for r in mine])
-            rows.append(f"| {setting[0]} | " + " | ".join(cells) + f" | {np.mean(means):.2f} | {stds:.2f} |")
+            stds = [np.mean(r["policy_std"]) for r in mine if r["policy_std"] is not None]
+            std_cell = f"{np.mean(stds):.2f}" if stds else "-"
+            rows.append(f"| {setting[0]} | " + " | ".join(cells) + f" | {np.mean(means):.2f} | {std_cell} |")
         table += "\n\n" + "\n".join(rows)
         print("\n".join(rows))
     (results / "table.md").write_text(table + "\n")

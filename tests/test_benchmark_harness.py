@@ -143,8 +143,14 @@ def test_commands_carry_the_budget(preset):
             assert f["--eval-episodes"] == str(episodes)
             if env == "metaworld":
                 assert f["--max-episode-steps"] == str(p.metaworld_max_episode_steps)
+                assert "--goal-split" not in f and "--eval-levels" not in f
             else:
                 assert "--max-episode-steps" not in f
+                if p.clevr_goal_split == "train":  # the original protocol: the script's defaults
+                    assert "--goal-split" not in f and "--eval-levels" not in f
+                else:  # the thesis protocol: RL on the mixture, every level evaluated
+                    assert f["--goal-split"] == p.clevr_goal_split
+                    assert f["--eval-levels"].split(",") == list(p.clevr_levels)
             if row == "ppo":
                 assert "--llm" not in f and "--prior-path" not in f
             else:
@@ -186,7 +192,7 @@ def test_llm_override_and_its_twin():
     assert mini.random_llm == f"{table.PRETRAINED_LLM}-random"
     both = table.resolve(table.Args(preset="cpu", llm="a", random_llm="b"))
     assert (both.llm, both.random_llm) == ("a", "b")
-    assert [table.llm_of_row(r, both) for r in table.ROWS] == [None, "a", "a", "b", "a"]
+    assert [table.llm_of_row(r, both) for r in table.ROWS] == [None, "a", "a", "a", "b", "a"]
 
 
 def dry_run(capsys, results_dir, **kw):
@@ -322,3 +328,38 @@ def test_prior_throughput_prints_time_and_work_per_state(tiny_clevr_prior, capsy
     with pytest.raises(SystemExit):
         prior_throughput.main(["--prior-path", tiny_clevr_prior, "--batch-sizes", "0"])
     assert "--batch-sizes" in capsys.readouterr().err
+
+
+def test_levels_table_mean_column_and_figure(tmp_path):
+    """The thesis protocol's table: one column per level, the mean over levels per seed (then mean +- std over
+    seeds), and the per-level bar chart."""
+    levels = ("train", "heldout", "rephrase", "compose")
+    per_seed = {1: (0.5, 0.6, 0.4, 0.1), 2: (0.7, 0.8, 0.6, 0.3)}  # means over levels: 0.4 and 0.6
+    for seed, values in per_seed.items():
+        fake_result(tmp_path, "clevr", "ppo", "CLEVR-Robot-v0", seed, dict(zip(levels, values)),
+                    curve=[(100, 0.0), (1000, 0.5)])
+        fake_result(tmp_path, "clevr", "prior-sampled", "CLEVR-Robot-v0", seed, dict(zip(levels, (0.2,) * 4)))
+    table_path, pngs = plot.make_report(tmp_path)
+    lines = table_path.read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| Method"))
+    assert [c.strip() for c in header.split("|")[3:8]] == [
+        "Success, train goals (%)", "Success, held-out goals (%)", "Success, rephrased (%)", "Success, composed (%)",
+        "Mean over levels (%)"]
+    ppo = [c.strip() for c in next(line for line in lines if line.startswith("| PPO")).split("|")]
+    assert ppo[3:8] == ["60.0 ± 10.0", "70.0 ± 10.0", "50.0 ± 10.0", "20.0 ± 10.0", "50.0 ± 10.0"]
+    assert any(line.startswith("| Prior alone, sampled, no RL (tiny-random) | 2 | 20.0 ± 0.0") for line in lines)
+    assert (tmp_path / "levels_clevr.png").is_file() and tmp_path / "levels_clevr.png" in pngs
+
+
+def test_prior_alone_greedy_and_sampled_on_levels(tiny_clevr_prior):
+    """The prior rows: the fine-tuned prior acts alone on each level (compose needs two goal slots; the 24-dim prior
+    reads the first); greedy is deterministic, sampling is seeded, and the two differ in what they do."""
+    kw = dict(levels=("train", "compose"), goal_slots=2)
+    greedy = table.evaluate_prior(Path(tiny_clevr_prior), "clevr", table.CLEVR_ENV_ID, 1, 6, **kw)
+    assert set(greedy["success"]) == {"train", "compose"}
+    assert all(0.0 <= v <= 1.0 for v in greedy["success"].values())
+    assert table.evaluate_prior(Path(tiny_clevr_prior), "clevr", table.CLEVR_ENV_ID, 1, 6, **kw) == greedy
+    sampled = [table.evaluate_prior(Path(tiny_clevr_prior), "clevr", table.CLEVR_ENV_ID, s, 6, sample=True, **kw)
+               for s in (1, 1, 2)]
+    assert sampled[0] == sampled[1]
+    assert sampled[0] != greedy or sampled[2] != greedy  # sampled actions are not the argmax ones
