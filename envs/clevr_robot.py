@@ -572,8 +572,6 @@ class ClevrRobotEnv(gym.Env):
         # flat (action -> x, y, ctrl) lookups as python floats: no numpy in the hot path
         self._dir_x = [float(d[0]) for d in DIRECTIONS]
         self._dir_y = [float(d[1]) for d in DIRECTIONS]
-        self._rel_x = [float(v[0]) for v in RELATION_VECTORS]
-        self._rel_y = [float(v[1]) for v in RELATION_VECTORS]
 
         goal_dims = self.goal_slots * GOAL_DIM
         low = np.concatenate([np.tile([WALLS["x_min"], WALLS["y_min"]], NUM_OBJECTS), np.zeros(goal_dims)])
@@ -587,9 +585,6 @@ class ClevrRobotEnv(gym.Env):
         self._template = 0
         self._instruction = ""
         self._goal_str = PROGRAM_STRINGS[0]
-        self._goal_t = self._goal_f = 0
-        self._goal_ux = self._goal_uy = 0.0
-        self._goal2 = None  # (target qpos address, reference qpos address, ux, uy) of a second relation
         self._goal_enc = np.zeros(goal_dims, dtype=np.float32)
         self._steps = 0
         self._expert_data = None  # (scratch MjData, state buffer) for expert_action's look-ahead
@@ -660,17 +655,15 @@ class ClevrRobotEnv(gym.Env):
 
     def goal_holds(self) -> bool:
         """Whether the current goal (both relations of a compose goal) holds in the current scene."""
-        q = self.data.qpos
-        at, af = self._obj_qadr[self._goal_t], self._obj_qadr[self._goal_f]
-        if not _holds(q[at] - q[af], q[at + 1] - q[af + 1], self._goal_ux, self._goal_uy):
-            return False
-        if self._goal2 is None:
-            return True
-        at, af, ux, uy = self._goal2
-        return _holds(q[at] - q[af], q[at + 1] - q[af + 1], ux, uy)
+        return goal_holds(self.positions(), self._goal)
 
     def programs_holding(self) -> np.ndarray:
-        """bool (80,): which of the 80 programs hold in the current scene."""
+        """bool (80,): which of the 80 programs hold in the current scene.
+
+        The same test as `goal_holds(self.positions(), p)` for every program p, vectorised so that
+        reset's compose level checks its 1840 pairs with one call (it compares sqrt(dist^2) < 0.7 where
+        `_holds` compares dist^2 < 0.7^2: the two can differ only within a rounding error of the
+        threshold; tests/test_clevr_robot.py checks that they agree on random scenes)."""
         pos = self.positions()
         diff = pos[_PROGRAM_T] - pos[_PROGRAM_F]
         dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
@@ -696,8 +689,9 @@ class ClevrRobotEnv(gym.Env):
         goals, templates = self._pools[level] if level in self._pools else goal_pool(level)
         for _ in range(1000):
             self._place(self._sample_positions())
+            pos = self.positions()
             if fixed is not None:
-                if not any(self.goal_holds_program(p) for p in fixed):
+                if not any(goal_holds(pos, p) for p in fixed):
                     goal = fixed
                     break
                 continue
@@ -708,7 +702,7 @@ class ClevrRobotEnv(gym.Env):
                     goal = goals[int(false[int(rng.integers(false.size))])]
                     break
                 continue
-            false = [p for p in goals if not self.goal_holds_program(p)]
+            false = [p for p in goals if not goal_holds(pos, p)]
             if false:
                 goal = (false[int(rng.integers(len(false)))],)
                 break
@@ -730,20 +724,7 @@ class ClevrRobotEnv(gym.Env):
                 f"invalid action {action!r}: CLEVR-Robot actions are integers in [0, {NUM_ACTIONS}) = "
                 f"object index (0-4: {', '.join(COLORS)}) * 8 + direction index (0-7)"
             )
-        obj, k = a >> 3, a & 7
-        d = self.data
-        q = d.qpos
-        qa = self._obj_qadr[obj]
-        dx, dy = self._dir_x[k], self._dir_y[k]
-        p = self._pusher_q
-        q[p] = q[qa] - PUSH_OFFSET * dx
-        q[p + 1] = q[qa + 1] - PUSH_OFFSET * dy
-        v = self._pusher_v
-        d.qvel[v] = 0.0
-        d.qvel[v + 1] = 0.0
-        d.ctrl[0] = dx
-        d.ctrl[1] = dy
-        mujoco.mj_step(self.model, d, PUSH_PHYSICS_STEPS)
+        self._push(self.data, a)
         self._steps += 1
         success = self.goal_holds()
         truncated = self.max_episode_steps is not None and self._steps >= self.max_episode_steps
@@ -756,12 +737,22 @@ class ClevrRobotEnv(gym.Env):
         return self._render_rgb()
 
     # ------------------------------------------------------------------ internals
-    def goal_holds_program(self, program: int) -> bool:
-        """Whether program (index) holds in the current scene."""
-        t, r, f = PROGRAMS[program]
-        q = self.data.qpos
-        at, af = self._obj_qadr[t], self._obj_qadr[f]
-        return _holds(q[at] - q[af], q[at + 1] - q[af + 1], self._rel_x[r], self._rel_y[r])
+    def _push(self, data: mujoco.MjData, action: int) -> None:
+        """One push, action = object * 8 + direction (a valid int), on `data`: the env's own physics
+        (`step`) or the expert's scratch copy (`_simulate`). The pusher goes PUSH_OFFSET behind the
+        sphere centre at rest, the motor controls are the direction, then PUSH_PHYSICS_STEPS steps."""
+        obj, k = action >> 3, action & 7
+        q = data.qpos
+        qa = self._obj_qadr[obj]
+        dx, dy = self._dir_x[k], self._dir_y[k]
+        p, v = self._pusher_q, self._pusher_v
+        q[p] = q[qa] - PUSH_OFFSET * dx
+        q[p + 1] = q[qa + 1] - PUSH_OFFSET * dy
+        data.qvel[v] = 0.0
+        data.qvel[v + 1] = 0.0
+        data.ctrl[0] = dx
+        data.ctrl[1] = dy
+        mujoco.mj_step(self.model, data, PUSH_PHYSICS_STEPS)
 
     def _check_template(self, template, level: str = "train") -> int:
         n = len(goal_pool(level)[1]) if level in ("rephrase", "compose") else len(TEMPLATES)
@@ -802,16 +793,8 @@ class ClevrRobotEnv(gym.Env):
 
     def _set_goal(self, goal: tuple[int, ...], template: int, level: str) -> None:
         self._goal, self._program, self._template, self._level = goal, goal[0], template, level
-        t, r, f = PROGRAMS[goal[0]]
-        self._goal_t, self._goal_f = t, f
-        self._goal_ux, self._goal_uy = self._rel_x[r], self._rel_y[r]
-        if len(goal) == 2:
-            if self.goal_slots != 2:
-                raise ValueError("a two-relation goal needs an env made with goal_slots=2")
-            t2, r2, f2 = PROGRAMS[goal[1]]
-            self._goal2 = (self._obj_qadr[t2], self._obj_qadr[f2], self._rel_x[r2], self._rel_y[r2])
-        else:
-            self._goal2 = None
+        if len(goal) == 2 and self.goal_slots != 2:
+            raise ValueError("a two-relation goal needs an env made with goal_slots=2")
         enc = np.zeros(self.goal_slots * GOAL_DIM, dtype=np.float32)
         for i, p in enumerate(goal):
             enc[i * GOAL_DIM : (i + 1) * GOAL_DIM] = _GOAL_ENCODINGS[p]
@@ -956,15 +939,7 @@ def _simulate(env: ClevrRobotEnv, action: int) -> np.ndarray:
     sd, start = env._expert_data
     mujoco.mj_getState(m, env.data, start, _FULL_STATE)  # everything mj_step reads, warm start included
     mujoco.mj_setState(m, sd, start, _FULL_STATE)
-    obj, k = action >> 3, action & 7
-    qa = env._obj_qadr[obj]
-    p, v = env._pusher_q, env._pusher_v
-    dx, dy = env._dir_x[k], env._dir_y[k]
-    sd.qpos[p] = sd.qpos[qa] - PUSH_OFFSET * dx
-    sd.qpos[p + 1] = sd.qpos[qa + 1] - PUSH_OFFSET * dy
-    sd.qvel[v] = sd.qvel[v + 1] = 0.0
-    sd.ctrl[0], sd.ctrl[1] = dx, dy
-    mujoco.mj_step(m, sd, PUSH_PHYSICS_STEPS)
+    env._push(sd, action)
     return sd.qpos[env._xy_index].reshape(NUM_OBJECTS, 2)
 
 

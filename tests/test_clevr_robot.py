@@ -101,6 +101,30 @@ def test_relation_directions_and_program_semantics():
         relation_holds(blue, red, "above")
 
 
+def test_goal_entry_points_agree_with_goal_holds():
+    """programs_holding (vectorised), env.goal_holds() and relation_holds give goal_holds' answer."""
+    env = ClevrRobotEnv()
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    seen = np.zeros(len(PROGRAMS), dtype=int)
+    for i in range(400):
+        if i < 300:  # scenes as reset draws them
+            env.set_positions(env._sample_positions())
+        else:  # crowded scenes (overlaps allowed): many pairs near the 0.7 / cos 0.6 thresholds
+            env.set_positions(rng.uniform([-0.3, -0.1], [0.3, 0.5], size=(5, 2)), check=False)
+        pos = env.positions()
+        holding = env.programs_holding()
+        expected = np.array([goal_holds(pos, p) for p in range(len(PROGRAMS))])
+        np.testing.assert_array_equal(holding, expected)
+        seen += expected
+        for p in rng.choice(len(PROGRAMS), size=4, replace=False):
+            t, r, f = PROGRAMS[p]
+            assert relation_holds(pos[f], pos[t], RELATIONS[r]) == expected[p]
+            env.set_goal(int(p))
+            assert env.goal_holds() == expected[p]
+    assert seen.min() > 0 and (400 - seen).min() > 0  # every program seen both holding and not
+
+
 # ------------------------------------------------------------------ physics
 @pytest.mark.parametrize("k", range(8))
 def test_each_direction_pushes_the_chosen_sphere_that_way(k):
