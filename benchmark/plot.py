@@ -31,6 +31,7 @@ ROW_LABELS = {
     "ppo": "PPO (beta = 0)",
     "prior": "Prior alone, greedy, no RL ({llm})",
     "prior-sampled": "Prior alone, sampled, no RL ({llm})",
+    "prior-sampled-random": "Prior alone, sampled, no RL, random-init twin ({llm})",
     "lago": "LaGO ({llm})",
     "lago-random": "LaGO, random-init twin ({llm})",
     "lago-adaptive": "LaGO ({llm}), adaptive beta",
@@ -246,7 +247,7 @@ def guidance_settings(results: list[dict]) -> str:
     seen: dict[str, str] = {}
     for r in results:
         args = (r.get("eval") or {}).get("args") or {}
-        if r["row"] in ("ppo", "prior", "prior-sampled") or "kl_coef" not in args:
+        if r["row"] == "ppo" or r["row"].startswith("prior") or "kl_coef" not in args:
             continue
         text = f"beta {args['kl_coef']:g} {args.get('kl_schedule', '?')}"
         if args.get("kl_schedule") == "adaptive":

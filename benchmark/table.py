@@ -48,6 +48,7 @@ if str(REPO) not in sys.path:  # `python benchmark/table.py` as well as `python 
 from benchmark import plot  # noqa: E402
 
 ROWS = ("ppo", "prior", "prior-sampled", "lago", "lago-random", "lago-adaptive")
+PRIOR_TWIN_ROW = "prior-sampled-random"  # the random twin's prior alone, sampled: with --rows (the thesis protocol)
 ENVS = ("clevr", "metaworld")
 CLEVR_ENV_ID = "CLEVR-Robot-v0"
 PRETRAINED_LLM = "all-MiniLM-L6-v2"
@@ -106,6 +107,8 @@ class Preset:
     """the CLEVR goals RL trains on: a level or a '+' mixture of levels (each episode draws its level)"""
     clevr_levels: tuple[str, ...] = ("train", "heldout")
     """the CLEVR levels every run (and the prior alone) is evaluated on, each separately"""
+    rows: tuple[str, ...] = ROWS
+    """the rows run by default (--rows overrides)"""
 
 
 MT10 = ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
@@ -162,6 +165,7 @@ PRESETS: dict[str, Preset] = {
         metaworld_eval_episodes=20,
         clevr_goal_split="train+rephrase+heldout+compose",
         clevr_levels=("train", "heldout", "rephrase", "compose"),
+        rows=(*ROWS, PRIOR_TWIN_ROW),
     ),
     # One seed, a few hundred steps: checks the pipeline end to end (tests/test_benchmark_harness.py).
     "smoke": Preset(
@@ -229,6 +233,7 @@ PRESETS: dict[str, Preset] = {
         metaworld_eval_episodes=50,
         clevr_goal_split="train+rephrase+heldout+compose",
         clevr_levels=("train", "heldout", "rephrase", "compose"),
+        rows=(*ROWS, PRIOR_TWIN_ROW),
     ),
 }
 
@@ -241,8 +246,10 @@ class Args:
     MT10, 5 seeds, 500k steps per run), `offline` (the thesis protocol at the gpu budget with MiniLM or mpnet)"""
     envs: tuple[Literal["clevr", "metaworld"], ...] = ENVS
     """environments to run"""
-    rows: tuple[Literal["ppo", "prior", "prior-sampled", "lago", "lago-random", "lago-adaptive"], ...] = ROWS
-    """rows of the table to run"""
+    rows: tuple[
+        Literal["ppo", "prior", "prior-sampled", "prior-sampled-random", "lago", "lago-random", "lago-adaptive"], ...
+    ] | None = None
+    """rows of the table to run (default: the preset's)"""
     seeds: Optional[tuple[int, ...]] = None
     """override the preset's seeds"""
     llm: Optional[str] = None
@@ -296,6 +303,7 @@ def budget_fields(p: Preset) -> dict:
     """The fields that make results comparable: resuming into a results dir made with others is refused."""
     d = dataclasses.asdict(p)
     d.pop("seeds")  # more seeds may be added later
+    d.pop("rows")  # so may more rows
     d.pop("metaworld_tasks")  # so may more tasks
     return json.loads(json.dumps(d))  # tuples -> lists, as read back from JSON
 
@@ -357,7 +365,7 @@ def check_cached_prior(results_dir: Path, env: str, llm: str, p: Preset) -> None
     try:
         load_prior(str(path))
     except Exception as e:  # noqa: BLE001 - any reason is reported the same way
-        rows = [row for row in ROWS if llm_of_row(row, p) == llm]
+        rows = [row for row in (*ROWS, PRIOR_TWIN_ROW) if llm_of_row(row, p) == llm]
         raise SystemExit(
             f"error: the cached prior {path} no longer loads with this finetune_prior.py:\n  {type(e).__name__}: {e}\n"
             f"Results made with it would not match new runs. Delete it and the results of the rows that used it, "
@@ -366,7 +374,7 @@ def check_cached_prior(results_dir: Path, env: str, llm: str, p: Preset) -> None
 
 
 def llm_of_row(row: str, p: Preset) -> Optional[str]:
-    return {"ppo": None, "lago-random": p.random_llm}.get(row, p.llm)
+    return {"ppo": None, "lago-random": p.random_llm, PRIOR_TWIN_ROW: p.random_llm}.get(row, p.llm)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -641,14 +649,14 @@ def prior_job(env: str, task: str, row: str, seed: int, p: Preset, results_dir: 
             ev = evaluate_prior(path, env, task, seed, episodes,
                                 None if env == "clevr" else p.metaworld_max_episode_steps,
                                 p.clevr_levels, 2 if "compose" in (*p.clevr_goal_split.split("+"), *p.clevr_levels) else 1,
-                                sample=row == "prior-sampled")
+                                sample=row.startswith("prior-sampled"))
         except Exception as e:  # noqa: BLE001 - reported with the run's name, the other runs go on
             raise RuntimeError(f"evaluation of the prior {path} alone failed: {type(e).__name__}: {e}") from e
         secs = time.time() - start
         stage1 = results_dir / "stage1" / f"{path.name}.json"
         result = {
             "env": env, "task": task, "task_index": tasks_of(env, p).index(task), "row": row, "seed": seed,
-            "llm": p.llm,
+            "llm": llm_of_row(row, p),
             "total_timesteps": 0, "success": ev["success"], "return": ev["return"], "wall_time_s": secs,
             "finetune_wall_time_s": json.loads(stage1.read_text())["wall_time_s"] if stage1.exists() else None,
             "curve": {"steps": [], "values": []}, "eval_episodes": episodes,
@@ -709,6 +717,7 @@ def run_jobs(jobs: list[Job], n_parallel: int) -> list[str]:
 
 def main(args: Args) -> int:
     p = resolve(args)
+    rows = args.rows or p.rows
     results_dir = Path(args.results_dir or REPO / "benchmark" / "results" / args.preset).resolve()
     if args.envs and "metaworld" in args.envs and not p.metaworld_tasks:
         raise SystemExit("error: no Meta-World tasks selected (--metaworld-tasks is empty)")
@@ -718,7 +727,7 @@ def main(args: Args) -> int:
     for seed in p.seeds:
         for env in args.envs:
             for task in tasks_of(env, p):
-                for row in args.rows:
+                for row in rows:
                     if result_path(results_dir, env, row, task, seed).exists():
                         skipped += 1
                         continue
@@ -734,7 +743,7 @@ def main(args: Args) -> int:
               for env, llm in sorted(needed) if not prior_is_complete(prior_dir(results_dir, env, llm))]
 
     print(f"benchmark preset {args.preset!r} -> {results_dir}")
-    print(f"  rows {', '.join(args.rows)}; envs {', '.join(args.envs)}; seeds {list(p.seeds)}")
+    print(f"  rows {', '.join(rows)}; envs {', '.join(args.envs)}; seeds {list(p.seeds)}")
     print(f"  llm {p.llm} (random twin {p.random_llm}); CLEVR {p.clevr_timesteps:,} steps; "
           f"Meta-World {', '.join(p.metaworld_tasks)} at {p.metaworld_timesteps:,} steps")
     print(f"  stage 1: {len(stage1)} priors to fine-tune; stage 2: {len(stage2)} runs to do, "
@@ -745,9 +754,9 @@ def main(args: Args) -> int:
         for seed in p.seeds:
             for env in args.envs:
                 for task in tasks_of(env, p):
-                    for row in args.rows:
+                    for row in rows:
                         if row.startswith("prior"):
-                            print(f"  (in-process) {row}: prior {prior_dir(results_dir, env, p.llm).name} on {task}, seed {seed}")
+                            print(f"  (in-process) {row}: prior {prior_dir(results_dir, env, llm_of_row(row, p)).name} on {task}, seed {seed}")
                         else:
                             llm = llm_of_row(row, p)
                             pp = prior_dir(results_dir, env, llm) if llm else None

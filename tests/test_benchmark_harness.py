@@ -364,3 +364,13 @@ def test_prior_alone_greedy_and_sampled_on_levels(tiny_clevr_prior):
                for s in (1, 1, 2)]
     assert sampled[0] == sampled[1]
     assert sampled[0] != greedy or sampled[2] != greedy  # sampled actions are not the argmax ones
+
+
+def test_thesis_rows_include_the_twins_prior_alone():
+    """The thesis protocol's rows: the twin's prior alone is a row of its own, read from the twin's prior; the rows
+    are not part of the budget (adding a row to a results dir is allowed)."""
+    p = table.PRESETS["thesis"]
+    assert table.PRIOR_TWIN_ROW in p.rows and table.PRIOR_TWIN_ROW not in table.PRESETS["cpu"].rows
+    assert table.llm_of_row(table.PRIOR_TWIN_ROW, p) == p.random_llm
+    assert table.llm_of_row("prior-sampled", p) == p.llm
+    assert "rows" not in table.budget_fields(p)
