@@ -21,8 +21,10 @@ sys.path.insert(0, str(REPO))
 
 from benchmark.guidance_cost import run_once  # noqa: E402
 
-ENVS = {"clevr": ("lago_ppo_discrete.py", "CLEVR-Robot-v0", []),
-        "reach": ("lago_ppo_continuous.py", "reach-v3", ["--num-episodes", "4", "--max-episode-steps", "60"])}  # fmt: skip
+ENVS = {
+    "clevr": ("lago_ppo_discrete.py", "CLEVR-Robot-v0", []),
+    "reach": ("lago_ppo_continuous.py", "reach-v3", ["--num-episodes", "4", "--max-episode-steps", "60"]),
+}
 
 
 def main():
@@ -37,19 +39,46 @@ def main():
     for name in args.envs.split(","):
         script, env_id, stage1 = ENVS[name]
         prior = workdir / f"prior_{name}"
-        subprocess.run([sys.executable, str(REPO / "finetune_prior.py"), "--env-id", env_id, "--llm", "tiny-random",
-                        "--epochs", "1", "--output-dir", str(prior), "--no-progress-bar", *stage1],
-                       check=True, capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="1"))  # fmt: skip
+        subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "finetune_prior.py"),
+                "--env-id",
+                env_id,
+                "--llm",
+                "tiny-random",
+                "--epochs",
+                "1",
+                "--output-dir",
+                str(prior),
+                "--no-progress-bar",
+                *stage1,
+            ],
+            check=True,
+            capture_output=True,
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
+        )
         for n in (int(x) for x in args.num_envs.split(",")):
             common = ["--num-envs", str(n), "--num-steps", "64", "--total-timesteps", str(4 * 64 * n), "--seed", "1"]
             cells = []
             for kl_coef, extra in ((0.0, []), (1.0, ["--prior-path", str(prior)])):
                 for mode in ([], ["--async-envs"]):
                     best = min(
-                        (run_once(str(REPO / script), env_id, kl_coef, "tiny-random", common, extra + mode,
-                                  f"async_{name}_{n}_{kl_coef}_{len(mode)}_{r}", 1) for r in range(args.repeats)),
+                        (
+                            run_once(
+                                str(REPO / script),
+                                env_id,
+                                kl_coef,
+                                "tiny-random",
+                                common,
+                                extra + mode,
+                                f"async_{name}_{n}_{kl_coef}_{len(mode)}_{r}",
+                                1,
+                            )
+                            for r in range(args.repeats)
+                        ),
                         key=lambda result: result["wall_time_s"],
-                    )  # fmt: skip
+                    )
                     cells.append(f"{best['global_step'] / best['wall_time_s']:.0f}")
             rows.append(f"| {env_id} | {n} | " + " | ".join(cells) + " |")
             print(rows[-1], flush=True)

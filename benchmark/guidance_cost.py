@@ -28,15 +28,31 @@ import time
 
 def run_once(script, env_id, kl_coef, llm, common, extra, exp_name, threads):
     """Run the script once; returns its eval.json as a dict (raises with the script's output on failure)."""
-    cmd = [sys.executable, script, "--env-id", env_id, "--kl-coef", str(kl_coef), "--llm", llm,
-           "--exp-name", exp_name, "--eval-episodes", "0", *common, *extra]
+    cmd = [
+        sys.executable,
+        script,
+        "--env-id",
+        env_id,
+        "--kl-coef",
+        str(kl_coef),
+        "--llm",
+        llm,
+        "--exp-name",
+        exp_name,
+        "--eval-episodes",
+        "0",
+        *common,
+        *extra,
+    ]
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     run_dirs = glob.glob(os.path.join("runs", f"*__{exp_name}__*"))
     if proc.returncode != 0 or len(run_dirs) != 1 or not os.path.isfile(os.path.join(run_dirs[0], "eval.json")):
-        raise SystemExit(f"error: {' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}")
+        raise SystemExit(
+            f"error: {' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+        )
     with open(os.path.join(run_dirs[0], "eval.json")) as f:
         result = json.load(f)
     shutil.rmtree(run_dirs[0], ignore_errors=True)
@@ -48,46 +64,88 @@ def main(argv=None):
     parser.add_argument("--script", default="lago_ppo_discrete.py", help="the PPO script to time")
     parser.add_argument("--env-id", default="CLEVR-Robot-v0", help="--env-id of both runs")
     parser.add_argument("--llm", default="tiny-random", help="--llm of the LaGO run (its prior must exist)")
-    parser.add_argument("--kl-coef", type=float, default=1.0, help="beta of the LaGO run (the vanilla run has 0; the cost does not depend on it)")
+    parser.add_argument(
+        "--kl-coef",
+        type=float,
+        default=1.0,
+        help="beta of the LaGO run (the vanilla run has 0; the cost does not depend on it)",
+    )
     parser.add_argument("--num-envs", type=int, default=4, help="--num-envs of both runs")
     parser.add_argument("--num-steps", type=int, default=128, help="--num-steps of both runs")
     parser.add_argument("--total-timesteps", type=int, default=8192, help="--total-timesteps of both runs")
     parser.add_argument("--seed", type=int, default=1, help="--seed of both runs")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each variant; the fastest counts")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="OMP_NUM_THREADS of the runs (1: tiny MLPs gain nothing from threads on a shared CPU; 0: inherit)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="OMP_NUM_THREADS of the runs (1: tiny MLPs gain nothing from threads on a shared CPU; 0: inherit)",
+    )
     parser.add_argument("--out", default=None, help="also write the numbers to this JSON file")
     args, extra = parser.parse_known_args(argv)
     extra = [a for a in extra if a != "--"]
-    common = ["--num-envs", str(args.num_envs), "--num-steps", str(args.num_steps),
-              "--total-timesteps", str(args.total_timesteps), "--seed", str(args.seed)]
+    common = [
+        "--num-envs",
+        str(args.num_envs),
+        "--num-steps",
+        str(args.num_steps),
+        "--total-timesteps",
+        str(args.total_timesteps),
+        "--seed",
+        str(args.seed),
+    ]
 
     tag = f"guidance_cost_{os.getpid()}_{int(time.time())}"
     runs = {"vanilla": [], "lago": []}
     for rep in range(args.repeats):
         for variant, kl_coef in (("vanilla", 0.0), ("lago", args.kl_coef)):
-            result = run_once(args.script, args.env_id, kl_coef, args.llm, common, extra, f"{tag}_{variant}{rep}", args.threads)
+            result = run_once(
+                args.script, args.env_id, kl_coef, args.llm, common, extra, f"{tag}_{variant}{rep}", args.threads
+            )
             per_step_ms = 1000.0 * result["wall_time_s"] / result["global_step"]
             prior_ms = 1000.0 * result["prior_time_s"] / result["global_step"]
-            runs[variant].append({"ms_per_step": per_step_ms, "prior_ms_per_step": prior_ms,
-                                  "wall_time_s": result["wall_time_s"], "global_step": result["global_step"]})
-            print(f"  {variant:7s} repeat {rep}: {per_step_ms:.3f} ms/env-step (prior {prior_ms:.3f}) "
-                  f"over {result['global_step']} steps", flush=True)
+            runs[variant].append(
+                {
+                    "ms_per_step": per_step_ms,
+                    "prior_ms_per_step": prior_ms,
+                    "wall_time_s": result["wall_time_s"],
+                    "global_step": result["global_step"],
+                }
+            )
+            print(
+                f"  {variant:7s} repeat {rep}: {per_step_ms:.3f} ms/env-step (prior {prior_ms:.3f}) "
+                f"over {result['global_step']} steps",
+                flush=True,
+            )
 
     best = {v: min(runs[v], key=lambda r: r["ms_per_step"]) for v in runs}
     ratio = best["lago"]["ms_per_step"] / best["vanilla"]["ms_per_step"]
     extra_ms = best["lago"]["ms_per_step"] - best["vanilla"]["ms_per_step"]
-    print(f"{args.script} {args.env_id} --num-envs {args.num_envs} --num-steps {args.num_steps} "
-          f"--total-timesteps {args.total_timesteps} {' '.join(extra)}".rstrip())
+    print(
+        f"{args.script} {args.env_id} --num-envs {args.num_envs} --num-steps {args.num_steps} "
+        f"--total-timesteps {args.total_timesteps} {' '.join(extra)}".rstrip()
+    )
     print(f"  vanilla PPO (--kl-coef 0): {best['vanilla']['ms_per_step']:.3f} ms per env step")
-    print(f"  LaGO (--llm {args.llm}):   {best['lago']['ms_per_step']:.3f} ms per env step, "
-          f"of which {best['lago']['prior_ms_per_step']:.3f} in the prior "
-          f"(+{extra_ms:.3f} ms over vanilla)")
+    print(
+        f"  LaGO (--llm {args.llm}):   {best['lago']['ms_per_step']:.3f} ms per env step, "
+        f"of which {best['lago']['prior_ms_per_step']:.3f} in the prior "
+        f"(+{extra_ms:.3f} ms over vanilla)"
+    )
     print(f"guidance cost ratio (LaGO / vanilla wall time per env step): {ratio:.2f}")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"script": args.script, "env_id": args.env_id, "llm": args.llm, "settings": common + extra,
-                       "runs": runs, "ratio": ratio}, f, indent=2)
+            json.dump(
+                {
+                    "script": args.script,
+                    "env_id": args.env_id,
+                    "llm": args.llm,
+                    "settings": common + extra,
+                    "runs": runs,
+                    "ratio": ratio,
+                },
+                f,
+                indent=2,
+            )
     return ratio
 
 

@@ -41,8 +41,21 @@ SETTINGS = (
 )  # also planned, dropped for CPU time: forward floor0.3 with beta 0.1 and 1
 # the guiding prior acting alone, no RL (issue 11: LaGO should beat it): (name, std floor, sampled actions?)
 PRIOR_ALONE = (("prior alone greedy floor0.3", 0.3, False), ("prior alone sampled floor0.3", 0.3, True))
-PPO_ARGS = ("--total-timesteps", "30000", "--num-envs", "8", "--num-steps", "128", "--num-minibatches", "16",
-            "--max-episode-steps", "200", "--eval-episodes", "20", "--save-model")  # fmt: skip
+PPO_ARGS = (
+    "--total-timesteps",
+    "30000",
+    "--num-envs",
+    "8",
+    "--num-steps",
+    "128",
+    "--num-minibatches",
+    "16",
+    "--max-episode-steps",
+    "200",
+    "--eval-episodes",
+    "20",
+    "--save-model",
+)
 
 
 def prior_dir(results, task, noise, floor):
@@ -52,9 +65,23 @@ def prior_dir(results, task, noise, floor):
 def make_prior(results, task, noise, floor):
     path = prior_dir(results, task, noise, floor)
     if not path.exists():
-        cmd = [sys.executable, str(REPO / "finetune_prior.py"), "--env-id", task, "--llm", "tiny-random",
-               "--demo-noise", str(noise), "--std-floor", str(floor), "--output-dir", str(path), "--no-progress-bar",
-               "--save-demos-path", str(results / "demos" / f"{task}__noise{noise:g}.npz")]  # fmt: skip
+        cmd = [
+            sys.executable,
+            str(REPO / "finetune_prior.py"),
+            "--env-id",
+            task,
+            "--llm",
+            "tiny-random",
+            "--demo-noise",
+            str(noise),
+            "--std-floor",
+            str(floor),
+            "--output-dir",
+            str(path),
+            "--no-progress-bar",
+            "--save-demos-path",
+            str(results / "demos" / f"{task}__noise{noise:g}.npz"),
+        ]
         subprocess.run(cmd, cwd=results, check=True, capture_output=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
     return path
 
@@ -80,9 +107,11 @@ def init_kl(results, task, noise, floor):
         mean, std = prior(torch.tensor(np.stack(states)), [info["instruction"]] * len(states))
     prior_d = Independent(Normal(mean, std), 1)
     policy_d = Independent(Normal(torch.zeros_like(mean), torch.ones_like(std)), 1)
-    return {"reverse": kl_divergence(policy_d, prior_d).mean().item(),
-            "forward": kl_divergence(prior_d, policy_d).mean().item(),
-            "prior_std": std.mean(0).tolist()}  # fmt: skip
+    return {
+        "reverse": kl_divergence(policy_d, prior_d).mean().item(),
+        "forward": kl_divergence(prior_d, policy_d).mean().item(),
+        "prior_std": std.mean(0).tolist(),
+    }
 
 
 def run_ppo(results, task, seed, setting):
@@ -92,26 +121,50 @@ def run_ppo(results, task, seed, setting):
         return json.loads(out.read_text())
     workdir = results / "work" / out.stem
     workdir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(REPO / "lago_ppo_continuous.py"), "--env-id", task, "--seed", str(seed),
-           "--kl-coef", str(beta), "--kl-direction", direction, *PPO_ARGS]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(REPO / "lago_ppo_continuous.py"),
+        "--env-id",
+        task,
+        "--seed",
+        str(seed),
+        "--kl-coef",
+        str(beta),
+        "--kl-direction",
+        direction,
+        *PPO_ARGS,
+    ]
     if beta > 0:
         cmd += ["--prior-path", str(prior_dir(results, task, 0.0, floor))]
     start = time.time()
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True,
-                          env=dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled"))  # fmt: skip
+    proc = subprocess.run(
+        cmd,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled"),
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
     run = sorted((workdir / "runs").iterdir())[-1]
     summary = json.loads((run / "eval.json").read_text())
     model = torch.load(run / "lago_ppo_continuous.cleanrl_model")
-    result = {"task": task, "seed": seed, "setting": name, "eval_success": summary["eval"][task]["success_rate"],
-              "train_success": summary["final_success_rate"],
-              "policy_std": model["agent"]["actor_logstd"].exp().squeeze(0).tolist(),
-              "wall_s": time.time() - start}  # fmt: skip
+    result = {
+        "task": task,
+        "seed": seed,
+        "setting": name,
+        "eval_success": summary["eval"][task]["success_rate"],
+        "train_success": summary["final_success_rate"],
+        "policy_std": model["agent"]["actor_logstd"].exp().squeeze(0).tolist(),
+        "wall_s": time.time() - start,
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    print(f"{task} {name} seed {seed}: eval success {result['eval_success']:.2f}, policy std "
-          f"{np.round(result['policy_std'], 2).tolist()} ({result['wall_s']:.0f}s)", flush=True)  # fmt: skip
+    print(
+        f"{task} {name} seed {seed}: eval success {result['eval_success']:.2f}, policy std "
+        f"{np.round(result['policy_std'], 2).tolist()} ({result['wall_s']:.0f}s)",
+        flush=True,
+    )
     return result
 
 
@@ -124,8 +177,9 @@ def run_prior_alone(results, task, seed, setting):
     out = results / "ppo" / f"{task}__{name.replace(' ', '_')}__{seed}.json"
     if out.exists():
         return json.loads(out.read_text())
-    episodes, steps = int(PPO_ARGS[PPO_ARGS.index("--eval-episodes") + 1]), int(
-        PPO_ARGS[PPO_ARGS.index("--max-episode-steps") + 1]
+    episodes, steps = (
+        int(PPO_ARGS[PPO_ARGS.index("--eval-episodes") + 1]),
+        int(PPO_ARGS[PPO_ARGS.index("--max-episode-steps") + 1]),
     )
     ev = evaluate_prior(prior_dir(results, task, 0.0, floor), "metaworld", task, seed, episodes, steps, sample=sample)
     result = {"task": task, "seed": seed, "setting": name, "eval_success": ev["success"][task], "policy_std": None}
@@ -148,12 +202,17 @@ def main():
     jobs = [(task, noise, floor) for task in TASKS for noise in NOISES for floor in FLOORS]
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda job: make_prior(results, *job), jobs))
-    lines = ["| task | demo noise | std floor | prior std (mean over states, 4 dims) | KL(pi0 \\|\\| prior) | "
-             "KL(prior \\|\\| pi0) |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| task | demo noise | std floor | prior std (mean over states, 4 dims) | KL(pi0 \\|\\| prior) | "
+        "KL(prior \\|\\| pi0) |",
+        "|---|---|---|---|---|---|",
+    ]
     for task, noise, floor in jobs:
         kl = init_kl(results, task, noise, floor)
-        lines.append(f"| {task} | {noise:g} | {floor:g} | {', '.join(f'{s:.3f}' for s in kl['prior_std'])} | "
-                     f"{kl['reverse']:.1f} | {kl['forward']:.2f} |")  # fmt: skip
+        lines.append(
+            f"| {task} | {noise:g} | {floor:g} | {', '.join(f'{s:.3f}' for s in kl['prior_std'])} | "
+            f"{kl['reverse']:.1f} | {kl['forward']:.2f} |"
+        )
     table = "\n".join(lines)
     print(table)
     if not args.only_init_kl:
@@ -161,8 +220,10 @@ def main():
         with ThreadPoolExecutor(args.jobs) as pool:
             done = list(pool.map(lambda job: run_ppo(results, *job), runs))
         done += [run_prior_alone(results, task, seed, s) for s in PRIOR_ALONE for task in TASKS for seed in SEEDS]
-        rows = ["| guidance | " + " | ".join(f"{t} eval success" for t in TASKS) + " | task mean | policy std at end |",
-                "|---|" + "---|" * (len(TASKS) + 2)]  # fmt: skip
+        rows = [
+            "| guidance | " + " | ".join(f"{t} eval success" for t in TASKS) + " | task mean | policy std at end |",
+            "|---|" + "---|" * (len(TASKS) + 2),
+        ]
         for setting in SETTINGS + PRIOR_ALONE:
             mine = [r for r in done if r["setting"] == setting[0]]
             per_task = [[r["eval_success"] for r in mine if r["task"] == t] for t in TASKS]

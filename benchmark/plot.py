@@ -181,9 +181,17 @@ def plot_levels(results: list[dict], out_png: str | os.PathLike) -> Optional[Pat
         per_level.append([float(np.mean([r["success"][lv] for lv in levels])) for r in runs])
         stats = [_mean_std(v) for v in per_level]
         x = np.arange(len(groups)) + (i - (len(rows) - 1) / 2) * width
-        ax.bar(x, [100 * m for m, _ in stats], width, yerr=[100 * sd for _, sd in stats], capsize=2,
-               label=f"{_label(runs[0])}, n={len({r['seed'] for r in runs})}")
-    ax.set_xticks(np.arange(len(groups)), [LEVEL_TITLES.get(g, "mean over levels" if g == "mean" else g) for g in groups])
+        ax.bar(
+            x,
+            [100 * m for m, _ in stats],
+            width,
+            yerr=[100 * sd for _, sd in stats],
+            capsize=2,
+            label=f"{_label(runs[0])}, n={len({r['seed'] for r in runs})}",
+        )
+    ax.set_xticks(
+        np.arange(len(groups)), [LEVEL_TITLES.get(g, "mean over levels" if g == "mean" else g) for g in groups]
+    )
     ax.set_ylabel("evaluation success (%)")
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
@@ -201,7 +209,9 @@ def metaworld_table(results: list[dict]) -> str:
     if not rows:
         return ""
     tasks = _tasks(results, "metaworld")
-    header = "| Method | Seeds | " + " | ".join(f"{t} (%)" for t in tasks) + " | Mean (%) | Return | Wall time / run (min) |"
+    header = (
+        "| Method | Seeds | " + " | ".join(f"{t} (%)" for t in tasks) + " | Mean (%) | Return | Wall time / run (min) |"
+    )
     lines = [header, "|" + "---|" * (len(tasks) + 5)]
     for row, runs in rows.items():
         cells = [_label(runs[0]), str(len({r["seed"] for r in runs}))]
@@ -349,7 +359,9 @@ class _quiet_nanmean:
         return self._ctx.__exit__(*exc)
 
 
-def make_report(results_dir: str | os.PathLike, out_table: Optional[str] = None, bins: int = 40) -> tuple[Path, list[Path]]:
+def make_report(
+    results_dir: str | os.PathLike, out_table: Optional[str] = None, bins: int = 40
+) -> tuple[Path, list[Path]]:
     """Write table.md and curves_{env}.png for the results under `results_dir`; return their paths."""
     results_dir = Path(results_dir)
     results = load_results(results_dir)

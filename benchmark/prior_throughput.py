@@ -52,7 +52,9 @@ def main(argv=None) -> int:
     parser.add_argument("--prior-path", required=True, help="a prior directory made by finetune_prior.py")
     parser.add_argument("--batch-sizes", default="1,4,16,64,256", help="comma-separated states per forward pass")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--num-episodes", type=int, default=4, help="expert episodes to take the states from (more if needed)")
+    parser.add_argument(
+        "--num-episodes", type=int, default=4, help="expert episodes to take the states from (more if needed)"
+    )
     args = parser.parse_args(argv)
     try:
         batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -76,9 +78,11 @@ def main(argv=None) -> int:
     observations = torch.as_tensor(demos["observations"][take], dtype=torch.float32, device=args.device)
     instructions = [str(s) for s in demos["instructions"][take]]
     lengths = [len(prior.tokenizer(s)["input_ids"]) for s in instructions]
-    print(f"prior {args.prior_path} (llm {prior.config['llm']}, {prior.config['state_encoding']} state encoding) "
-          f"on {args.device}, torch threads {torch.get_num_threads()}; {len(demos['actions'])} expert states of "
-          f"{env['env_id']}, instructions of {min(lengths)}-{max(lengths)} tokens")  # fmt: skip
+    print(
+        f"prior {args.prior_path} (llm {prior.config['llm']}, {prior.config['state_encoding']} state encoding) "
+        f"on {args.device}, torch threads {torch.get_num_threads()}; {len(demos['actions'])} expert states of "
+        f"{env['env_id']}, instructions of {min(lengths)}-{max(lengths)} tokens"
+    )
     print(f"{'batch':>6} {'ms/state':>9} {'GFLOP/state':>12} {'GFLOP/s':>8}")
     best_secs, least_gflop = float("inf"), float("inf")  # least work per state: the batch with the least padding
     with torch.inference_mode():
@@ -92,8 +96,10 @@ def main(argv=None) -> int:
             best_secs, least_gflop = min(best_secs, secs), min(least_gflop, gflop)
     if not args.device.startswith("cuda"):
         rate = matmul_gflops(args.device)
-        print(f"this core's fp32 matmul rate (1024^3): {rate:.1f} GFLOP/s -> at least {1e3 * least_gflop / rate:.3f} "
-              f"ms per state for this prior ({least_gflop:.4f} GFLOP); measured best {1e3 * best_secs:.3f} ms")  # fmt: skip
+        print(
+            f"this core's fp32 matmul rate (1024^3): {rate:.1f} GFLOP/s -> at least {1e3 * least_gflop / rate:.3f} "
+            f"ms per state for this prior ({least_gflop:.4f} GFLOP); measured best {1e3 * best_secs:.3f} ms"
+        )
     return 0
 
 

@@ -30,23 +30,50 @@ def run(results: Path, llm: str, seed: int, args) -> dict:
         return json.loads(out.read_text())
     demos = results / "demos" / f"train__{args.num_episodes}ep__noise{args.demo_noise:g}__seed{seed}.npz"
     prior = results / "priors" / f"{llm}__seed{seed}"
-    cmd = [sys.executable, str(REPO / "finetune_prior.py"), "--env-id", "CLEVR-Robot-v0", "--llm", llm,
-           "--seed", str(seed), "--num-episodes", str(args.num_episodes), "--demo-noise", str(args.demo_noise),
-           "--epochs", str(args.epochs), "--eval-goal-split", ",".join(LEVELS),
-           "--eval-num-episodes", str(args.eval_episodes), "--output-dir", str(prior), "--no-progress-bar",
-           "--no-time-forward"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(REPO / "finetune_prior.py"),
+        "--env-id",
+        "CLEVR-Robot-v0",
+        "--llm",
+        llm,
+        "--seed",
+        str(seed),
+        "--num-episodes",
+        str(args.num_episodes),
+        "--demo-noise",
+        str(args.demo_noise),
+        "--epochs",
+        str(args.epochs),
+        "--eval-goal-split",
+        ",".join(LEVELS),
+        "--eval-num-episodes",
+        str(args.eval_episodes),
+        "--output-dir",
+        str(prior),
+        "--no-progress-bar",
+        "--no-time-forward",
+    ]
     cmd += ["--demos-path", str(demos)] if demos.exists() else ["--save-demos-path", str(demos)]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
     proc = subprocess.run(cmd, cwd=results, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     summary = json.loads((prior / "prior_config.json").read_text())["train_summary"]
-    result = {"llm": llm, "seed": seed, "train_time_s": summary["train_time_s"],
-              **{level: summary[f"{level}_goals_top1"] for level in LEVELS}}  # fmt: skip
+    result = {
+        "llm": llm,
+        "seed": seed,
+        "train_time_s": summary["train_time_s"],
+        **{level: summary[f"{level}_goals_top1"] for level in LEVELS},
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
-    print(f"{llm} seed {seed}: " + " ".join(f"{level} {result[level]:.3f}" for level in LEVELS)
-          + f" ({result['train_time_s']:.0f}s)", flush=True)  # fmt: skip
+    print(
+        f"{llm} seed {seed}: "
+        + " ".join(f"{level} {result[level]:.3f}" for level in LEVELS)
+        + f" ({result['train_time_s']:.0f}s)",
+        flush=True,
+    )
     return result
 
 
@@ -69,12 +96,18 @@ def main():
             run(results, llm, seed, args)
 
     done = [json.loads(p.read_text()) for p in sorted((results / "stage1").glob("*.json"))]
-    lines = ["| model | seeds | " + " | ".join(f"{level} top-1" for level in LEVELS) + " | fine-tuning time |",
-             "|---|---|" + "---|" * (len(LEVELS) + 1)]  # fmt: skip
+    lines = [
+        "| model | seeds | " + " | ".join(f"{level} top-1" for level in LEVELS) + " | fine-tuning time |",
+        "|---|---|" + "---|" * (len(LEVELS) + 1),
+    ]
     for llm in dict.fromkeys(r["llm"] for r in done):
         mine = [r for r in done if r["llm"] == llm]
-        cells = [f"{100 * np.mean([r[lv] for r in mine]):.1f} +- {100 * np.std([r[lv] for r in mine]):.1f}%" for lv in LEVELS]
-        lines.append(f"| {llm} | {len(mine)} | " + " | ".join(cells) + f" | {np.mean([r['train_time_s'] for r in mine]):.0f} s |")
+        cells = [
+            f"{100 * np.mean([r[lv] for r in mine]):.1f} +- {100 * np.std([r[lv] for r in mine]):.1f}%" for lv in LEVELS
+        ]
+        lines.append(
+            f"| {llm} | {len(mine)} | " + " | ".join(cells) + f" | {np.mean([r['train_time_s'] for r in mine]):.0f} s |"
+        )
     table = "\n".join(lines)
     print(table)
     (results / "table.md").write_text(table + "\n")

@@ -111,8 +111,18 @@ class Preset:
     """the rows run by default (--rows overrides)"""
 
 
-MT10 = ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
-        "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3")  # fmt: skip
+MT10 = (
+    "reach-v3",
+    "push-v3",
+    "pick-place-v3",
+    "door-open-v3",
+    "drawer-open-v3",
+    "drawer-close-v3",
+    "button-press-topdown-v3",
+    "peg-insert-side-v3",
+    "window-open-v3",
+    "window-close-v3",
+)
 
 PRESETS: dict[str, Preset] = {
     # The whole table on a 2-core CPU in <= 3 h with --jobs 2 (measured estimate in benchmark/README.md).
@@ -156,7 +166,12 @@ PRESETS: dict[str, Preset] = {
         metaworld_demo_episodes=10,
         metaworld_demo_noise=0.3,
         clevr_finetune_args=(
-            "--epochs", "5", "--eval-goal-split", "train,heldout,rephrase,compose", "--eval-num-episodes", "100",
+            "--epochs",
+            "5",
+            "--eval-goal-split",
+            "train,heldout,rephrase,compose",
+            "--eval-num-episodes",
+            "100",
         ),  # the command of benchmark/stage1_levels.py, seed 1: its priors are these
         metaworld_finetune_args=("--epochs", "5"),
         clevr_ppo_args=("--num-envs", "8", "--num-steps", "64", "--learning-rate", "1e-3", "--update-epochs", "8"),
@@ -224,7 +239,12 @@ PRESETS: dict[str, Preset] = {
         metaworld_demo_episodes=20,
         metaworld_demo_noise=0.3,
         clevr_finetune_args=(
-            "--epochs", "5", "--eval-goal-split", "train,heldout,rephrase,compose", "--eval-num-episodes", "100",
+            "--epochs",
+            "5",
+            "--eval-goal-split",
+            "train,heldout,rephrase,compose",
+            "--eval-num-episodes",
+            "100",
         ),
         metaworld_finetune_args=("--epochs", "10"),
         clevr_ppo_args=("--num-envs", "8", "--num-steps", "64", "--learning-rate", "1e-3", "--update-epochs", "8"),
@@ -246,9 +266,13 @@ class Args:
     MT10, 5 seeds, 500k steps per run), `offline` (the thesis protocol at the gpu budget with MiniLM or mpnet)"""
     envs: tuple[Literal["clevr", "metaworld"], ...] = ENVS
     """environments to run"""
-    rows: tuple[
-        Literal["ppo", "prior", "prior-sampled", "prior-sampled-random", "lago", "lago-random", "lago-adaptive"], ...
-    ] | None = None
+    rows: (
+        tuple[
+            Literal["ppo", "prior", "prior-sampled", "prior-sampled-random", "lago", "lago-random", "lago-adaptive"],
+            ...,
+        ]
+        | None
+    ) = None
     """rows of the table to run (default: the preset's)"""
     seeds: Optional[tuple[int, ...]] = None
     """override the preset's seeds"""
@@ -287,7 +311,9 @@ def resolve(args: Args) -> Preset:
     if args.llm is not None:
         changes["llm"] = args.llm
         # a model named on the command line has no known twin: use the same model unless told
-        changes["random_llm"] = args.random_llm or (f"{args.llm}-random" if args.llm in OFFLINE_PRETRAINED else args.llm)
+        changes["random_llm"] = args.random_llm or (
+            f"{args.llm}-random" if args.llm in OFFLINE_PRETRAINED else args.llm
+        )
     elif args.random_llm is not None:
         changes["random_llm"] = args.random_llm
     if args.metaworld_tasks is not None:
@@ -315,7 +341,8 @@ def check_or_write_config(results_dir: Path, p: Preset, preset_name: str) -> Non
         theirs = json.loads(path.read_text())
         if theirs.get("budget") != mine["budget"]:
             diff = sorted(
-                k for k in set(mine["budget"]) | set(theirs.get("budget", {}))
+                k
+                for k in set(mine["budget"]) | set(theirs.get("budget", {}))
                 if mine["budget"].get(k) != theirs.get("budget", {}).get(k)
             )
             raise SystemExit(
@@ -383,14 +410,37 @@ def llm_of_row(row: str, p: Preset) -> Optional[str]:
 
 def finetune_command(env: str, llm: str, out: Path, p: Preset) -> list[str]:
     """Stage 1: demonstrations of the noisy scripted expert (CLEVR: train goals only), then LoRA fine-tuning."""
-    cmd = [sys.executable, str(REPO / "finetune_prior.py"), "--env-id", prior_env_id(env, p), "--llm", llm,
-           "--output-dir", str(out), "--seed", "1", "--no-progress-bar"]
+    cmd = [
+        sys.executable,
+        str(REPO / "finetune_prior.py"),
+        "--env-id",
+        prior_env_id(env, p),
+        "--llm",
+        llm,
+        "--output-dir",
+        str(out),
+        "--seed",
+        "1",
+        "--no-progress-bar",
+    ]
     if env == "clevr":
-        cmd += ["--num-episodes", str(p.clevr_demo_episodes), "--demo-noise", str(p.clevr_demo_noise),
-                "--goal-split", "train"]
+        cmd += [
+            "--num-episodes",
+            str(p.clevr_demo_episodes),
+            "--demo-noise",
+            str(p.clevr_demo_noise),
+            "--goal-split",
+            "train",
+        ]
     else:
-        cmd += ["--num-episodes", str(p.metaworld_demo_episodes), "--demo-noise", str(p.metaworld_demo_noise),
-                "--max-episode-steps", str(p.metaworld_max_episode_steps)]
+        cmd += [
+            "--num-episodes",
+            str(p.metaworld_demo_episodes),
+            "--demo-noise",
+            str(p.metaworld_demo_noise),
+            "--max-episode-steps",
+            str(p.metaworld_max_episode_steps),
+        ]
     return cmd + list(p.clevr_finetune_args if env == "clevr" else p.metaworld_finetune_args) + list(p.device_args)
 
 
@@ -400,8 +450,20 @@ def ppo_command(env: str, task: str, row: str, seed: int, prior_path: Optional[P
     episodes = p.clevr_eval_episodes if env == "clevr" else p.metaworld_eval_episodes
     kl_coef = p.clevr_kl_coef if env == "clevr" else p.metaworld_kl_coef
     kl_target = p.clevr_kl_target if env == "clevr" else p.metaworld_kl_target
-    cmd = [sys.executable, str(REPO / script), "--env-id", task, "--seed", str(seed),
-           "--total-timesteps", str(steps), "--eval-episodes", str(episodes), "--exp-name", f"bench-{row}"]
+    cmd = [
+        sys.executable,
+        str(REPO / script),
+        "--env-id",
+        task,
+        "--seed",
+        str(seed),
+        "--total-timesteps",
+        str(steps),
+        "--eval-episodes",
+        str(episodes),
+        "--exp-name",
+        f"bench-{row}",
+    ]
     if row == "ppo":
         cmd += ["--kl-coef", "0"]
     else:
@@ -429,8 +491,11 @@ def run_logged(cmd: list[str], cwd: Path, log: Path, threads: int) -> tuple[int,
     """Run `cmd` in `cwd`, stdout+stderr to `log`; return (exit code, wall seconds)."""
     env = dict(os.environ)
     env.update(
-        OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="false",
-        WANDB_MODE=env.get("WANDB_MODE", "disabled"), PYTHONUNBUFFERED="1",
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        TOKENIZERS_PARALLELISM="false",
+        WANDB_MODE=env.get("WANDB_MODE", "disabled"),
+        PYTHONUNBUFFERED="1",
     )
     cwd.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -486,8 +551,10 @@ def stage1_job(env: str, llm: str, p: Preset, results_dir: Path, threads: int) -
         code, secs = run_logged(finetune_command(env, llm, out, p), work, log, threads)
         if code != 0 or not prior_is_complete(out):
             raise RuntimeError(f"finetune_prior.py failed (exit {code}); log {log}:\n{tail(log)}")
-        write_json_atomic(results_dir / "stage1" / f"{out.name}.json",
-                          {"env": env, "llm": llm, "prior_dir": str(out.relative_to(results_dir)), "wall_time_s": secs})
+        write_json_atomic(
+            results_dir / "stage1" / f"{out.name}.json",
+            {"env": env, "llm": llm, "prior_dir": str(out.relative_to(results_dir)), "wall_time_s": secs},
+        )
         return f"prior {out.name} fine-tuned in {secs:.0f} s"
 
     return Job(f"stage 1 {env} {llm}", fn, f"stage1-{env}")
@@ -512,12 +579,19 @@ def ppo_job(env: str, task: str, row: str, seed: int, p: Preset, results_dir: Pa
         code, secs = run_logged(cmd, work, log, threads)
         run_dirs = sorted(d for d in (work / "runs").glob("*") if d.is_dir()) if (work / "runs").is_dir() else []
         if code != 0 or len(run_dirs) != 1 or not (run_dirs[0] / "eval.json").is_file():
-            raise RuntimeError(f"{Path(cmd[1]).name} failed (exit {code}, run dirs {len(run_dirs)}); log {log}:\n{tail(log)}")
+            raise RuntimeError(
+                f"{Path(cmd[1]).name} failed (exit {code}, run dirs {len(run_dirs)}); log {log}:\n{tail(log)}"
+            )
         run_dir = run_dirs[0]
         ev = json.loads((run_dir / "eval.json").read_text())
         steps, values = plot.read_scalars(run_dir, plot.CURVE_TAG)
         result = {
-            "env": env, "task": task, "task_index": tasks_of(env, p).index(task), "row": row, "seed": seed, "llm": llm,
+            "env": env,
+            "task": task,
+            "task_index": tasks_of(env, p).index(task),
+            "row": row,
+            "seed": seed,
+            "llm": llm,
             "total_timesteps": p.clevr_timesteps if env == "clevr" else p.metaworld_timesteps,
             "success": eval_success(env, task, ev, p),
             "return": eval_return(env, task, ev, p),
@@ -540,7 +614,9 @@ def eval_success(env: str, task: str, ev: dict, p: Preset) -> dict:
     try:
         return {split: float(ev["eval"][split]["success_rate"]) for split in splits}
     except (KeyError, TypeError) as e:
-        raise RuntimeError(f"eval.json has no eval/{{split}}/success_rate for {splits} ({e!r}): evaluation skipped?") from e
+        raise RuntimeError(
+            f"eval.json has no eval/{{split}}/success_rate for {splits} ({e!r}): evaluation skipped?"
+        ) from e
 
 
 def eval_return(env: str, task: str, ev: dict, p: Preset) -> Optional[float]:
@@ -562,9 +638,17 @@ def fmt_success(success: dict) -> str:
 _LOAD_LOCK = threading.Lock()
 
 
-def evaluate_prior(prior_path: Path, env: str, task: str, seed: int, episodes: int,
-                   max_episode_steps: Optional[int] = None, levels: tuple[str, ...] = ("train", "heldout"),
-                   goal_slots: int = 1, sample: bool = False) -> dict:
+def evaluate_prior(
+    prior_path: Path,
+    env: str,
+    task: str,
+    seed: int,
+    episodes: int,
+    max_episode_steps: Optional[int] = None,
+    levels: tuple[str, ...] = ("train", "heldout"),
+    goal_slots: int = 1,
+    sample: bool = False,
+) -> dict:
     """Success and return of the prior acting alone: greedily (argmax logits / Gaussian mean, clipped) or, with
     `sample`, drawing its actions from its distribution (the policy LaGO's KL pulls towards).
 
@@ -591,8 +675,10 @@ def evaluate_prior(prior_path: Path, env: str, task: str, seed: int, episodes: i
         else:
             from envs.metaworld import make_env
 
-            vec = [make_env(task, seed=10_000 * seed + i, max_episode_steps=max_episode_steps or 500)
-                   for i in range(episodes)]
+            vec = [
+                make_env(task, seed=10_000 * seed + i, max_episode_steps=max_episode_steps or 500)
+                for i in range(episodes)
+            ]
         obs, instr = [], []
         succ = np.zeros(episodes, dtype=bool)
         for i, e in enumerate(vec):
@@ -646,20 +732,35 @@ def prior_job(env: str, task: str, row: str, seed: int, p: Preset, results_dir: 
         start = time.time()
         episodes = p.clevr_eval_episodes if env == "clevr" else p.metaworld_eval_episodes
         try:
-            ev = evaluate_prior(path, env, task, seed, episodes,
-                                None if env == "clevr" else p.metaworld_max_episode_steps,
-                                p.clevr_levels, 2 if "compose" in (*p.clevr_goal_split.split("+"), *p.clevr_levels) else 1,
-                                sample=row.startswith("prior-sampled"))
+            ev = evaluate_prior(
+                path,
+                env,
+                task,
+                seed,
+                episodes,
+                None if env == "clevr" else p.metaworld_max_episode_steps,
+                p.clevr_levels,
+                2 if "compose" in (*p.clevr_goal_split.split("+"), *p.clevr_levels) else 1,
+                sample=row.startswith("prior-sampled"),
+            )
         except Exception as e:  # noqa: BLE001 - reported with the run's name, the other runs go on
             raise RuntimeError(f"evaluation of the prior {path} alone failed: {type(e).__name__}: {e}") from e
         secs = time.time() - start
         stage1 = results_dir / "stage1" / f"{path.name}.json"
         result = {
-            "env": env, "task": task, "task_index": tasks_of(env, p).index(task), "row": row, "seed": seed,
+            "env": env,
+            "task": task,
+            "task_index": tasks_of(env, p).index(task),
+            "row": row,
+            "seed": seed,
             "llm": llm_of_row(row, p),
-            "total_timesteps": 0, "success": ev["success"], "return": ev["return"], "wall_time_s": secs,
+            "total_timesteps": 0,
+            "success": ev["success"],
+            "return": ev["return"],
+            "wall_time_s": secs,
             "finetune_wall_time_s": json.loads(stage1.read_text())["wall_time_s"] if stage1.exists() else None,
-            "curve": {"steps": [], "values": []}, "eval_episodes": episodes,
+            "curve": {"steps": [], "values": []},
+            "eval_episodes": episodes,
         }
         write_json_atomic(out, result)
         return f"{row} {task} seed {seed}: success {fmt_success(ev['success'])} in {secs:.0f} s"
@@ -703,7 +804,9 @@ def run_jobs(jobs: list[Job], n_parallel: int) -> list[str]:
                     try:
                         summary, secs = fut.result()
                         durations.setdefault(job.kind, []).append(secs)
-                        print(f"{head} {summary}; {time_left(list(pending.values()), durations, n_parallel)}", flush=True)
+                        print(
+                            f"{head} {summary}; {time_left(list(pending.values()), durations, n_parallel)}", flush=True
+                        )
                     except Exception as e:  # noqa: BLE001 - keep going, report at the end
                         failures.append(f"{job.name}: {e}")
                         print(f"{head} FAILED {job.name}: {e}", flush=True)
@@ -739,15 +842,22 @@ def main(args: Args) -> int:
                         stage2.append(ppo_job(env, task, row, seed, p, results_dir, args.threads_per_job))
 
     # stage 1: one prior per (env, language model) that a run still to do needs
-    stage1 = [stage1_job(env, llm, p, results_dir, args.threads_per_job)
-              for env, llm in sorted(needed) if not prior_is_complete(prior_dir(results_dir, env, llm))]
+    stage1 = [
+        stage1_job(env, llm, p, results_dir, args.threads_per_job)
+        for env, llm in sorted(needed)
+        if not prior_is_complete(prior_dir(results_dir, env, llm))
+    ]
 
     print(f"benchmark preset {args.preset!r} -> {results_dir}")
     print(f"  rows {', '.join(rows)}; envs {', '.join(args.envs)}; seeds {list(p.seeds)}")
-    print(f"  llm {p.llm} (random twin {p.random_llm}); CLEVR {p.clevr_timesteps:,} steps; "
-          f"Meta-World {', '.join(p.metaworld_tasks)} at {p.metaworld_timesteps:,} steps")
-    print(f"  stage 1: {len(stage1)} priors to fine-tune; stage 2: {len(stage2)} runs to do, "
-          f"{skipped} finished already (skipped)")
+    print(
+        f"  llm {p.llm} (random twin {p.random_llm}); CLEVR {p.clevr_timesteps:,} steps; "
+        f"Meta-World {', '.join(p.metaworld_tasks)} at {p.metaworld_timesteps:,} steps"
+    )
+    print(
+        f"  stage 1: {len(stage1)} priors to fine-tune; stage 2: {len(stage2)} runs to do, "
+        f"{skipped} finished already (skipped)"
+    )
     if args.dry_run:
         for env, llm in sorted(needed):
             print("  $ " + " ".join(finetune_command(env, llm, prior_dir(results_dir, env, llm), p)))
@@ -756,7 +866,10 @@ def main(args: Args) -> int:
                 for task in tasks_of(env, p):
                     for row in rows:
                         if row.startswith("prior"):
-                            print(f"  (in-process) {row}: prior {prior_dir(results_dir, env, llm_of_row(row, p)).name} on {task}, seed {seed}")
+                            print(
+                                f"  (in-process) {row}: prior {prior_dir(results_dir, env, llm_of_row(row, p)).name}"
+                                f" on {task}, seed {seed}"
+                            )
                         else:
                             llm = llm_of_row(row, p)
                             pp = prior_dir(results_dir, env, llm) if llm else None

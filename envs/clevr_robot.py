@@ -541,7 +541,8 @@ class ClevrRobotEnv(gym.Env):
             raise ValueError(
                 f"goal_split {goal_split!r} has the 'compose' level (two relations at once), whose goal encoding needs "
                 f"two slots: pass goal_slots=2 (observation of {STATE_DIM} + 2 * {GOAL_DIM} = "
-                f"{STATE_DIM + 2 * GOAL_DIM} dims), e.g. gym.make('CLEVR-Robot-v0', goal_split={goal_split!r}, goal_slots=2)"
+                f"{STATE_DIM + 2 * GOAL_DIM} dims), e.g. "
+                f"gym.make('CLEVR-Robot-v0', goal_split={goal_split!r}, goal_slots=2)"
             )
         if max_episode_steps is not None and (
             not isinstance(max_episode_steps, (int, np.integer)) or max_episode_steps < 1
@@ -1111,8 +1112,13 @@ def level_success(
             if terminated or truncated:
                 break
         wins += bool(info["success"])
-    return {"goal_split": goal_split, "policy": policy, "episodes": episodes, "success_rate": wins / episodes,
-            "steps_per_episode": steps / episodes}  # fmt: skip
+    return {
+        "goal_split": goal_split,
+        "policy": policy,
+        "episodes": episodes,
+        "success_rate": wins / episodes,
+        "steps_per_episode": steps / episodes,
+    }
 
 
 if __name__ == "__main__":  # python -m envs.clevr_robot --policy random --episodes 200 --seed 0
@@ -1127,5 +1133,8 @@ if __name__ == "__main__":  # python -m envs.clevr_robot --policy random --episo
     cli = parser.parse_args()
     for name in cli.levels.split(","):
         r = level_success(name, cli.episodes, cli.policy, cli.seed, cli.max_episode_steps)
-        print(f"{cli.policy}, goal_split={name!r}, {cli.episodes} episodes of <= {cli.max_episode_steps} steps: "
-              f"success {r['success_rate']:.3f}, {r['steps_per_episode']:.2f} steps per episode", flush=True)  # fmt: skip
+        print(
+            f"{cli.policy}, goal_split={name!r}, {cli.episodes} episodes of <= {cli.max_episode_steps} steps: "
+            f"success {r['success_rate']:.3f}, {r['steps_per_episode']:.2f} steps per episode",
+            flush=True,
+        )

@@ -93,9 +93,17 @@ ALL_TASKS: tuple[str, ...] = tuple(metaworld.MT1.ENV_NAMES)
 """The 50 Meta-World v3 task names, in Meta-World's order (this is also MT50)."""
 MT50 = ALL_TASKS
 MT10: tuple[str, ...] = (
-    "reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3",
-    "drawer-close-v3", "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3",
-)  # fmt: skip
+    "reach-v3",
+    "push-v3",
+    "pick-place-v3",
+    "door-open-v3",
+    "drawer-open-v3",
+    "drawer-close-v3",
+    "button-press-topdown-v3",
+    "peg-insert-side-v3",
+    "window-open-v3",
+    "window-close-v3",
+)
 BENCHMARKS: dict[str, tuple[str, ...]] = {"MT10": MT10, "MT50": MT50}
 
 
@@ -237,9 +245,7 @@ def env_thunk(task: str, seed: int | None, **kwargs) -> Callable[[], gym.Env]:
     return thunk
 
 
-def make_vector_env(
-    tasks: str | Sequence[str], num_envs: int, seed: int, **kwargs
-) -> gym.vector.SyncVectorEnv:
+def make_vector_env(tasks: str | Sequence[str], num_envs: int, seed: int, **kwargs) -> gym.vector.SyncVectorEnv:
     """num_envs envs in a SyncVectorEnv (same-step autoreset): env i runs tasks[i % len(tasks)] with seed seed + i.
 
     tasks: a spec for resolve_tasks ("MT10", "reach-v3", "push-v3,reach-v3") or a list of names.

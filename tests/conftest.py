@@ -39,8 +39,13 @@ def _quiet_run(workdir: Path):
 def _train(workdir: Path, **kwargs) -> dict:
     import finetune_prior
 
-    args = finetune_prior.Args(llm="tiny-random", progress_bar=False, output_dir=str(workdir / "prior"),
-                               save_demos_path=str(workdir / "demos.npz"), **kwargs)  # fmt: skip
+    args = finetune_prior.Args(
+        llm="tiny-random",
+        progress_bar=False,
+        output_dir=str(workdir / "prior"),
+        save_demos_path=str(workdir / "demos.npz"),
+        **kwargs,
+    )
     with _quiet_run(workdir):
         _, summary = finetune_prior.train(args)
     return {"prior": str(workdir / "prior"), "demos": str(workdir / "demos.npz"), "summary": summary}
@@ -49,15 +54,29 @@ def _train(workdir: Path, **kwargs) -> dict:
 @pytest.fixture(scope="session")
 def tiny_clevr_run(tmp_path_factory) -> dict:
     """CLEVR-Robot-v0: 150 expert episodes (~400 steps), 16 epochs of tiny-random (~10 s alone on 2 cores)."""
-    return _train(tmp_path_factory.mktemp("tiny_clevr"), env_id="CLEVR-Robot-v0", num_episodes=150, epochs=16,
-                  batch_size=32, learning_rate=3e-3)  # fmt: skip
+    return _train(
+        tmp_path_factory.mktemp("tiny_clevr"),
+        env_id="CLEVR-Robot-v0",
+        num_episodes=150,
+        epochs=16,
+        batch_size=32,
+        learning_rate=3e-3,
+    )
 
 
 @pytest.fixture(scope="session")
 def tiny_reach_run(tmp_path_factory) -> dict:
     """reach-v3: 4 expert episodes of at most 40 steps, 4 epochs of tiny-random (a few seconds)."""
-    return _train(tmp_path_factory.mktemp("tiny_reach"), env_id="reach-v3", num_episodes=4, max_episode_steps=40,
-                  epochs=4, batch_size=16, learning_rate=3e-3, eval_fraction=0.25)  # fmt: skip
+    return _train(
+        tmp_path_factory.mktemp("tiny_reach"),
+        env_id="reach-v3",
+        num_episodes=4,
+        max_episode_steps=40,
+        epochs=4,
+        batch_size=16,
+        learning_rate=3e-3,
+        eval_fraction=0.25,
+    )
 
 
 @pytest.fixture(scope="session")

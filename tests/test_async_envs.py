@@ -14,9 +14,12 @@ import script_runs  # noqa: E402
 
 RUNS = {
     "discrete": ("lago_ppo_discrete.py", "lago_ppo_discrete", ["--num-steps", "64", "--total-timesteps", "384"]),
-    "continuous": ("lago_ppo_continuous.py", "lago_ppo_continuous",
-                   ["--num-steps", "48", "--total-timesteps", "288", "--max-episode-steps", "40"]),
-}  # fmt: skip
+    "continuous": (
+        "lago_ppo_continuous.py",
+        "lago_ppo_continuous",
+        ["--num-steps", "48", "--total-timesteps", "288", "--max-episode-steps", "40"],
+    ),
+}
 
 
 @pytest.mark.parametrize("kind", ["discrete", "continuous"])
@@ -26,8 +29,20 @@ def test_async_envs_give_the_same_run(kind, tmp_path):
     for mode in ("sync", "async"):
         cwd = tmp_path / mode
         cwd.mkdir()
-        flags = ["--kl-coef", "0", "--num-envs", "3", "--num-minibatches", "2", "--update-epochs", "2",
-                 "--eval-episodes", "2", "--save-model", *budget] + (["--async-envs"] if mode == "async" else [])  # fmt: skip
+        flags = [
+            "--kl-coef",
+            "0",
+            "--num-envs",
+            "3",
+            "--num-minibatches",
+            "2",
+            "--update-epochs",
+            "2",
+            "--eval-episodes",
+            "2",
+            "--save-model",
+            *budget,
+        ] + (["--async-envs"] if mode == "async" else [])
         script_runs.run_script(str(REPO / script), flags, cwd)
         rdir = script_runs.run_dir(str(cwd))
         logs = script_runs.scalars(rdir)

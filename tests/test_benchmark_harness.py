@@ -25,8 +25,15 @@ def write_events(run_dir: Path, points):
 
 def fake_result(results_dir, env, row, task, seed, success, curve=None, wall=60.0, ret=1.0):
     result = {
-        "env": env, "task": task, "row": row, "seed": seed, "llm": None if row == "ppo" else "tiny-random",
-        "total_timesteps": 0 if row == "prior" else 1000, "success": success, "return": ret, "wall_time_s": wall,
+        "env": env,
+        "task": task,
+        "row": row,
+        "seed": seed,
+        "llm": None if row == "ppo" else "tiny-random",
+        "total_timesteps": 0 if row == "prior" else 1000,
+        "success": success,
+        "return": ret,
+        "wall_time_s": wall,
         "curve": {"steps": [s for s, _ in curve or []], "values": [v for _, v in curve or []]},
     }
     table.write_json_atomic(table.result_path(Path(results_dir), env, row, task, seed), result)
@@ -54,18 +61,35 @@ def test_binned_curve_means_and_carries_forward():
 
 def test_report_table_values_and_png(tmp_path):
     for seed, (tr, ho) in zip((1, 2), ((0.2, 0.1), (0.4, 0.3))):
-        fake_result(tmp_path, "clevr", "ppo", "CLEVR-Robot-v0", seed, {"train": tr, "heldout": ho},
-                    curve=[(100, 0.0), (500, tr), (1000, tr)])
+        fake_result(
+            tmp_path,
+            "clevr",
+            "ppo",
+            "CLEVR-Robot-v0",
+            seed,
+            {"train": tr, "heldout": ho},
+            curve=[(100, 0.0), (500, tr), (1000, tr)],
+        )
         fake_result(tmp_path, "clevr", "prior", "CLEVR-Robot-v0", seed, {"train": 0.5, "heldout": 0.25})
         for task, s in (("reach-v3", 0.8), ("drawer-close-v3", 0.4)):
-            fake_result(tmp_path, "metaworld", "lago", task, seed, {task: s * seed / 2},
-                        curve=[(200, 0.1), (900, s)], ret=100.0 * seed)
+            fake_result(
+                tmp_path,
+                "metaworld",
+                "lago",
+                task,
+                seed,
+                {task: s * seed / 2},
+                curve=[(200, 0.1), (900, s)],
+                ret=100.0 * seed,
+            )
     table_path, pngs = plot.make_report(tmp_path)
     text = table_path.read_text()
     # CLEVR ppo: train 30 +- 10 %, held-out 20 +- 10 %
     ppo_line = next(line for line in text.splitlines() if line.startswith("| PPO (beta = 0)"))
     assert "30.0 ± 10.0" in ppo_line and "20.0 ± 10.0" in ppo_line
-    prior_line = next(line for line in text.splitlines() if line.startswith("| Prior alone, greedy, no RL (tiny-random)"))
+    prior_line = next(
+        line for line in text.splitlines() if line.startswith("| Prior alone, greedy, no RL (tiny-random)")
+    )
     assert "50.0 ± 0.0" in prior_line and "25.0 ± 0.0" in prior_line
     # Meta-World: per-task columns and the mean over tasks (per seed, then over seeds)
     assert "reach-v3 (%)" in text and "drawer-close-v3 (%)" in text
@@ -129,12 +153,21 @@ def test_commands_carry_the_budget(preset):
     """The command lines built for a preset (with CLI overrides) run what the result files claim: the env-step
     budget, seed, task, episode length, eval episodes, language models and demo settings, each env its own,
     and no preset flag list overrides them (the last occurrence of a flag is the one the script reads)."""
-    p = table.resolve(table.Args(preset=preset, seeds=(7, 8), clevr_timesteps=1234, metaworld_timesteps=5678,
-                                 metaworld_tasks=" push-v3, reach-v3 ,"))
+    p = table.resolve(
+        table.Args(
+            preset=preset,
+            seeds=(7, 8),
+            clevr_timesteps=1234,
+            metaworld_timesteps=5678,
+            metaworld_tasks=" push-v3, reach-v3 ,",
+        )
+    )
     assert p.seeds == (7, 8) and p.metaworld_tasks == ("push-v3", "reach-v3")
     pp = Path("/priors/x")
-    for env, task, steps, episodes in (("clevr", table.CLEVR_ENV_ID, "1234", p.clevr_eval_episodes),
-                                       ("metaworld", "reach-v3", "5678", p.metaworld_eval_episodes)):
+    for env, task, steps, episodes in (
+        ("clevr", table.CLEVR_ENV_ID, "1234", p.clevr_eval_episodes),
+        ("metaworld", "reach-v3", "5678", p.metaworld_eval_episodes),
+    ):
         for row in ("ppo", "lago", "lago-random", "lago-adaptive"):
             cmd = table.ppo_command(env, task, row, 8, None if row == "ppo" else pp, p)
             assert Path(cmd[1]).name == ("lago_ppo_discrete.py" if env == "clevr" else "lago_ppo_continuous.py")
@@ -166,22 +199,36 @@ def test_commands_carry_the_budget(preset):
             else:  # one multi-task prior over all the tasks
                 assert f["--env-id"] == "push-v3,reach-v3"
                 assert f["--max-episode-steps"] == str(p.metaworld_max_episode_steps)
-                assert (f["--num-episodes"], f["--demo-noise"]) == (str(p.metaworld_demo_episodes),
-                                                                    str(p.metaworld_demo_noise))
+                assert (f["--num-episodes"], f["--demo-noise"]) == (
+                    str(p.metaworld_demo_episodes),
+                    str(p.metaworld_demo_noise),
+                )
 
 
 def test_kl_settings_reach_only_their_rows():
-    p = dataclasses.replace(table.PRESETS["smoke"], clevr_kl_coef=0.25, metaworld_kl_coef=0.5,
-                            clevr_kl_target=0.03, metaworld_kl_target=0.07)
-    for env, task, coef, target in (("clevr", table.CLEVR_ENV_ID, "0.25", "0.03"), ("metaworld", "reach-v3", "0.5", "0.07")):
-        f = {row: flag_values(table.ppo_command(env, task, row, 1, Path("/p"), p))
-             for row in ("ppo", "lago", "lago-random", "lago-adaptive")}
+    p = dataclasses.replace(
+        table.PRESETS["smoke"],
+        clevr_kl_coef=0.25,
+        metaworld_kl_coef=0.5,
+        clevr_kl_target=0.03,
+        metaworld_kl_target=0.07,
+    )
+    for env, task, coef, target in (
+        ("clevr", table.CLEVR_ENV_ID, "0.25", "0.03"),
+        ("metaworld", "reach-v3", "0.5", "0.07"),
+    ):
+        f = {
+            row: flag_values(table.ppo_command(env, task, row, 1, Path("/p"), p))
+            for row in ("ppo", "lago", "lago-random", "lago-adaptive")
+        }
         assert f["ppo"]["--kl-coef"] == "0"
         assert [f[r]["--kl-coef"] for r in ("lago", "lago-random", "lago-adaptive")] == [coef] * 3
         assert f["lago-adaptive"]["--kl-target"] == target
         assert all("--kl-target" not in f[r] for r in ("ppo", "lago", "lago-random"))
     # unset: the scripts' defaults (no flag)
-    f = flag_values(table.ppo_command("clevr", table.CLEVR_ENV_ID, "lago-adaptive", 1, Path("/p"), table.PRESETS["smoke"]))
+    f = flag_values(
+        table.ppo_command("clevr", table.CLEVR_ENV_ID, "lago-adaptive", 1, Path("/p"), table.PRESETS["smoke"])
+    )
     assert "--kl-target" not in f and "--kl-coef" not in f
 
 
@@ -228,7 +275,10 @@ def test_dry_run_plans_every_run_and_skips_finished_ones(tmp_path, capsys):
                         fake_result(tmp_path, env, row, task, seed, {})
     done = len(list(tmp_path.glob("*/*/*.json")))
     _, plan = dry_run(capsys, tmp_path, **kw)
-    assert plan.strip() == f"stage 1: 1 priors to fine-tune; stage 2: {n - done} runs to do, {done} finished already (skipped)"
+    assert (
+        plan.strip()
+        == f"stage 1: 1 priors to fine-tune; stage 2: {n - done} runs to do, {done} finished already (skipped)"
+    )
     # the CLEVR prior already fine-tuned: nothing to fine-tune
     prior = table.prior_dir(tmp_path, "clevr", "tiny-random")
     prior.mkdir(parents=True)
@@ -240,8 +290,22 @@ def test_dry_run_plans_every_run_and_skips_finished_ones(tmp_path, capsys):
 
 
 def run_harness(results_dir: Path, *extra: str) -> str:
-    cmd = [sys.executable, "-m", "benchmark.table", "--preset", "smoke", "--llm", "tiny-random",
-           "--results-dir", str(results_dir), "--rows", "ppo", "prior", "lago", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmark.table",
+        "--preset",
+        "smoke",
+        "--llm",
+        "tiny-random",
+        "--results-dir",
+        str(results_dir),
+        "--rows",
+        "ppo",
+        "prior",
+        "lago",
+        *extra,
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
@@ -261,9 +325,12 @@ def test_smoke_end_to_end_table_plot_and_resume(tmp_path, tiny_clevr_prior, tiny
     assert "stage 2: 6 runs to do, 0 finished already" in out
     files = sorted(results.glob("*/*/*__seed1.json"))
     assert [f.relative_to(results).as_posix() for f in files] == [
-        "clevr/lago/CLEVR-Robot-v0__seed1.json", "clevr/ppo/CLEVR-Robot-v0__seed1.json",
-        "clevr/prior/CLEVR-Robot-v0__seed1.json", "metaworld/lago/reach-v3__seed1.json",
-        "metaworld/ppo/reach-v3__seed1.json", "metaworld/prior/reach-v3__seed1.json",
+        "clevr/lago/CLEVR-Robot-v0__seed1.json",
+        "clevr/ppo/CLEVR-Robot-v0__seed1.json",
+        "clevr/prior/CLEVR-Robot-v0__seed1.json",
+        "metaworld/lago/reach-v3__seed1.json",
+        "metaworld/ppo/reach-v3__seed1.json",
+        "metaworld/prior/reach-v3__seed1.json",
     ]
     ppo = json.loads((results / "clevr/ppo/CLEVR-Robot-v0__seed1.json").read_text())
     assert set(ppo["success"]) == {"train", "heldout"} and 0 <= ppo["success"]["heldout"] <= 1
@@ -305,13 +372,25 @@ def test_stale_cached_prior_is_refused_with_what_to_delete(tmp_path):
 @pytest.mark.slow
 def test_smoke_preset_with_stage1_all_rows(tmp_path):
     """The whole smoke preset as a user runs it: stage 1 through finetune_prior.py, every row, both envs."""
-    cmd = [sys.executable, "-m", "benchmark.table", "--preset", "smoke", "--llm", "tiny-random",
-           "--results-dir", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmark.table",
+        "--preset",
+        "smoke",
+        "--llm",
+        "tiny-random",
+        "--results-dir",
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "stage 1: 2 priors to fine-tune" in proc.stdout
     assert len(list(tmp_path.glob("*/*/*__seed1.json"))) == 10
-    assert sorted(p.name for p in tmp_path.glob("stage1/*.json")) == ["clevr__tiny-random.json", "metaworld__tiny-random.json"]
+    assert sorted(p.name for p in tmp_path.glob("stage1/*.json")) == [
+        "clevr__tiny-random.json",
+        "metaworld__tiny-random.json",
+    ]
     text = (tmp_path / "table.md").read_text()
     assert "LaGO (tiny-random), adaptive beta" in text and "LaGO, random-init twin (tiny-random)" in text
 
@@ -337,15 +416,20 @@ def test_levels_table_mean_column_and_figure(tmp_path):
     levels = ("train", "heldout", "rephrase", "compose")
     per_seed = {1: (0.5, 0.6, 0.4, 0.1), 2: (0.7, 0.8, 0.6, 0.3)}  # means over levels: 0.4 and 0.6
     for seed, values in per_seed.items():
-        fake_result(tmp_path, "clevr", "ppo", "CLEVR-Robot-v0", seed, dict(zip(levels, values)),
-                    curve=[(100, 0.0), (1000, 0.5)])
+        fake_result(
+            tmp_path, "clevr", "ppo", "CLEVR-Robot-v0", seed, dict(zip(levels, values)), curve=[(100, 0.0), (1000, 0.5)]
+        )
         fake_result(tmp_path, "clevr", "prior-sampled", "CLEVR-Robot-v0", seed, dict(zip(levels, (0.2,) * 4)))
     table_path, pngs = plot.make_report(tmp_path)
     lines = table_path.read_text().splitlines()
     header = next(line for line in lines if line.startswith("| Method"))
     assert [c.strip() for c in header.split("|")[3:8]] == [
-        "Success, train goals (%)", "Success, held-out goals (%)", "Success, rephrased (%)", "Success, composed (%)",
-        "Mean over levels (%)"]
+        "Success, train goals (%)",
+        "Success, held-out goals (%)",
+        "Success, rephrased (%)",
+        "Success, composed (%)",
+        "Mean over levels (%)",
+    ]
     ppo = [c.strip() for c in next(line for line in lines if line.startswith("| PPO")).split("|")]
     assert ppo[3:8] == ["60.0 ± 10.0", "70.0 ± 10.0", "50.0 ± 10.0", "20.0 ± 10.0", "50.0 ± 10.0"]
     assert any(line.startswith("| Prior alone, sampled, no RL (tiny-random) | 2 | 20.0 ± 0.0") for line in lines)
@@ -360,8 +444,10 @@ def test_prior_alone_greedy_and_sampled_on_levels(tiny_clevr_prior):
     assert set(greedy["success"]) == {"train", "compose"}
     assert all(0.0 <= v <= 1.0 for v in greedy["success"].values())
     assert table.evaluate_prior(Path(tiny_clevr_prior), "clevr", table.CLEVR_ENV_ID, 1, 6, **kw) == greedy
-    sampled = [table.evaluate_prior(Path(tiny_clevr_prior), "clevr", table.CLEVR_ENV_ID, s, 6, sample=True, **kw)
-               for s in (1, 1, 2)]
+    sampled = [
+        table.evaluate_prior(Path(tiny_clevr_prior), "clevr", table.CLEVR_ENV_ID, s, 6, sample=True, **kw)
+        for s in (1, 1, 2)
+    ]
     assert sampled[0] == sampled[1]
     assert sampled[0] != greedy or sampled[2] != greedy  # sampled actions are not the argmax ones
 

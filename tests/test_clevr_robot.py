@@ -332,7 +332,12 @@ def test_goal_split_is_deterministic_across_processes():
     root = Path(__file__).resolve().parents[1]
     outs = {
         subprocess.run(
-            [sys.executable, "-c", code], cwd=root, env={"PYTHONHASHSEED": seed}, capture_output=True, text=True, check=True
+            [sys.executable, "-c", code],
+            cwd=root,
+            env={"PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         for seed in ("1", "2")
     }
@@ -425,7 +430,9 @@ def test_import_envs_is_light():
 
 # ------------------------------------------------------------------ instruction levels (rephrase, compose, mixtures)
 WORD = re.compile(r"[a-z]+")
-TRAIN_COLOUR_RELATION_WORDS = set(COLORS) | {w for phrases in RELATION_PHRASES.values() for p in phrases for w in WORD.findall(p)}
+TRAIN_COLOUR_RELATION_WORDS = set(COLORS) | {
+    w for phrases in RELATION_PHRASES.values() for p in phrases for w in WORD.findall(p)
+}
 TRAIN_COLOUR_RELATION_WORDS -= {"to", "the", "of", "on", "in"}  # function words, shared with any English
 MIX = "train+rephrase+heldout+compose"
 
@@ -484,7 +491,12 @@ def test_rephrase_uses_no_train_word_and_names_the_right_program():
 
 
 def test_levels_are_deterministic_sized_and_disjoint():
-    sizes = {"train": 64 * 7, "heldout": 16 * 3, "rephrase": 80 * 8, "compose": len(COMPOSE_GOALS) * len(COMPOSE_FRAMES)}
+    sizes = {
+        "train": 64 * 7,
+        "heldout": 16 * 3,
+        "rephrase": 80 * 8,
+        "compose": len(COMPOSE_GOALS) * len(COMPOSE_FRAMES),
+    }
     lists = {lv: level_instructions(lv) for lv in LEVELS}
     for lv in LEVELS:
         assert lists[lv] == level_instructions(lv) and len(lists[lv]) == len(set(lists[lv])) == sizes[lv]
@@ -497,12 +509,24 @@ def test_levels_are_deterministic_sized_and_disjoint():
     for a, b in COMPOSE_GOALS:
         assert a < b and a in TRAIN_PROGRAMS and b in TRAIN_PROGRAMS
         assert {PROGRAMS[a][0], PROGRAMS[a][2]} != {PROGRAMS[b][0], PROGRAMS[b][2]}
-    assert all(" and " in s for s in lists["compose"][:: 97])
+    assert all(" and " in s for s in lists["compose"][::97])
     # independent of the per-process string hashing
-    code = "import hashlib; from envs.clevr_robot import split_instructions as s; print(hashlib.sha1(repr(s('rephrase+compose')).encode()).hexdigest())"
+    code = (
+        "import hashlib; from envs.clevr_robot import split_instructions as s; "
+        "print(hashlib.sha1(repr(s('rephrase+compose')).encode()).hexdigest())"
+    )
     root = Path(__file__).resolve().parents[1]
-    outs = {subprocess.run([sys.executable, "-c", code], cwd=root, env={"PYTHONHASHSEED": seed}, capture_output=True,
-                           text=True, check=True).stdout for seed in ("1", "2")}  # fmt: skip
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=root,
+            env={"PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2")
+    }
     assert len(outs) == 1
 
 
@@ -541,7 +565,13 @@ def test_compose_success_iff_both_relations_hold():
         pos = u.positions()
         assert goal_holds(pos, "red left_of blue") == first and goal_holds(pos, "green front_of cyan") == second
         both = first and second
-        assert (reward, terminated, info["success"], u.goal_holds(), goal_holds(pos, goal)) == (float(both), both, both, both, both)
+        assert (reward, terminated, info["success"], u.goal_holds(), goal_holds(pos, goal)) == (
+            float(both),
+            both,
+            both,
+            both,
+            both,
+        )
         assert info["goal"] == goal and info["level"] == "compose" and not truncated
 
 
@@ -631,7 +661,9 @@ def test_expert_and_demos_on_the_new_levels():
     assert wins >= 7
     d = collect_demos(6, goal_split="rephrase+compose", seed=2)
     n = len(d["actions"])
-    assert d["observations"].shape == (n, 38) and d["levels"].shape == (n,) and set(d["levels"]) == {"rephrase", "compose"}
+    assert (
+        d["observations"].shape == (n, 38) and d["levels"].shape == (n,) and set(d["levels"]) == {"rephrase", "compose"}
+    )
     assert d["episode_success"].all()
     assert "levels" not in collect_demos(2, seed=2)  # the default demo dict is unchanged
 

@@ -42,8 +42,9 @@ def synthetic_demos(env_id="CLEVR-Robot-v0", episodes=6, steps=5, seed=0) -> dic
 
 def run_cli(args, cwd, timeout=300, extra_env=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(extra_env or {})}
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, SCRIPT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def run_main(argv, tmp_path, capsys, monkeypatch) -> tuple[int, str]:
@@ -163,8 +164,14 @@ def test_bf16_base_model(tiny_clevr_prior):
 def test_saved_prior_reloads_identically_and_moves(tiny_clevr_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "p"
-    args = fp.Args(llm="tiny-random", demos_path=tiny_clevr_run["demos"], epochs=1, batch_size=64,
-                   output_dir=str(out), progress_bar=False)  # fmt: skip
+    args = fp.Args(
+        llm="tiny-random",
+        demos_path=tiny_clevr_run["demos"],
+        epochs=1,
+        batch_size=64,
+        output_dir=str(out),
+        progress_bar=False,
+    )
     trained, summary = fp.train(args)
     assert summary["output_dir"] == str(out) and summary["forward_ms_b16"] > 0
     demos = np.load(tiny_clevr_run["demos"])
@@ -177,8 +184,21 @@ def test_saved_prior_reloads_identically_and_moves(tiny_clevr_run, tmp_path, mon
         shutil.move(str(out), moved)
         torch.testing.assert_close(load_prior(str(moved))(obs, instr), want, rtol=1e-5, atol=1e-5)
     cfg = load_prior(str(moved)).config
-    for key in ("llm", "env_id", "action_space", "obs_dim", "state_dim", "state_encoding", "prompt_template",
-                "obs_mean", "obs_std", "std_floor", "lora", "tokenizer_fingerprint", "train_summary"):  # fmt: skip
+    for key in (
+        "llm",
+        "env_id",
+        "action_space",
+        "obs_dim",
+        "state_dim",
+        "state_encoding",
+        "prompt_template",
+        "obs_mean",
+        "obs_std",
+        "std_floor",
+        "lora",
+        "tokenizer_fingerprint",
+        "train_summary",
+    ):
         assert key in cfg, key
     assert cfg["lora"]["target_modules"] == "all-linear" and cfg["pooling"] == "last"
 
@@ -189,9 +209,19 @@ def test_text_encoding_round_trip(tiny_clevr_run, tmp_path, monkeypatch):
     demos = fp.load_demos(tiny_clevr_run["demos"], fp.resolve_env("CLEVR-Robot-v0"))
     small = fp.select_steps(demos, demos["episode_ids"] < 20)
     fp.save_demos(small, str(tmp_path / "small.npz"))
-    args = fp.Args(llm="tiny-random", demos_path=str(tmp_path / "small.npz"), state_encoding="text", epochs=2,
-                   batch_size=8, gradient_accumulation_steps=2, lr_schedule="linear", output_dir=str(tmp_path / "p"),
-                   progress_bar=False, text_decimals=1, time_forward=False)  # fmt: skip
+    args = fp.Args(
+        llm="tiny-random",
+        demos_path=str(tmp_path / "small.npz"),
+        state_encoding="text",
+        epochs=2,
+        batch_size=8,
+        gradient_accumulation_steps=2,
+        lr_schedule="linear",
+        output_dir=str(tmp_path / "p"),
+        progress_bar=False,
+        text_decimals=1,
+        time_forward=False,
+    )
     trained, summary = fp.train(args)
     assert trained.state_proj is None and trained.config["num_state_tokens"] == 0
     batches = -(-summary["train_samples"] // 8)
@@ -208,9 +238,17 @@ def test_heldout_instruction_evaluation(tiny_clevr_run, tmp_path, monkeypatch):
     demos = fp.load_demos(tiny_clevr_run["demos"], fp.resolve_env("CLEVR-Robot-v0"))
     small = fp.select_steps(demos, demos["episode_ids"] < 10)
     fp.save_demos(small, str(tmp_path / "small.npz"))
-    args = fp.Args(llm="tiny-random", demos_path=str(tmp_path / "small.npz"), eval_goal_split="heldout",
-                   eval_num_episodes=6, eval_demos_path=str(tmp_path / "small.npz"), epochs=1,
-                   output_dir=str(tmp_path / "p"), progress_bar=False, time_forward=False)  # fmt: skip
+    args = fp.Args(
+        llm="tiny-random",
+        demos_path=str(tmp_path / "small.npz"),
+        eval_goal_split="heldout",
+        eval_num_episodes=6,
+        eval_demos_path=str(tmp_path / "small.npz"),
+        epochs=1,
+        output_dir=str(tmp_path / "p"),
+        progress_bar=False,
+        time_forward=False,
+    )
     _, summary = fp.train(args)
     assert len(summary["history"]) == 2 and {"eval", "heldout_goals", "eval_file"} <= set(summary["history"][-1])
     assert 0 <= summary["heldout_goals_top1"] <= 1 and summary["eval_file_samples"] == len(small["actions"])
@@ -224,8 +262,14 @@ def test_minilm_encoder_prior(tiny_clevr_run, tmp_path, monkeypatch):
     demos = fp.load_demos(tiny_clevr_run["demos"], fp.resolve_env("CLEVR-Robot-v0"))
     small = fp.select_steps(demos, demos["episode_ids"] < 5)
     fp.save_demos(small, str(tmp_path / "small.npz"))
-    args = fp.Args(demos_path=str(tmp_path / "small.npz"), epochs=1, lora_rank=2, output_dir=str(tmp_path / "p"),
-                   progress_bar=False, time_forward=False)  # fmt: skip
+    args = fp.Args(
+        demos_path=str(tmp_path / "small.npz"),
+        epochs=1,
+        lora_rank=2,
+        output_dir=str(tmp_path / "p"),
+        progress_bar=False,
+        time_forward=False,
+    )
     assert args.llm == "all-MiniLM-L6-v2"  # the default
     trained, summary = fp.train(args)
     assert trained.config["pooling"] == "mean" and trained.config["hidden_size"] == 384
@@ -237,7 +281,14 @@ def test_minilm_encoder_prior(tiny_clevr_run, tmp_path, monkeypatch):
     assert tokenizer("a")["input_ids"] == [101, 1037, 102]  # [CLS] a [SEP]: the uncased BERT vocabulary
     twin1, _, _ = fp.load_llm("all-MiniLM-L6-v2-random", torch.float32)
     twin2, _, _ = fp.load_llm("all-MiniLM-L6-v2-random", torch.float32)
-    for key in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
+    for key in (
+        "model_type",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "vocab_size",
+    ):
         assert getattr(twin1.config, key) == getattr(pretrained.config, key), key  # same architecture
     assert fp.weights_fingerprint(twin1) == fp.weights_fingerprint(twin2) != fp.weights_fingerprint(pretrained)
 
@@ -293,7 +344,9 @@ def test_demo_file_validation(tmp_path):
     refused(synthetic_demos("reach-v3"), clevr, "collected on env 'reach-v3' but --env-id is 'CLEVR-Robot-v0'")
     refused(good, reach, "collected on env 'CLEVR-Robot-v0'")
     refused(dict(synthetic_demos("reach-v3"), actions=np.zeros((30, 2), np.float32)), reach, "continuous actions of 4")
-    refused(dict(good, observations=good["observations"][:, :20]), clevr, "20 dims but CLEVR-Robot-v0 observations have 24")
+    refused(
+        dict(good, observations=good["observations"][:, :20]), clevr, "20 dims but CLEVR-Robot-v0 observations have 24"
+    )
     (tmp_path / "junk.npz").write_text("not a zip")
     with pytest.raises(PriorError, match="not a readable .npz"):
         fp.load_demos(str(tmp_path / "junk.npz"), clevr)
@@ -327,7 +380,9 @@ def test_cli_errors_in_process(tmp_path, capsys, monkeypatch):
     # a Hub model that is not cached, offline: a fast, actionable error naming the offline choices
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    code, err = run_main(["--demos-path", str(tmp_path / "good.npz"), "--llm", "Qwen2.5-0.5B"], tmp_path, capsys, monkeypatch)
+    code, err = run_main(
+        ["--demos-path", str(tmp_path / "good.npz"), "--llm", "Qwen2.5-0.5B"], tmp_path, capsys, monkeypatch
+    )
     assert code == 2 and "'Qwen/Qwen2.5-0.5B' is not in the local Hugging Face cache" in err
     assert "tiny-random" in err and "all-MiniLM-L6-v2" in err
 
@@ -382,9 +437,26 @@ def test_torchrun_two_processes(tiny_clevr_run, tmp_path):
     which loads here (so tiny-random rebuilt identically in another process: fingerprints are checked)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     out = tmp_path / "ddp_prior"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", SCRIPT,
-           "--llm", "tiny-random", "--demos-path", tiny_clevr_run["demos"], "--epochs", "2", "--batch-size", "32",
-           "--output-dir", str(out), "--no-progress-bar"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        SCRIPT,
+        "--llm",
+        "tiny-random",
+        "--demos-path",
+        tiny_clevr_run["demos"],
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--output-dir",
+        str(out),
+        "--no-progress-bar",
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout and proc.stdout.count("SUMMARY") == 1

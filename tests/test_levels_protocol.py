@@ -22,8 +22,18 @@ SCRIPT = str(REPO / "lago_ppo_discrete.py")
 MIXTURE = "train+rephrase+heldout+compose"
 TWO_SLOTS = STATE_DIM + 2 * GOAL_DIM  # 38
 # tiny budgets: 2 envs x 16 steps per rollout, 3 rollouts
-TINY = ["--num-envs", "2", "--num-steps", "16", "--total-timesteps", "96", "--num-minibatches", "2",
-        "--update-epochs", "2"]  # fmt: skip
+TINY = [
+    "--num-envs",
+    "2",
+    "--num-steps",
+    "16",
+    "--total-timesteps",
+    "96",
+    "--num-minibatches",
+    "2",
+    "--update-epochs",
+    "2",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -36,8 +46,10 @@ def one_thread():
 
 def fake_envs(obs_dim, n=40):
     """The two attributes fp.load_guidance_prior reads from a vector env."""
-    return SimpleNamespace(single_observation_space=gym.spaces.Box(-1.0, 1.0, (obs_dim,), np.float32),
-                           single_action_space=gym.spaces.Discrete(n))  # fmt: skip
+    return SimpleNamespace(
+        single_observation_space=gym.spaces.Box(-1.0, 1.0, (obs_dim,), np.float32),
+        single_action_space=gym.spaces.Discrete(n),
+    )
 
 
 def load_guidance_prior(args, envs):
@@ -48,8 +60,11 @@ def load_guidance_prior(args, envs):
 def finished_run(cwd):
     """(eval.json, saved model state dict, tensorboard scalars) of the one run under cwd."""
     rdir = script_runs.run_dir(str(cwd))
-    return (json.loads(Path(rdir, "eval.json").read_text()), torch.load(Path(rdir, "lago_ppo_discrete.cleanrl_model")),
-            script_runs.scalars(rdir))  # fmt: skip
+    return (
+        json.loads(Path(rdir, "eval.json").read_text()),
+        torch.load(Path(rdir, "lago_ppo_discrete.cleanrl_model")),
+        script_runs.scalars(rdir),
+    )
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -68,15 +83,18 @@ def test_protocol_defaults_and_goal_slots():
     assert env.observation_space.shape == (TWO_SLOTS,) and env.reset(seed=0)[1]["level"] == "heldout"
 
 
-@pytest.mark.parametrize("goal_split,eval_levels,message", [
-    ("train+bogus", None, "unknown level 'bogus'"),
-    ("train+train", None, "names a level twice"),
-    ("all+train", None, "unknown level 'all'"),
-    ("nope", None, "unknown goal_split 'nope'"),
-    ("train", "train,nope", "unknown level 'nope' in --eval-levels"),
-    ("train", "train,train", "names a level twice"),
-    ("train", "train+compose", "unknown level 'train+compose' in --eval-levels"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "goal_split,eval_levels,message",
+    [
+        ("train+bogus", None, "unknown level 'bogus'"),
+        ("train+train", None, "names a level twice"),
+        ("all+train", None, "unknown level 'all'"),
+        ("nope", None, "unknown goal_split 'nope'"),
+        ("train", "train,nope", "unknown level 'nope' in --eval-levels"),
+        ("train", "train,train", "names a level twice"),
+        ("train", "train+compose", "unknown level 'train+compose' in --eval-levels"),
+    ],
+)
 def test_bad_levels_are_refused(goal_split, eval_levels, message):
     with pytest.raises(ValueError, match=re.escape(message)) as e:
         ppo.clevr_protocol(goal_split, eval_levels)
@@ -85,9 +103,11 @@ def test_bad_levels_are_refused(goal_split, eval_levels, message):
 
 
 def test_bad_level_flags_give_one_line_errors(tmp_path):
-    for flags, message in ((["--goal-split", "train+bogus"], "--goal-split: unknown level 'bogus'"),
-                           (["--eval-levels", "heldout,nope"], "unknown level 'nope' in --eval-levels"),
-                           (["--env-id", "CartPole-v1", "--goal-split", "heldout"], "CartPole-v1 has none")):  # fmt: skip
+    for flags, message in (
+        (["--goal-split", "train+bogus"], "--goal-split: unknown level 'bogus'"),
+        (["--eval-levels", "heldout,nope"], "unknown level 'nope' in --eval-levels"),
+        (["--env-id", "CartPole-v1", "--goal-split", "heldout"], "CartPole-v1 has none"),
+    ):
         proc = script_runs.run_script(SCRIPT, ["--kl-coef", "0", *flags, *TINY], tmp_path, check=False)
         assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
         lines = proc.stderr.strip().splitlines()
@@ -98,8 +118,9 @@ def test_bad_level_flags_give_one_line_errors(tmp_path):
 def test_mixture_run_reports_each_level_and_their_mean(tmp_path):
     """PPO on the four-level mixture: two-slot observations, each level evaluated separately (--eval-episodes each),
     their mean in eval.json, the summary line and tensorboard."""
-    proc = script_runs.run_script(SCRIPT, ["--kl-coef", "0", "--goal-split", MIXTURE, "--eval-episodes", "3",
-                                           "--save-model", *TINY], tmp_path)  # fmt: skip
+    proc = script_runs.run_script(
+        SCRIPT, ["--kl-coef", "0", "--goal-split", MIXTURE, "--eval-episodes", "3", "--save-model", *TINY], tmp_path
+    )
     result, model, logs = finished_run(tmp_path)
     levels = ["train", "heldout", "rephrase", "compose"]
     assert list(result["eval"]) == levels
@@ -141,9 +162,26 @@ def test_one_slot_prior_is_accepted_by_two_slot_envs(tiny_clevr_prior):
 def test_lago_run_on_a_two_slot_mixture(tiny_clevr_prior, tmp_path):
     """LaGO (beta > 0) with the 24-dim-trained tiny prior on train+compose (38-dim observations): it trains with the
     KL to the prior and evaluates the levels asked."""
-    script_runs.run_script(SCRIPT, ["--llm", "tiny-random", "--prior-path", tiny_clevr_prior, "--kl-coef", "0.5",
-                                    "--goal-split", "train+compose", "--eval-levels", "compose,rephrase",
-                                    "--eval-episodes", "2", "--save-model", *TINY], tmp_path)  # fmt: skip
+    script_runs.run_script(
+        SCRIPT,
+        [
+            "--llm",
+            "tiny-random",
+            "--prior-path",
+            tiny_clevr_prior,
+            "--kl-coef",
+            "0.5",
+            "--goal-split",
+            "train+compose",
+            "--eval-levels",
+            "compose,rephrase",
+            "--eval-episodes",
+            "2",
+            "--save-model",
+            *TINY,
+        ],
+        tmp_path,
+    )
     result, model, logs = finished_run(tmp_path)
     assert list(result["eval"]) == ["compose", "rephrase"] and result["prior_time_s"] > 0
     assert model["actor.0.weight"].shape == (64, TWO_SLOTS)
@@ -158,9 +196,24 @@ def test_stage1_reports_top1_on_each_eval_level(tmp_path, capsys, monkeypatch):
     """--eval-goal-split heldout,rephrase,compose: noise-free expert demos of each level (compose: 38-dim observations)
     collected and evaluated on their own, each level its own entry in the summary, the SUMMARY line and tensorboard."""
     monkeypatch.chdir(tmp_path)
-    code = fp.main(["--llm", "tiny-random", "--num-episodes", "20", "--epochs", "1", "--eval-num-episodes", "10",
-                    "--eval-goal-split", "heldout,rephrase,compose", "--output-dir", "prior", "--no-progress-bar",
-                    "--no-time-forward"])  # fmt: skip
+    code = fp.main(
+        [
+            "--llm",
+            "tiny-random",
+            "--num-episodes",
+            "20",
+            "--epochs",
+            "1",
+            "--eval-num-episodes",
+            "10",
+            "--eval-goal-split",
+            "heldout,rephrase,compose",
+            "--output-dir",
+            "prior",
+            "--no-progress-bar",
+            "--no-time-forward",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     (summary_line,) = [line for line in out.splitlines() if line.startswith("SUMMARY ")]
@@ -183,17 +236,24 @@ def test_stage1_level_flags(tmp_path, capsys, monkeypatch):
     """Bad levels in --goal-split / --eval-goal-split: one-line errors that say what is accepted; demo files with an
     observation size CLEVR-Robot never has are refused."""
     monkeypatch.chdir(tmp_path)
-    for argv, message in ((["--goal-split", "train+bogus"], "--goal-split: unknown level 'bogus'"),
-                          (["--eval-goal-split", "heldout,nope"], "--eval-goal-split: unknown goal_split 'nope'"),
-                          (["--eval-goal-split", "rephrase,rephrase"], "--eval-goal-split 'rephrase,rephrase' names a "
-                                                                       "level twice")):  # fmt: skip
+    for argv, message in (
+        (["--goal-split", "train+bogus"], "--goal-split: unknown level 'bogus'"),
+        (["--eval-goal-split", "heldout,nope"], "--eval-goal-split: unknown goal_split 'nope'"),
+        (["--eval-goal-split", "rephrase,rephrase"], "--eval-goal-split 'rephrase,rephrase' names a level twice"),
+    ):
         code = fp.main([*argv, "--llm", "tiny-random", "--no-progress-bar", "--output-dir", "prior"])
         err = capsys.readouterr().err
         assert code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1, err
         assert "heldout" in err or "twice" in err
-    bad = {"observations": np.zeros((4, 30), np.float32), "actions": np.zeros(4, np.int64),
-           "instructions": np.array(["Push the red ball left of the blue ball."] * 4), "episode_ids": np.zeros(4, np.int64),
-           "episode_success": np.ones(1, bool), "env_id": "CLEVR-Robot-v0", "state_dim": STATE_DIM}  # fmt: skip
+    bad = {
+        "observations": np.zeros((4, 30), np.float32),
+        "actions": np.zeros(4, np.int64),
+        "instructions": np.array(["Push the red ball left of the blue ball."] * 4),
+        "episode_ids": np.zeros(4, np.int64),
+        "episode_success": np.ones(1, bool),
+        "env_id": "CLEVR-Robot-v0",
+        "state_dim": STATE_DIM,
+    }
     fp.save_demos(bad, str(tmp_path / "bad.npz"))
     with pytest.raises(fp.PriorError, match="30 dims but CLEVR-Robot-v0 observations have 24 or 38"):
         fp.load_demos(str(tmp_path / "bad.npz"), fp.resolve_env("CLEVR-Robot-v0"))

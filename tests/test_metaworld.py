@@ -63,8 +63,13 @@ def test_resolve_tasks():
     mixed = mw.resolve_tasks("sweep-v3,MT10")
     assert mixed[:2] == ["sweep-v3", "reach-v3"] and len(mixed) == 11
     assert mw.resolve_tasks(["door-open-v3", "reach-v3"]) == ["door-open-v3", "reach-v3"]
-    for bad, suggestion in [("reech-v3", "reach-v3"), ("reach-v2", "reach-v3"), ("pick_place", "pick-place-v3"),
-                            ("MT11", "MT10"), ("reach-v3,drawer-opn-v3", "drawer-open-v3")]:  # fmt: skip
+    for bad, suggestion in [
+        ("reech-v3", "reach-v3"),
+        ("reach-v2", "reach-v3"),
+        ("pick_place", "pick-place-v3"),
+        ("MT11", "MT10"),
+        ("reach-v3,drawer-opn-v3", "drawer-open-v3"),
+    ]:
         with pytest.raises(ValueError) as err:
             mw.resolve_tasks(bad)
         msg = str(err.value)

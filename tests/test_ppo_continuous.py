@@ -29,8 +29,20 @@ from finetune_prior import main as finetune_main  # noqa: E402
 
 TWO_TASKS = "reach-v3,push-v3"
 # tiny budgets: 2 envs x 16 steps per rollout, 8-step episodes, a few minibatches
-TINY = ["--num-envs", "2", "--num-steps", "16", "--max-episode-steps", "8", "--num-minibatches", "2",
-        "--update-epochs", "2", "--eval-episodes", "2"]  # fmt: skip
+TINY = [
+    "--num-envs",
+    "2",
+    "--num-steps",
+    "16",
+    "--max-episode-steps",
+    "8",
+    "--num-minibatches",
+    "2",
+    "--update-epochs",
+    "2",
+    "--eval-episodes",
+    "2",
+]
 
 
 def run_script(args, cwd, check=True):
@@ -41,9 +53,25 @@ def run_script(args, cwd, check=True):
 def two_task_prior(tmp_path_factory):
     """A tiny-random prior fine-tuned on a few expert steps of reach-v3 and push-v3 (a multi-task prior)."""
     out = tmp_path_factory.mktemp("prior") / "two_tasks"
-    code = finetune_main(["--env-id", TWO_TASKS, "--llm", "tiny-random", "--num-episodes", "1",
-                          "--max-episode-steps", "16", "--epochs", "1", "--no-progress-bar", "--output-dir", str(out),
-                          "--save-demos-path", str(out.parent / "demos.npz")])  # fmt: skip
+    code = finetune_main(
+        [
+            "--env-id",
+            TWO_TASKS,
+            "--llm",
+            "tiny-random",
+            "--num-episodes",
+            "1",
+            "--max-episode-steps",
+            "16",
+            "--epochs",
+            "1",
+            "--no-progress-bar",
+            "--output-dir",
+            str(out),
+            "--save-demos-path",
+            str(out.parent / "demos.npz"),
+        ]
+    )
     assert code == 0
     return str(out)
 
@@ -100,9 +128,29 @@ def test_guided_run_on_reach_pulls_policy_to_prior(tiny_reach_prior, tmp_path):
     config = json.loads((prior_path / "prior_config.json").read_text())  # an edited prior needs its new checksum
     config["file_sha256"]["heads.safetensors"] = file_sha256(str(prior_path / "heads.safetensors"))
     (prior_path / "prior_config.json").write_text(json.dumps(config))
-    proc = run_script(["--env-id", "reach-v3", "--prior-path", str(prior_path), "--llm", "tiny-random",
-                       "--kl-coef", "10", "--reward-type", "sparse", "--total-timesteps", "192",
-                       "--learning-rate", "3e-2", "--save-model", *TINY, "--update-epochs", "10"], tmp_path)  # fmt: skip
+    proc = run_script(
+        [
+            "--env-id",
+            "reach-v3",
+            "--prior-path",
+            str(prior_path),
+            "--llm",
+            "tiny-random",
+            "--kl-coef",
+            "10",
+            "--reward-type",
+            "sparse",
+            "--total-timesteps",
+            "192",
+            "--learning-rate",
+            "3e-2",
+            "--save-model",
+            *TINY,
+            "--update-epochs",
+            "10",
+        ],
+        tmp_path,
+    )
     out = proc.stdout
     assert "LaGO prior:" in out and out.count("summary:") == 1 and "prior_kl=" in out
     directory = script_runs.run_dir(tmp_path)
@@ -112,8 +160,14 @@ def test_guided_run_on_reach_pulls_policy_to_prior(tiny_reach_prior, tmp_path):
     assert report["final_success_rate"] == 0.0  # 12 whole episodes per env, none successful: every reward was 0
     assert report["args"]["kl_coef"] == 10
     scalars = script_runs.scalars(directory)
-    for tag in ("losses/prior_kl", "charts/kl_coef", "charts/prior_time_share", "charts/SPS",
-                "charts/episodic_return", "charts/success_rate"):  # fmt: skip
+    for tag in (
+        "losses/prior_kl",
+        "charts/kl_coef",
+        "charts/prior_time_share",
+        "charts/SPS",
+        "charts/episodic_return",
+        "charts/success_rate",
+    ):
         assert tag in scalars, tag
     kls = scalars["losses/prior_kl"]
     assert kls[-1] < 0.7 * kls[0], kls  # the KL to the prior falls
@@ -148,9 +202,26 @@ def test_guided_run_on_reach_pulls_policy_to_prior(tiny_reach_prior, tmp_path):
 
 
 def test_two_task_run_logs_success_per_task(two_task_prior, tmp_path):
-    run_script(["--env-id", TWO_TASKS, "--prior-path", two_task_prior, "--llm", "tiny-random", "--kl-coef", "0.1",
-                "--kl-schedule", "adaptive", "--kl-target", "1e-6", "--total-timesteps", "96", *TINY],
-               tmp_path)  # fmt: skip
+    run_script(
+        [
+            "--env-id",
+            TWO_TASKS,
+            "--prior-path",
+            two_task_prior,
+            "--llm",
+            "tiny-random",
+            "--kl-coef",
+            "0.1",
+            "--kl-schedule",
+            "adaptive",
+            "--kl-target",
+            "1e-6",
+            "--total-timesteps",
+            "96",
+            *TINY,
+        ],
+        tmp_path,
+    )
     directory = script_runs.run_dir(tmp_path)
     report = json.load(open(os.path.join(directory, "eval.json")))
     assert list(report["eval"]) == ["reach-v3", "push-v3"]
@@ -166,7 +237,8 @@ def test_vanilla_run_never_imports_the_language_model(tmp_path):
     code = (
         f"import runpy, sys\nsys.path.insert(0, {str(REPO)!r})\n"
         f"sys.argv = [{SCRIPT!r}, '--kl-coef', '0', '--prior-path', 'does/not/exist', '--total-timesteps', '64', "
-        + ", ".join(repr(a) for a in TINY) + ", '--save-model']\n"
+        + ", ".join(repr(a) for a in TINY)
+        + ", '--save-model']\n"
         f"runpy.run_path({SCRIPT!r}, run_name='__main__')\n"
         "loaded = sorted(m for m in ('finetune_prior', 'transformers', 'peft') if m in sys.modules)\n"
         "print('LOADED', loaded)\n"
@@ -207,8 +279,9 @@ def test_missing_prior_prints_the_finetune_command(monkeypatch, tmp_path):
     """An explicit --prior-path that does not exist is an error naming the command that makes it (a missing default
     prior is made instead: tests/test_ppo_correctness.py)."""
     nowhere = str(tmp_path / "nowhere")
-    message = run_main(["--env-id", "push-v3", "--llm", "tiny-random", "--prior-path", nowhere, *TINY], monkeypatch,
-                       tmp_path)  # fmt: skip
+    message = run_main(
+        ["--env-id", "push-v3", "--llm", "tiny-random", "--prior-path", nowhere, *TINY], monkeypatch, tmp_path
+    )
     assert f"python finetune_prior.py --env-id push-v3 --llm tiny-random --output-dir {nowhere}" in message
     assert not (tmp_path / "priors").exists()
 
@@ -216,19 +289,24 @@ def test_missing_prior_prints_the_finetune_command(monkeypatch, tmp_path):
 def test_prior_of_other_tasks_or_spaces_is_refused(
     two_task_prior, tiny_clevr_prior, tiny_reach_prior, monkeypatch, tmp_path
 ):
-    message = run_main(["--env-id", "window-open-v3", "--prior-path", two_task_prior, "--llm", "tiny-random", *TINY],
-                       monkeypatch, tmp_path)  # fmt: skip
+    message = run_main(
+        ["--env-id", "window-open-v3", "--prior-path", two_task_prior, "--llm", "tiny-random", *TINY],
+        monkeypatch,
+        tmp_path,
+    )
     assert "lacks window-open-v3" in message and "python finetune_prior.py --env-id window-open-v3" in message
-    message = run_main(["--env-id", "reach-v3", "--prior-path", tiny_clevr_prior, "--llm", "tiny-random", *TINY],
-                       monkeypatch, tmp_path)  # fmt: skip
+    message = run_main(
+        ["--env-id", "reach-v3", "--prior-path", tiny_clevr_prior, "--llm", "tiny-random", *TINY], monkeypatch, tmp_path
+    )
     assert "made for env 'CLEVR-Robot-v0'" in message and "python finetune_prior.py --env-id reach-v3" in message
     # a reach prior whose config says it reads observations of another size
     other = copy_prior(tiny_reach_prior, tmp_path / "other_prior")
     config = json.load(open(other / "prior_config.json"))
     config["obs_dim"] = 10
     json.dump(config, open(other / "prior_config.json", "w"))
-    message = run_main(["--env-id", "reach-v3", "--prior-path", str(other), "--llm", "tiny-random", *TINY],
-                       monkeypatch, tmp_path)  # fmt: skip
+    message = run_main(
+        ["--env-id", "reach-v3", "--prior-path", str(other), "--llm", "tiny-random", *TINY], monkeypatch, tmp_path
+    )
     assert "observations of size 10" in message
     os.remove(other / "heads.safetensors")
     message = run_main(["--env-id", "reach-v3", "--prior-path", str(other), *TINY], monkeypatch, tmp_path)

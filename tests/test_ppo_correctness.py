@@ -28,10 +28,36 @@ import lago_ppo_discrete  # noqa: E402
 DISCRETE, CONTINUOUS = str(REPO / "lago_ppo_discrete.py"), str(REPO / "lago_ppo_continuous.py")
 TWINS = pytest.mark.parametrize("ppo", [lago_ppo_discrete, lago_ppo_continuous], ids=["discrete", "continuous"])
 # tiny budgets: one or a few rollouts of 2 envs
-CLEVR_TINY = ["--num-envs", "2", "--num-steps", "64", "--total-timesteps", "128", "--num-minibatches", "2",
-              "--update-epochs", "1", "--eval-episodes", "0"]  # fmt: skip
-REACH_TINY = ["--num-envs", "2", "--num-steps", "40", "--total-timesteps", "80", "--num-minibatches", "2",
-              "--update-epochs", "1", "--eval-episodes", "0", "--max-episode-steps", "16"]  # fmt: skip
+CLEVR_TINY = [
+    "--num-envs",
+    "2",
+    "--num-steps",
+    "64",
+    "--total-timesteps",
+    "128",
+    "--num-minibatches",
+    "2",
+    "--update-epochs",
+    "1",
+    "--eval-episodes",
+    "0",
+]
+REACH_TINY = [
+    "--num-envs",
+    "2",
+    "--num-steps",
+    "40",
+    "--total-timesteps",
+    "80",
+    "--num-minibatches",
+    "2",
+    "--update-epochs",
+    "1",
+    "--eval-episodes",
+    "0",
+    "--max-episode-steps",
+    "16",
+]
 
 
 def scalar_events(run_dir, tag):
@@ -68,7 +94,8 @@ def test_gae_matches_a_hand_computed_rollout(ppo):
     dones = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
     next_value, next_done = torch.tensor([[1.0, 5.0]]), torch.tensor([0.0, 1.0])
     advantages = ppo.compute_gae(rewards, values, dones, next_value, next_done, 0.9, 0.5)
-    # env 0: A3 = 4 + .9*1 - .8; A2 = (3 + .9*.8 - .7) + .45*A3; A1 = 2 - .6 (episode ends); A0 = (1 + .9*.6 - .5) + .45*A1
+    # env 0: A3 = 4 + .9*1 - .8; A2 = (3 + .9*.8 - .7) + .45*A3; A1 = 2 - .6 (episode ends);
+    #        A0 = (1 + .9*.6 - .5) + .45*A1
     # env 1: A3 = 1 (no bootstrap past the end); A2 = .45*A3; A1 = .45*A2; A0 = .45*A1
     expected = torch.tensor([[1.67, 0.091125], [1.4, 0.2025], [4.865, 0.45], [4.1, 1.0]])
     torch.testing.assert_close(advantages, expected)
@@ -80,8 +107,9 @@ def test_truncation_bootstraps_from_the_final_observation(ppo):
     reward = np.array([1.0, 1.0, 1.0])
     final_obs = np.array([np.array([1.0, 2.0]), np.array([3.0, 4.0]), None], dtype=object)
     value_of = lambda observations: observations.sum(1)  # noqa: E731
-    out = ppo.bootstrap_truncations(reward, np.array([True, False, False]), np.array([True, True, False]),
-                                    final_obs, value_of, 0.9)  # fmt: skip
+    out = ppo.bootstrap_truncations(
+        reward, np.array([True, False, False]), np.array([True, True, False]), final_obs, value_of, 0.9
+    )
     np.testing.assert_allclose(out, [1.0, 1.0 + 0.9 * 7.0, 1.0])
     np.testing.assert_array_equal(reward, [1.0, 1.0, 1.0])  # the env's reward array is not changed in place
     none = ppo.bootstrap_truncations(reward, np.array([False] * 3), np.array([False] * 3), None, value_of, 0.9)
@@ -91,8 +119,25 @@ def test_truncation_bootstraps_from_the_final_observation(ppo):
 def test_the_script_bootstraps_its_truncations(tmp_path, monkeypatch):
     """CLEVR-Robot pays 1 on success and 0 otherwise; with 3-step episodes most end by truncation, and the script must
     add gamma * V(final obs) there: the last rollout's stored rewards then hold values other than 0 and 1."""
-    run = run_in_process(DISCRETE, ["--kl-coef", "0", "--max-episode-steps", "3", "--num-envs", "2", "--num-steps", "32",
-                                    "--total-timesteps", "64", "--eval-episodes", "0"], tmp_path, monkeypatch)  # fmt: skip
+    run = run_in_process(
+        DISCRETE,
+        [
+            "--kl-coef",
+            "0",
+            "--max-episode-steps",
+            "3",
+            "--num-envs",
+            "2",
+            "--num-steps",
+            "32",
+            "--total-timesteps",
+            "64",
+            "--eval-episodes",
+            "0",
+        ],
+        tmp_path,
+        monkeypatch,
+    )
     rewards = run["rewards"].flatten()
     bootstrapped = (rewards != 0) & (rewards != 1)
     assert bootstrapped.sum() >= 5, rewards
@@ -104,8 +149,9 @@ def test_the_script_bootstraps_its_truncations(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["discrete", "continuous"])
 def test_same_seed_same_first_rollout_with_and_without_guidance(kind, tiny_clevr_prior, tiny_reach_prior, tmp_path):
-    script, prior, budget = (DISCRETE, tiny_clevr_prior, CLEVR_TINY) if kind == "discrete" else (
-        CONTINUOUS, tiny_reach_prior, REACH_TINY)  # fmt: skip
+    script, prior, budget = (
+        (DISCRETE, tiny_clevr_prior, CLEVR_TINY) if kind == "discrete" else (CONTINUOUS, tiny_reach_prior, REACH_TINY)
+    )
     first_rollout = {}
     for name, guidance in (("ppo", ["--kl-coef", "0"]), ("lago", ["--kl-coef", "1", "--prior-path", prior])):
         (tmp_path / name).mkdir()
@@ -123,10 +169,30 @@ def test_same_seed_same_first_rollout_with_and_without_guidance(kind, tiny_clevr
 @pytest.mark.parametrize("target, factor", [(1000.0, 0.9), (1e-6, 1.1)])
 def test_adaptive_beta_follows_the_kl_target(target, factor, tiny_clevr_prior, tmp_path):
     """KL far below the target: beta shrinks by the controller's full 10% every update; far above: grows by 10%."""
-    script_runs.run_script(DISCRETE, ["--llm", "tiny-random", "--prior-path", tiny_clevr_prior, "--kl-coef", "0.5",
-                                      "--kl-schedule", "adaptive", "--kl-target", str(target), "--num-envs", "2",
-                                      "--num-steps", "16", "--total-timesteps", "96", "--eval-episodes", "0"],
-                           tmp_path)  # fmt: skip
+    script_runs.run_script(
+        DISCRETE,
+        [
+            "--llm",
+            "tiny-random",
+            "--prior-path",
+            tiny_clevr_prior,
+            "--kl-coef",
+            "0.5",
+            "--kl-schedule",
+            "adaptive",
+            "--kl-target",
+            str(target),
+            "--num-envs",
+            "2",
+            "--num-steps",
+            "16",
+            "--total-timesteps",
+            "96",
+            "--eval-episodes",
+            "0",
+        ],
+        tmp_path,
+    )
     logs = script_runs.scalars(script_runs.run_dir(str(tmp_path)))
     np.testing.assert_allclose(logs["charts/kl_coef"], [0.5, 0.5 * factor, 0.5 * factor**2], rtol=1e-3)
     assert len(logs["losses/prior_kl_rollout"]) == 3 and min(logs["losses/prior_kl_rollout"]) > 0
@@ -155,8 +221,9 @@ def test_continuous_prior_reads_raw_observations(tiny_reach_prior, tmp_path, mon
         return recorders[-1]
 
     monkeypatch.setattr(finetune_prior, "load_prior", recording_load)
-    run_in_process(CONTINUOUS, ["--prior-path", tiny_reach_prior, "--llm", "tiny-random", *REACH_TINY], tmp_path,
-                   monkeypatch)  # fmt: skip
+    run_in_process(
+        CONTINUOUS, ["--prior-path", tiny_reach_prior, "--llm", "tiny-random", *REACH_TINY], tmp_path, monkeypatch
+    )
     seen = torch.cat(recorders[0].seen)
     assert seen.shape == (80, 39)
     # reach-v3's raw goal (obs 36:39) lies in x [-0.1, 0.1], y [0.8, 0.9], z [0.05, 0.3]; the hand is above the table
@@ -231,8 +298,22 @@ def interrupt_after(cmd, cwd, marker):
 
 
 def test_ctrl_c_during_ppo_says_where_the_outputs_are(tmp_path):
-    code, out, err = interrupt_after([sys.executable, DISCRETE, "--kl-coef", "0", "--num-envs", "2", "--num-steps",
-                                      "16", "--total-timesteps", "1000000"], tmp_path, "global_step=")  # fmt: skip
+    code, out, err = interrupt_after(
+        [
+            sys.executable,
+            DISCRETE,
+            "--kl-coef",
+            "0",
+            "--num-envs",
+            "2",
+            "--num-steps",
+            "16",
+            "--total-timesteps",
+            "1000000",
+        ],
+        tmp_path,
+        "global_step=",
+    )
     rdir = script_runs.run_dir(str(tmp_path))
     assert code == 130 and "Traceback" not in err
     assert f"interrupted: the run's outputs so far are in runs/{os.path.basename(rdir)}" in err
@@ -240,13 +321,26 @@ def test_ctrl_c_during_ppo_says_where_the_outputs_are(tmp_path):
 
 
 def test_ctrl_c_during_fine_tuning_saves_nothing(tmp_path):
-    cmd = [sys.executable, str(REPO / "finetune_prior.py"), "--env-id", "CLEVR-Robot-v0", "--llm", "tiny-random",
-           "--num-episodes", "30", "--epochs", "1000", "--no-progress-bar"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(REPO / "finetune_prior.py"),
+        "--env-id",
+        "CLEVR-Robot-v0",
+        "--llm",
+        "tiny-random",
+        "--num-episodes",
+        "30",
+        "--epochs",
+        "1000",
+        "--no-progress-bar",
+    ]
     code, out, err = interrupt_after(cmd, tmp_path, "before training")
     assert code == 130 and "Traceback" not in err
     assert "interrupted: no prior was saved to priors/CLEVR-Robot-v0__tiny-random" in err
     assert not (tmp_path / "priors").exists()
-    assert [p.name for p in (tmp_path / "demos").iterdir()] == ["CLEVR-Robot-v0__30ep__noise0__train__seed1__Tdefault.npz"]
+    assert [p.name for p in (tmp_path / "demos").iterdir()] == [
+        "CLEVR-Robot-v0__30ep__noise0__train__seed1__Tdefault.npz"
+    ]
 
 
 def test_interrupted_save_keeps_the_previous_prior(tiny_clevr_prior, tmp_path, monkeypatch):
@@ -291,12 +385,15 @@ def test_dims_constant_in_the_demos_do_not_move_the_prior(tiny_reach_run):
 # ------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["discrete", "continuous"])
 def test_first_run_makes_the_default_prior_and_the_next_reuses_it(kind, tmp_path):
-    script, env_id, budget = (DISCRETE, "CLEVR-Robot-v0", CLEVR_TINY) if kind == "discrete" else (
-        CONTINUOUS, "reach-v3", REACH_TINY)  # fmt: skip
+    script, env_id, budget = (
+        (DISCRETE, "CLEVR-Robot-v0", CLEVR_TINY) if kind == "discrete" else (CONTINUOUS, "reach-v3", REACH_TINY)
+    )
     cmd = ["--env-id", env_id, "--llm", "tiny-random", *budget]
     first = script_runs.run_script(script, cmd, tmp_path)
     prior = tmp_path / "priors" / f"{env_id}__tiny-random"
-    assert f"making it first (stage 1), as `python finetune_prior.py --env-id {env_id} --llm tiny-random`" in first.stdout
+    assert (
+        f"making it first (stage 1), as `python finetune_prior.py --env-id {env_id} --llm tiny-random`" in first.stdout
+    )
     assert "SUMMARY env=" in first.stdout and (prior / "prior_config.json").exists()
     assert f"LaGO prior: priors/{env_id}__tiny-random" in first.stdout and "summary: " in first.stdout
     config = json.loads((prior / "prior_config.json").read_text())

@@ -26,13 +26,37 @@ import finetune_prior  # noqa: E402
 from finetune_prior import PriorError, action_distribution  # noqa: E402
 
 # tiny budgets: 2 envs x 16 steps per rollout, 3 rollouts
-TINY = ["--num-envs", "2", "--num-steps", "16", "--total-timesteps", "96", "--num-minibatches", "2",
-        "--update-epochs", "2", "--eval-episodes", "2"]  # fmt: skip
+TINY = [
+    "--num-envs",
+    "2",
+    "--num-steps",
+    "16",
+    "--total-timesteps",
+    "96",
+    "--num-minibatches",
+    "2",
+    "--update-epochs",
+    "2",
+    "--eval-episodes",
+    "2",
+]
 
 
 # the reproducibility run: 3 rollouts of 32 steps per env, 96 steps per env, past CLEVR-Robot's 50-step limit
-REPRO = ["--num-envs", "2", "--num-steps", "32", "--total-timesteps", "192", "--num-minibatches", "2",
-         "--update-epochs", "2", "--eval-episodes", "2"]  # fmt: skip
+REPRO = [
+    "--num-envs",
+    "2",
+    "--num-steps",
+    "32",
+    "--total-timesteps",
+    "192",
+    "--num-minibatches",
+    "2",
+    "--update-epochs",
+    "2",
+    "--eval-episodes",
+    "2",
+]
 
 
 def run_script(args, cwd, check=True):
@@ -152,9 +176,11 @@ def test_mismatched_prior_is_refused(tiny_clevr_prior):
     assert "python finetune_prior.py --env-id CartPole-v1 --llm tiny-random" in str(e.value)
     with pytest.raises(PriorError, match=r"Discrete\(5\)"):
         load_guidance_prior(clevr, fake_envs(OBS_DIM, 5))
-    # the prior reads the first state_dim (10) dims: shorter observations are refused, longer ones (goal_slots=2) are not
-    with pytest.raises(PriorError, match="reads the first 10 dims of each observation, but CLEVR-Robot-v0 gives "
-                                         "observations of size 7"):  # fmt: skip
+    # the prior reads the first state_dim (10) dims: shorter observations are refused, longer ones
+    # (goal_slots=2) are not
+    with pytest.raises(
+        PriorError, match="reads the first 10 dims of each observation, but CLEVR-Robot-v0 gives observations of size 7"
+    ):
         load_guidance_prior(clevr, fake_envs(7, 40))
     assert load_guidance_prior(clevr, fake_envs(OBS_DIM + 14, 40))[1] == tiny_clevr_prior
 
@@ -168,8 +194,21 @@ def test_lago_run_on_clevr_is_complete_and_reproducible(tiny_clevr_prior, tmp_pa
     for name in ("a", "b"):
         cwd = tmp_path / name
         cwd.mkdir()
-        proc = run_script(["--llm", "tiny-random", "--prior-path", tiny_clevr_prior, "--kl-coef", "0.5",
-                           "--kl-schedule", "adaptive", "--save-model", *REPRO], cwd)  # fmt: skip
+        proc = run_script(
+            [
+                "--llm",
+                "tiny-random",
+                "--prior-path",
+                tiny_clevr_prior,
+                "--kl-coef",
+                "0.5",
+                "--kl-schedule",
+                "adaptive",
+                "--save-model",
+                *REPRO,
+            ],
+            cwd,
+        )
         summary_lines = [line for line in proc.stdout.splitlines() if line.startswith("summary:")]
         assert len(summary_lines) == 1 and "eval train" in summary_lines[0] and "eval heldout" in summary_lines[0]
         rdir = script_runs.run_dir(cwd)
@@ -208,7 +247,8 @@ def test_vanilla_run_never_imports_the_language_model(tmp_path):
         f"sys.argv = ['lago_ppo_discrete.py', '--kl-coef', '0', '--prior-path', 'no/such/prior', "
         f"'--llm', 'Qwen2.5-7B', *{TINY!r}]\n"
         f"runpy.run_path({SCRIPT!r}, run_name='__main__')\n"
-        "print('IMPORTED', json.dumps(sorted(m for m in ('transformers', 'peft', 'finetune_prior') if m in sys.modules)))\n"
+        "print('IMPORTED', json.dumps(sorted(m for m in ('transformers', 'peft', 'finetune_prior')"
+        " if m in sys.modules)))\n"
     )
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env)
@@ -236,13 +276,18 @@ def test_script_errors_are_clear(tmp_path):
     assert "lago_ppo_continuous.py" in proc.stderr and "Box" in proc.stderr
 
     proc = run_script(["--prior-batch-size", "0", *TINY], tmp_path, check=False)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "--prior-batch-size must be at least 1" in proc.stderr
+    assert (
+        proc.returncode != 0
+        and "Traceback" not in proc.stderr
+        and "--prior-batch-size must be at least 1" in proc.stderr
+    )
 
 
 @pytest.mark.slow
 def test_vanilla_ppo_solves_cartpole(tmp_path):
     """CleanRL's defaults on CartPole-v1: average return above 400 within 500k steps (several minutes)."""
-    run_script(["--env-id", "CartPole-v1", "--kl-coef", "0", "--total-timesteps", "500000", "--eval-episodes", "10"],
-               tmp_path)  # fmt: skip
+    run_script(
+        ["--env-id", "CartPole-v1", "--kl-coef", "0", "--total-timesteps", "500000", "--eval-episodes", "10"], tmp_path
+    )
     result = json.loads(Path(script_runs.run_dir(str(tmp_path)), "eval.json").read_text())
     assert result["final_episodic_return"] > 400

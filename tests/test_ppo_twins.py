@@ -40,9 +40,11 @@ def test_prior_kl_is_the_same_on_both_kinds_of_distribution(a, b):
     torch.manual_seed(0)
     pairs = [
         (Categorical(logits=torch.randn(6, 40)), Categorical(logits=torch.randn(6, 40))),
-        (Independent(Normal(torch.randn(6, 4), torch.rand(6, 4) + 0.1), 1),
-         Independent(Normal(torch.randn(6, 4), torch.rand(6, 4) + 0.1), 1)),
-    ]  # fmt: skip
+        (
+            Independent(Normal(torch.randn(6, 4), torch.rand(6, 4) + 0.1), 1),
+            Independent(Normal(torch.randn(6, 4), torch.rand(6, 4) + 0.1), 1),
+        ),
+    ]
     for pi, prior in pairs:
         for direction in ("reverse", "forward"):
             assert torch.equal(a.prior_kl(pi, prior, direction), b.prior_kl(pi, prior, direction))
@@ -114,8 +116,9 @@ def test_prior_on_states_in_chunks_equals_one_call(tiny_clevr_prior, tiny_reach_
         with torch.no_grad():
             whole = prior(observations, instructions)
         chunked = module.prior_on_states(prior, observations, instructions, batch_size=3)
-        for got, want in zip(chunked if isinstance(chunked, tuple) else (chunked,),
-                             whole if isinstance(whole, tuple) else (whole,)):  # fmt: skip
+        for got, want in zip(
+            chunked if isinstance(chunked, tuple) else (chunked,), whole if isinstance(whole, tuple) else (whole,)
+        ):
             assert got.shape == want.shape and not got.requires_grad and not got.is_inference()  # usable in the loss
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
@@ -139,15 +142,42 @@ def run_in_process(script, args, tmp_path, monkeypatch, capsys):
 def test_guided_runs_log_and_report_the_same(tiny_clevr_prior, tiny_reach_prior, tmp_path, monkeypatch, capsys):
     """Both scripts with a tiny-random prior and the adaptive beta: same progress lines, scalars, eval.json
     layout and one summary line of the same form (CLEVR evaluates per goal split, Meta-World per task)."""
-    common = ["--llm", "tiny-random", "--kl-coef", "0.1", "--kl-schedule", "adaptive", "--num-envs", "2",
-              "--num-steps", "16", "--total-timesteps", "64", "--num-minibatches", "2", "--update-epochs", "1",
-              "--eval-episodes", "1"]  # fmt: skip
+    common = [
+        "--llm",
+        "tiny-random",
+        "--kl-coef",
+        "0.1",
+        "--kl-schedule",
+        "adaptive",
+        "--num-envs",
+        "2",
+        "--num-steps",
+        "16",
+        "--total-timesteps",
+        "64",
+        "--num-minibatches",
+        "2",
+        "--update-epochs",
+        "1",
+        "--eval-episodes",
+        "1",
+    ]
     runs = {
-        "discrete": run_in_process(str(REPO / "lago_ppo_discrete.py"), ["--prior-path", tiny_clevr_prior, *common],
-                                   tmp_path, monkeypatch, capsys),
-        "continuous": run_in_process(str(REPO / "lago_ppo_continuous.py"), ["--prior-path", tiny_reach_prior,
-                                     "--max-episode-steps", "8", *common], tmp_path, monkeypatch, capsys),
-    }  # fmt: skip
+        "discrete": run_in_process(
+            str(REPO / "lago_ppo_discrete.py"),
+            ["--prior-path", tiny_clevr_prior, *common],
+            tmp_path,
+            monkeypatch,
+            capsys,
+        ),
+        "continuous": run_in_process(
+            str(REPO / "lago_ppo_continuous.py"),
+            ["--prior-path", tiny_reach_prior, "--max-episode-steps", "8", *common],
+            tmp_path,
+            monkeypatch,
+            capsys,
+        ),
+    }
     reports, tags, summaries = {}, {}, {}
     for kind, (run_dir, out) in runs.items():
         reports[kind] = json.load(open(os.path.join(run_dir, "eval.json")))
