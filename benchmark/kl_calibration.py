@@ -38,6 +38,8 @@ SETTINGS = (
     ("reverse floor0.05 beta0.1", 0.05, "reverse", 0.1),
     ("forward floor0.05 beta0.1", 0.05, "forward", 0.1),
     ("reverse floor0.3 beta0.1", 0.3, "reverse", 0.1),
+    # issue 11: can LaGO beat its greedy prior as well as PPO? A strong pull early that fades (the prior as a start)
+    ("reverse floor0.3 beta1 linear", 0.3, "reverse", 1.0, "linear"),
 )  # also planned, dropped for CPU time: forward floor0.3 with beta 0.1 and 1
 # the guiding prior acting alone, no RL (issue 11: LaGO should beat it): (name, std floor, sampled actions?)
 PRIOR_ALONE = (("prior alone greedy floor0.3", 0.3, False), ("prior alone sampled floor0.3", 0.3, True))
@@ -115,7 +117,7 @@ def init_kl(results, task, noise, floor):
 
 
 def run_ppo(results, task, seed, setting):
-    name, floor, direction, beta = setting
+    name, floor, direction, beta, *schedule = setting
     out = results / "ppo" / f"{task}__{name.replace(' ', '_')}__{seed}.json"
     if out.exists():
         return json.loads(out.read_text())
@@ -132,6 +134,8 @@ def run_ppo(results, task, seed, setting):
         str(beta),
         "--kl-direction",
         direction,
+        "--kl-schedule",
+        schedule[0] if schedule else "constant",
         *PPO_ARGS,
     ]
     if beta > 0:
