@@ -46,6 +46,7 @@ if str(REPO) not in sys.path:  # `python benchmark/table.py` as well as `python 
     sys.path.insert(0, str(REPO))
 
 from benchmark import plot  # noqa: E402
+from envs.metaworld import MT10  # noqa: E402
 
 ROWS = ("ppo", "prior", "prior-sampled", "lago", "lago-random", "lago-adaptive")
 PRIOR_TWIN_ROW = "prior-sampled-random"  # the random twin's prior alone, sampled: with --rows (the thesis protocol)
@@ -110,19 +111,6 @@ class Preset:
     rows: tuple[str, ...] = ROWS
     """the rows run by default (--rows overrides)"""
 
-
-MT10 = (
-    "reach-v3",
-    "push-v3",
-    "pick-place-v3",
-    "door-open-v3",
-    "drawer-open-v3",
-    "drawer-close-v3",
-    "button-press-topdown-v3",
-    "peg-insert-side-v3",
-    "window-open-v3",
-    "window-close-v3",
-)
 
 PRESETS: dict[str, Preset] = {
     # The whole table on a 2-core CPU in <= 3 h with --jobs 2 (measured estimate in benchmark/README.md).
@@ -223,39 +211,23 @@ PRESETS: dict[str, Preset] = {
         clevr_eval_episodes=100,
         metaworld_eval_episodes=50,
     ),
-    # Full scale without network (issue 14): the thesis protocol at the gpu preset's budget with the offline models.
-    # MiniLM by default; mpnet with `--llm all-mpnet-base-v2` (its twin follows) into another --results-dir. Not run
-    # in full anywhere yet: benchmark/README.md gives the expected wall time from the rates measured on an H100 machine.
-    "offline": Preset(
-        seeds=(1, 2, 3, 4, 5),
-        llm=PRETRAINED_LLM,
-        random_llm=f"{PRETRAINED_LLM}-random",
-        clevr_timesteps=500_000,
-        metaworld_timesteps=500_000,
-        metaworld_tasks=MT10,
-        metaworld_max_episode_steps=500,
-        clevr_demo_episodes=500,
-        clevr_demo_noise=0.3,
-        metaworld_demo_episodes=20,
-        metaworld_demo_noise=0.3,
-        clevr_finetune_args=(
-            "--epochs",
-            "5",
-            "--eval-goal-split",
-            "train,heldout,rephrase,compose",
-            "--eval-num-episodes",
-            "100",
-        ),
-        metaworld_finetune_args=("--epochs", "10"),
-        clevr_ppo_args=("--num-envs", "8", "--num-steps", "64", "--learning-rate", "1e-3", "--update-epochs", "8"),
-        metaworld_ppo_args=("--num-envs", "16", "--num-steps", "128"),
-        clevr_eval_episodes=200,
-        metaworld_eval_episodes=50,
-        clevr_goal_split="train+rephrase+heldout+compose",
-        clevr_levels=("train", "heldout", "rephrase", "compose"),
-        rows=(*ROWS, PRIOR_TWIN_ROW),
-    ),
 }
+
+# Full scale without network (issue 14): the thesis protocol at the gpu preset's budget with the offline models.
+# MiniLM by default; mpnet with `--llm all-mpnet-base-v2` (its twin follows) into another --results-dir. Not run in
+# full anywhere yet: benchmark/README.md gives the expected wall time from the rates measured on an H100 machine.
+PRESETS["offline"] = dataclasses.replace(
+    PRESETS["thesis"],
+    seeds=(1, 2, 3, 4, 5),
+    clevr_timesteps=500_000,
+    metaworld_timesteps=500_000,
+    metaworld_tasks=MT10,
+    metaworld_max_episode_steps=500,
+    metaworld_demo_episodes=20,
+    metaworld_finetune_args=("--epochs", "10"),
+    metaworld_ppo_args=("--num-envs", "16", "--num-steps", "128"),
+    metaworld_eval_episodes=50,
+)
 
 
 @dataclass
