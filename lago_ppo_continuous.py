@@ -30,9 +30,9 @@ Read against CleanRL's ppo_continuous_action.py: `grep -n "# LaGO"` lists LaGO's
 line; on a comment or a def, the block under it); every other departure names its reason: `# gymnasium 1.x:`,
 `# tyro 1.x:`, `# truncation:` (the bootstrap above), `# Meta-World:` (its tasks, success, episode statistics),
 `# errors:` (one-line messages instead of tracebacks), `# Ctrl-C:`, `# report:` (progress line, success rate, final
-evaluation, eval.json, summary), `# speed:` (--async-envs), `# tests:` (a loop of CleanRL's as a function the tests
-call). Left out: CleanRL's --capture-video, and its evaluation and Hugging Face upload after --save-model (they need
-cleanrl_utils, not a dependency here).
+evaluation, eval.json, summary), `# speed:` (--async-envs), `# resume:` (checkpoints, runs in chunks), `# tests:` (a
+loop of CleanRL's as a function the tests call). Left out: CleanRL's --capture-video, and its evaluation and Hugging
+Face upload after --save-model (they need cleanrl_utils, not a dependency here).
 """
 
 import datetime  # report: elapsed and eta
@@ -81,6 +81,14 @@ class Args:
     """whether to save model (agent + observation normalisation statistics) into the `runs/{run_name}` folder"""
     async_envs: bool = False  # speed
     """if toggled, envs step in parallel subprocesses (gymnasium's AsyncVectorEnv): faster with many envs and cores"""
+    checkpoint_minutes: float = 0.0  # resume
+    """write runs/{run_name}/checkpoint.pt (atomically) every this many minutes of training (0: never)"""
+    stop_after_minutes: Optional[float] = None  # resume
+    """stop after the first iteration that ends this many minutes after the script started, write the checkpoint and
+    exit with code 75; continue with --resume (long runs in chunks under a scheduler's time limit)"""
+    resume: Optional[str] = None  # resume
+    """a checkpoint.pt to continue its run from (same flags): agent, optimizer, beta, counters and random streams
+    are restored; the envs restart their episodes, so a resumed run is not bit-identical to an unbroken one"""
 
     # Algorithm specific arguments
     env_id: str = "reach-v3"  # Meta-World
@@ -286,6 +294,11 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda
     return advantages
 
 
+# resume: flags a resumed run may change (where and how it runs, not what it learns)
+RESUME_FREE_FLAGS = ("resume", "checkpoint_minutes", "stop_after_minutes", "cuda", "async_envs", "prior_batch_size")
+RESUME_FREE_FLAGS += ("batch_size", "minibatch_size", "num_iterations")  # computed from the others
+
+
 # report
 def hms(seconds):
     return str(datetime.timedelta(seconds=int(seconds)))
@@ -368,7 +381,21 @@ if __name__ == "__main__":
             f"error: --env-id {args.env_id} has {len(tasks)} tasks but --num-envs is {args.num_envs}; env i runs task "
             f"i % {len(tasks)}, so pass --num-envs {len(tasks)} (or a multiple)"
         )
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    checkpoint = None
+    if args.resume is not None:  # resume: our own file (it holds random states, so it is not loaded weights_only)
+        try:
+            checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False)
+            saved_args = checkpoint["args"]
+        except Exception as e:
+            raise SystemExit(f"error: --resume {args.resume}: not a checkpoint.pt this script wrote ({e})")
+        changed = [k for k, v in vars(args).items() if k not in RESUME_FREE_FLAGS and saved_args.get(k) != v]
+        if changed:
+            was = ", ".join(f"--{k.replace('_', '-')} {saved_args.get(k)}" for k in changed)
+            raise SystemExit(f"error: --resume continues a run with its own flags; it had {was}: pass those")
+    run_name = (
+        checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    )
+    checkpoint_path = f"runs/{run_name}/checkpoint.pt"  # resume
     if args.track:
         import wandb
 
@@ -418,7 +445,7 @@ if __name__ == "__main__":
     use_prior = args.kl_coef > 0
     prior = None
     if use_prior:
-        from finetune_prior import PriorError, action_distribution, load_guidance_prior, preserved_random_state
+        from lago_prior import PriorError, action_distribution, load_guidance_prior, preserved_random_state
 
         try:  # LaGO: loading (or making) the prior draws nothing from this run's random streams: seeds stay paired
             with preserved_random_state():
@@ -453,14 +480,30 @@ if __name__ == "__main__":
     prior_time = 0.0  # LaGO
     kl_coef = args.kl_coef  # LaGO
     recent_returns, recent_successes = deque(maxlen=100), deque(maxlen=100)  # report
-    next_raw_obs, infos = envs.reset(seed=args.seed)  # LaGO: raw observations, and infos hold the instructions
+    start_iteration, last_checkpoint = 1, time.time()  # resume
+    if checkpoint is not None:  # resume: the state after the checkpoint's iteration
+        agent.load_state_dict(checkpoint["agent"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start_iteration, global_step = checkpoint["iteration"] + 1, checkpoint["global_step"]
+        kl_coef, prior_time = checkpoint["kl_coef"], checkpoint["prior_time"]
+        start_time = time.time() - checkpoint["train_time"]
+        recent_returns.extend(checkpoint["recent_returns"])
+        recent_successes.extend(checkpoint["recent_successes"])
+        random.setstate(checkpoint["rng"]["python"])
+        np.random.set_state(checkpoint["rng"]["numpy"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        obs_rms = checkpoint["obs_rms"]  # LaGO: the policy's observation statistics
+        envs.set_attr("return_rms", list(checkpoint["return_rms"]))  # the reward normalisation's
+    # LaGO: raw observations, and infos hold the instructions; resume: Meta-World's envs, rebuilt with their seeds,
+    # replay their goals from the start
+    next_raw_obs, infos = envs.reset(seed=args.seed)
     obs_rms.update(next_raw_obs)  # LaGO
     next_obs = torch.Tensor(normalize_obs(obs_rms, next_raw_obs)).to(device)  # LaGO
     next_done = torch.zeros(args.num_envs).to(device)
     if use_prior and "instruction" not in infos:  # LaGO
         raise SystemExit(f"error: {args.env_id} gives no info['instruction'], which the prior reads")
 
-    for iteration in range(1, args.num_iterations + 1):
+    for iteration in range(start_iteration, args.num_iterations + 1):
         # Annealing the rate if instructed to do so.
         if args.anneal_lr:
             frac = 1.0 - (iteration - 1.0) / args.num_iterations
@@ -647,14 +690,42 @@ if __name__ == "__main__":
             progress += f" prior_kl={measured_kl:.3f} kl_coef={kl_coef:.4g} prior_time={prior_time / elapsed:.0%}"
         print(progress)
 
+        # resume: a checkpoint every --checkpoint-minutes, and one before stopping at --stop-after-minutes
+        stop = args.stop_after_minutes is not None and time.time() - script_start > 60 * args.stop_after_minutes
+        stop = stop and iteration < args.num_iterations
+        if stop or (args.checkpoint_minutes > 0 and time.time() - last_checkpoint > 60 * args.checkpoint_minutes):
+            state = {
+                "args": vars(args),
+                "run_name": run_name,
+                "iteration": iteration,
+                "global_step": global_step,
+                "agent": agent.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "kl_coef": kl_coef,
+                "prior_time": prior_time,
+                "train_time": time.time() - start_time,
+                "recent_returns": list(recent_returns),
+                "recent_successes": list(recent_successes),
+                "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+                "obs_rms": obs_rms,  # LaGO
+                "return_rms": envs.get_attr("return_rms"),
+            }
+            write_atomically(checkpoint_path, lambda tmp: torch.save(state, tmp))
+            last_checkpoint = time.time()
+        if stop:
+            print(f"stopped at global_step={global_step}: continue with the same flags and --resume {checkpoint_path}")
+            envs.close()
+            writer.close()
+            raise SystemExit(75)
+
     train_time = time.time() - start_time  # report
     if args.save_model:  # report: CleanRL's evaluation and Hub upload left out; written atomically (Ctrl-C)
         model_path = f"runs/{run_name}/{args.exp_name}.cleanrl_model"
         # LaGO: the observation statistics are part of the policy: saved with it, as tensors (torch.load needs no
         # pickle)
         obs_rms_state = {"mean": torch.tensor(obs_rms.mean), "var": torch.tensor(obs_rms.var), "count": obs_rms.count}
-        checkpoint = {"agent": agent.state_dict(), "obs_rms": obs_rms_state}
-        write_atomically(model_path, lambda tmp: torch.save(checkpoint, tmp))
+        saved = {"agent": agent.state_dict(), "obs_rms": obs_rms_state}
+        write_atomically(model_path, lambda tmp: torch.save(saved, tmp))
         print(f"model saved to {model_path}")
 
     # report: final evaluation on each task, eval.json, then one summary line

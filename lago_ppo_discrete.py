@@ -5,23 +5,17 @@
     python lago_ppo_discrete.py --goal-split train+rephrase+heldout+compose   # instruction levels, each evaluated
     python lago_ppo_discrete.py --env-id CartPole-v1 --kl-coef 0    # any gymnasium env with a Discrete action space
 
-CleanRL's ppo.py (vwxyzjn/cleanrl) on gymnasium 1.x, plus LaGO's guidance: the latent action prior
-p(a | s, instruction) made by finetune_prior.py is evaluated once at every state of the rollout (after the
-rollout, batched over envs and steps, no gradients), its logits are stored with the batch, and the PPO loss adds
-`beta * KL(pi(.|s) || p(.|s))`, computed exactly over the actions. `--kl-coef 0` is vanilla PPO through the
-same code, and then nothing of the language model is imported.
-
-Episode ends: the vector env autoresets in the same step (gymnasium's AutoresetMode.SAME_STEP), so the
-`next_obs` of a finished env is already the first observation of its next episode. A termination ends
-the return there (no bootstrap). A truncation (time limit) is not a failure: the value of the episode's
-real final observation (`infos["final_obs"]`) is added to the last reward, `r + gamma * V(s_final)`, and
-GAE then stops at the episode boundary as usual. CleanRL treats truncation like termination instead.
+CleanRL's ppo.py plus LaGO's guidance: the action prior p(a | s, instruction) made by finetune_prior.py is evaluated
+once at every state of the rollout (batched, no gradients) and the PPO loss adds beta * KL(pi(.|s) || p(.|s)), exact
+over the actions. `--kl-coef 0` is vanilla PPO through the same code, with nothing of the language model imported.
 
 Read against CleanRL's ppo.py: `grep -n "# LaGO"` lists LaGO's method (a tag on a line covers that line; on a comment
-or a def, the block under it); every other departure names its reason: `# gymnasium 1.x:`, `# tyro 1.x:`,
-`# truncation:` (the bootstrap above), `# CLEVR-Robot:` (its instruction levels and success), `# errors:` (one-line
+or a def, the block under it); every other departure names its reason: `# gymnasium 1.x:` (same-step autoreset,
+final_info), `# tyro 1.x:`, `# truncation:` (a time limit bootstraps from the episode's real final observation, where
+CleanRL treats it as a termination), `# CLEVR-Robot:` (its instruction levels and success), `# errors:` (one-line
 messages instead of tracebacks), `# Ctrl-C:`, `# report:` (progress line, success rate, final evaluation, eval.json,
-summary), `# speed:` (--async-envs), `# tests:` (a loop of CleanRL's as a function the tests call).
+summary), `# speed:` (--async-envs), `# resume:` (checkpoints, runs in chunks), `# tests:` (a loop of CleanRL's as a
+function the tests call).
 """
 
 import datetime  # report: elapsed and eta
@@ -46,7 +40,7 @@ from torch.distributions import kl_divergence  # LaGO
 from torch.distributions.categorical import Categorical
 from torch.utils.tensorboard import SummaryWriter
 
-import envs as _lago_envs  # noqa: F401  CLEVR-Robot: registers CLEVR-Robot-v0 with gymnasium
+from envs.clevr_robot import run_levels  # CLEVR-Robot: its levels; importing envs registers CLEVR-Robot-v0
 
 
 @dataclass
@@ -71,6 +65,14 @@ class Args:
     """whether to save model into the `runs/{run_name}` folder"""
     async_envs: bool = False  # speed
     """if toggled, envs step in parallel subprocesses (gymnasium's AsyncVectorEnv): faster with many envs and cores"""
+    checkpoint_minutes: float = 0.0  # resume
+    """write runs/{run_name}/checkpoint.pt (atomically) every this many minutes of training (0: never)"""
+    stop_after_minutes: Optional[float] = None  # resume
+    """stop after the first iteration that ends this many minutes after the script started, write the checkpoint and
+    exit with code 75; continue with --resume (long runs in chunks under a scheduler's time limit)"""
+    resume: Optional[str] = None  # resume
+    """a checkpoint.pt to continue its run from (same flags): agent, optimizer, beta, counters and random streams
+    are restored; the envs restart their episodes, so a resumed run is not bit-identical to an unbroken one"""
 
     # Algorithm specific arguments
     env_id: str = "CLEVR-Robot-v0"  # CLEVR-Robot
@@ -158,34 +160,6 @@ def make_env(env_id, idx, capture_video, run_name, **env_kwargs):
         return env
 
     return thunk
-
-
-# CLEVR-Robot
-def clevr_protocol(goal_split, eval_levels=None):
-    """CLEVR-Robot's instruction levels of a run: (levels evaluated, goal_slots of every env: 2 if a training or
-    evaluated level is "compose", else None, the env's default). Raises ValueError saying what is accepted."""
-    from envs.clevr_robot import SPLIT_NAMES, parse_goal_split
-
-    try:
-        train_levels = parse_goal_split(goal_split)
-    except ValueError as e:
-        raise ValueError(f"--goal-split: {e}") from None
-    if eval_levels is None:
-        eval_splits = ["train", "heldout"] + [level for level in train_levels if level not in ("train", "heldout")]
-    else:
-        eval_splits = [s.strip() for s in eval_levels.split(",")]
-        for s in eval_splits:
-            if s not in SPLIT_NAMES:
-                raise ValueError(
-                    f"unknown level {s!r} in --eval-levels {eval_levels!r}; accepted: a comma list of "
-                    f"{', '.join(SPLIT_NAMES)} (each at most once), e.g. train,heldout,rephrase,compose"
-                )
-        if len(set(eval_splits)) != len(eval_splits):
-            raise ValueError(
-                f"--eval-levels {eval_levels!r} names a level twice; each of {', '.join(SPLIT_NAMES)} at most once"
-            )
-    goal_slots = 2 if "compose" in (*train_levels, *eval_splits) else None
-    return eval_splits, goal_slots
 
 
 def layer_init(layer, std=np.sqrt(2), bias_const=0.0):
@@ -297,6 +271,11 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma, gae_lambda
     return advantages
 
 
+# resume: flags a resumed run may change (where and how it runs, not what it learns)
+RESUME_FREE_FLAGS = ("resume", "checkpoint_minutes", "stop_after_minutes", "cuda", "async_envs", "prior_batch_size")
+RESUME_FREE_FLAGS += ("batch_size", "minibatch_size", "num_iterations")  # computed from the others
+
+
 # report
 def hms(seconds):
     return str(datetime.timedelta(seconds=int(seconds)))
@@ -381,18 +360,29 @@ if __name__ == "__main__":
     # CLEVR-Robot: its instruction levels (training goals, levels evaluated at the end); other envs have one set
     is_clevr = args.env_id.startswith("CLEVR-Robot")
     protocol = args.goal_split != "train" or args.eval_levels is not None  # report the mean over the levels too
-    if is_clevr:
-        try:
-            eval_splits, goal_slots = clevr_protocol(args.goal_split, args.eval_levels)
-        except ValueError as e:
-            raise SystemExit(f"error: {e}")
-    elif protocol:
+    if not is_clevr and protocol:
         raise SystemExit(
             f"error: --goal-split / --eval-levels are CLEVR-Robot's instruction levels; {args.env_id} has none"
         )
-    else:
-        eval_splits, goal_slots = [None], None
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    try:
+        eval_splits, goal_slots = run_levels(args.goal_split, args.eval_levels) if is_clevr else ([None], None)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    checkpoint = None
+    if args.resume is not None:  # resume: our own file (it holds random states, so it is not loaded weights_only)
+        try:
+            checkpoint = torch.load(args.resume, map_location="cpu", weights_only=False)
+            saved_args = checkpoint["args"]
+        except Exception as e:
+            raise SystemExit(f"error: --resume {args.resume}: not a checkpoint.pt this script wrote ({e})")
+        changed = [k for k, v in vars(args).items() if k not in RESUME_FREE_FLAGS and saved_args.get(k) != v]
+        if changed:
+            was = ", ".join(f"--{k.replace('_', '-')} {saved_args.get(k)}" for k in changed)
+            raise SystemExit(f"error: --resume continues a run with its own flags; it had {was}: pass those")
+    run_name = (
+        checkpoint["run_name"] if checkpoint else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    )
+    checkpoint_path = f"runs/{run_name}/checkpoint.pt"  # resume
     if args.track:
         import wandb
 
@@ -447,7 +437,7 @@ if __name__ == "__main__":
     use_prior = args.kl_coef > 0
     prior = None
     if use_prior:
-        from finetune_prior import PriorError, action_distribution, load_guidance_prior, preserved_random_state
+        from lago_prior import PriorError, action_distribution, load_guidance_prior, preserved_random_state
 
         try:  # LaGO: loading (or making) the prior draws nothing from this run's random streams: seeds stay paired
             with preserved_random_state():
@@ -479,13 +469,26 @@ if __name__ == "__main__":
     prior_time = 0.0  # LaGO
     kl_coef = args.kl_coef  # LaGO
     recent_returns, recent_successes = deque(maxlen=100), deque(maxlen=100)  # report
-    next_obs, infos = envs.reset(seed=args.seed)  # LaGO: infos hold the instructions
+    start_iteration, last_checkpoint = 1, time.time()  # resume
+    if checkpoint is not None:  # resume: the state after the checkpoint's iteration
+        agent.load_state_dict(checkpoint["agent"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start_iteration, global_step = checkpoint["iteration"] + 1, checkpoint["global_step"]
+        kl_coef, prior_time = checkpoint["kl_coef"], checkpoint["prior_time"]
+        start_time = time.time() - checkpoint["train_time"]
+        recent_returns.extend(checkpoint["recent_returns"])
+        recent_successes.extend(checkpoint["recent_successes"])
+        random.setstate(checkpoint["rng"]["python"])
+        np.random.set_state(checkpoint["rng"]["numpy"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+    # LaGO: infos hold the instructions; resume: a resumed run starts new episodes, seeded by its iteration
+    next_obs, infos = envs.reset(seed=args.seed + 10_000 * (start_iteration - 1))
     next_obs = torch.Tensor(next_obs).to(device)
     next_done = torch.zeros(args.num_envs).to(device)
     if use_prior and "instruction" not in infos:  # LaGO
         raise SystemExit(f"error: {args.env_id} gives no info['instruction'], which the prior reads")
 
-    for iteration in range(1, args.num_iterations + 1):
+    for iteration in range(start_iteration, args.num_iterations + 1):
         # Annealing the rate if instructed to do so.
         if args.anneal_lr:
             frac = 1.0 - (iteration - 1.0) / args.num_iterations
@@ -660,6 +663,32 @@ if __name__ == "__main__":
         if use_prior:  # LaGO
             progress += f" prior_kl={measured_kl:.3f} kl_coef={kl_coef:.4g} prior_time={prior_time / elapsed:.0%}"
         print(progress)
+
+        # resume: a checkpoint every --checkpoint-minutes, and one before stopping at --stop-after-minutes
+        stop = args.stop_after_minutes is not None and time.time() - script_start > 60 * args.stop_after_minutes
+        stop = stop and iteration < args.num_iterations
+        if stop or (args.checkpoint_minutes > 0 and time.time() - last_checkpoint > 60 * args.checkpoint_minutes):
+            state = {
+                "args": vars(args),
+                "run_name": run_name,
+                "iteration": iteration,
+                "global_step": global_step,
+                "agent": agent.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "kl_coef": kl_coef,
+                "prior_time": prior_time,
+                "train_time": time.time() - start_time,
+                "recent_returns": list(recent_returns),
+                "recent_successes": list(recent_successes),
+                "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+            }
+            write_atomically(checkpoint_path, lambda tmp: torch.save(state, tmp))
+            last_checkpoint = time.time()
+        if stop:
+            print(f"stopped at global_step={global_step}: continue with the same flags and --resume {checkpoint_path}")
+            envs.close()
+            writer.close()
+            raise SystemExit(75)
 
     train_time = time.time() - start_time  # report
     if args.save_model:  # report: as in CleanRL's ppo_continuous_action.py, written atomically (Ctrl-C)

@@ -264,6 +264,11 @@ class Args:
     """runs executed at the same time (one per CPU core is the right number on CPU)"""
     threads_per_job: int = 1
     """torch / OpenMP threads of each run"""
+    stop_after_minutes: Optional[float] = None
+    """stop after this many minutes: runs still going stop at the end of an iteration with a checkpoint (the PPO
+    scripts' --stop-after-minutes), jobs not started wait; the same command again continues them (exit code 75 while
+    work is left). For machines that grant commands of limited length; a run resumed from a checkpoint restarts its
+    episodes, so it is the same run statistically, not bit-identical to an unbroken one"""
     dry_run: bool = False
     """print the plan and the commands, run nothing"""
     plot: bool = True
@@ -359,7 +364,7 @@ def check_cached_prior(results_dir: Path, env: str, llm: str, p: Preset) -> None
     path = prior_dir(results_dir, env, llm)
     if not prior_is_complete(path):
         return
-    from finetune_prior import load_prior
+    from lago_prior import load_prior
 
     try:
         load_prior(str(path))
@@ -459,8 +464,8 @@ _children: set[subprocess.Popen] = set()
 _children_lock = threading.Lock()
 
 
-def run_logged(cmd: list[str], cwd: Path, log: Path, threads: int) -> tuple[int, float]:
-    """Run `cmd` in `cwd`, stdout+stderr to `log`; return (exit code, wall seconds)."""
+def run_logged(cmd: list[str], cwd: Path, log: Path, threads: int, append: bool = False) -> tuple[int, float]:
+    """Run `cmd` in `cwd`, stdout+stderr to `log` (appended to with `append`); return (exit code, wall seconds)."""
     env = dict(os.environ)
     env.update(
         OMP_NUM_THREADS=str(threads),
@@ -471,7 +476,7 @@ def run_logged(cmd: list[str], cwd: Path, log: Path, threads: int) -> tuple[int,
     )
     cwd.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    with open(log, "w") as f:
+    with open(log, "a" if append else "w") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -501,6 +506,15 @@ def tail(path: Path, n: int = 15) -> str:
         return ""
 
 
+class Deferred(Exception):
+    """A job left for the next command: --stop-after-minutes passed before it started, or stopped it at a checkpoint."""
+
+
+def check_time(deadline: Optional[float]) -> None:
+    if deadline is not None and time.time() >= deadline:
+        raise Deferred("not started before --stop-after-minutes")
+
+
 @dataclass
 class Job:
     name: str
@@ -510,10 +524,11 @@ class Job:
     """jobs of one kind take about as long (for the time-left estimate)"""
 
 
-def stage1_job(env: str, llm: str, p: Preset, results_dir: Path, threads: int) -> Job:
+def stage1_job(env: str, llm: str, p: Preset, results_dir: Path, threads: int, deadline: Optional[float]) -> Job:
     out = prior_dir(results_dir, env, llm)
 
     def fn() -> str:
+        check_time(deadline)  # a fine-tuning is not chunked: it runs to its end once started
         if out.exists():
             shutil.rmtree(out)  # an incomplete dir from an interrupted fine-tuning
         work = results_dir / "runs" / "stage1" / out.name
@@ -536,19 +551,28 @@ def result_path(results_dir: Path, env: str, row: str, task: str, seed: int) -> 
     return results_dir / env / row / f"{task}__seed{seed}.json"
 
 
-def ppo_job(env: str, task: str, row: str, seed: int, p: Preset, results_dir: Path, threads: int) -> Job:
+def ppo_job(
+    env: str, task: str, row: str, seed: int, p: Preset, results_dir: Path, threads: int, deadline: Optional[float]
+) -> Job:
     out = result_path(results_dir, env, row, task, seed)
     llm = llm_of_row(row, p)
     prior_path = prior_dir(results_dir, env, llm) if llm else None
     cmd = ppo_command(env, task, row, seed, prior_path, p)
 
     def fn() -> str:
+        check_time(deadline)
         if prior_path is not None and not prior_is_complete(prior_path):
             raise RuntimeError(f"no prior at {prior_path}: its stage-1 fine-tuning failed (see above)")
         work = results_dir / "runs" / env / row / f"{task}__seed{seed}"
-        shutil.rmtree(work, ignore_errors=True)  # leftovers of an interrupted attempt
         log = work / "log.txt"
-        code, secs = run_logged(cmd, work, log, threads)
+        checkpoints = list(work.glob("runs/*/checkpoint.pt"))
+        resume = ["--resume", str(checkpoints[0].relative_to(work))] if len(checkpoints) == 1 else []
+        if not resume:
+            shutil.rmtree(work, ignore_errors=True)  # leftovers of an interrupted attempt
+        chunk = [] if deadline is None else ["--stop-after-minutes", f"{(deadline - time.time()) / 60:.2f}"]
+        code, secs = run_logged(cmd + resume + chunk, work, log, threads, append=bool(resume))
+        if code == 75:  # the script's --stop-after-minutes: stopped at the end of an iteration, with a checkpoint
+            raise Deferred(f"stopped at a checkpoint after {secs:.0f} s (log {log})")
         run_dirs = sorted(d for d in (work / "runs").glob("*") if d.is_dir()) if (work / "runs").is_dir() else []
         if code != 0 or len(run_dirs) != 1 or not (run_dirs[0] / "eval.json").is_file():
             raise RuntimeError(
@@ -572,6 +596,7 @@ def ppo_job(env: str, task: str, row: str, seed: int, p: Preset, results_dir: Pa
             "run_dir": str(run_dir.relative_to(results_dir)),
             "curve": {"tag": plot.CURVE_TAG, "steps": steps, "values": values},
             "command": [Path(c).name if i < 2 else c for i, c in enumerate(cmd)],
+            "resumed": bool(resume),  # run in chunks: resumed from a checkpoint at least once
             "eval": ev,
         }
         write_json_atomic(out, result)
@@ -631,7 +656,7 @@ def evaluate_prior(
     import torch
 
     import envs  # noqa: F401  (registers CLEVR-Robot-v0)
-    from finetune_prior import action_distribution, load_prior
+    from lago_prior import action_distribution, load_prior
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # as the scripts (their --cuda default)
     with _LOAD_LOCK:  # loading sets torch's default dtype for a while (bf16 on CUDA): not safe in parallel threads
@@ -690,7 +715,9 @@ def evaluate_prior(
     return {"success": success, "return": float(np.mean(returns))}
 
 
-def prior_job(env: str, task: str, row: str, seed: int, p: Preset, results_dir: Path, threads: int) -> Job:
+def prior_job(
+    env: str, task: str, row: str, seed: int, p: Preset, results_dir: Path, threads: int, deadline: Optional[float]
+) -> Job:
     """The `prior` (greedy) or `prior-sampled` row: the fine-tuned prior acting alone, no RL."""
     out = result_path(results_dir, env, row, task, seed)
     path = prior_dir(results_dir, env, p.llm)
@@ -698,6 +725,7 @@ def prior_job(env: str, task: str, row: str, seed: int, p: Preset, results_dir: 
     def fn() -> str:
         import torch
 
+        check_time(deadline)
         torch.set_num_threads(threads)  # this job runs inside the harness process
         if not prior_is_complete(path):
             raise RuntimeError(f"no prior at {path}: its stage-1 fine-tuning failed (see above)")
@@ -750,11 +778,13 @@ def time_left(unfinished: list[Job], durations: dict[str, list[float]], n_parall
     return text + (f" + untimed kinds ({', '.join(untimed)})" if untimed else "")
 
 
-def run_jobs(jobs: list[Job], n_parallel: int) -> list[str]:
-    """Run the jobs, n_parallel at a time; print one line per finished job; return the failures."""
+def run_jobs(jobs: list[Job], n_parallel: int) -> tuple[list[str], int]:
+    """Run the jobs, n_parallel at a time; print one line per finished job; return the failures and the number of
+    jobs left for the next command (Deferred)."""
     failures: list[str] = []
+    deferred = 0
     if not jobs:
-        return failures
+        return failures, deferred
     start = time.time()
     durations: dict[str, list[float]] = {}
 
@@ -779,6 +809,9 @@ def run_jobs(jobs: list[Job], n_parallel: int) -> list[str]:
                         print(
                             f"{head} {summary}; {time_left(list(pending.values()), durations, n_parallel)}", flush=True
                         )
+                    except Deferred as e:
+                        deferred += 1
+                        print(f"{head} left for the next command: {job.name}: {e}", flush=True)
                     except Exception as e:  # noqa: BLE001 - keep going, report at the end
                         failures.append(f"{job.name}: {e}")
                         print(f"{head} FAILED {job.name}: {e}", flush=True)
@@ -787,10 +820,11 @@ def run_jobs(jobs: list[Job], n_parallel: int) -> list[str]:
                 fut.cancel()
             kill_children()
             raise
-    return failures
+    return failures, deferred
 
 
 def main(args: Args) -> int:
+    deadline = None if args.stop_after_minutes is None else time.time() + 60 * args.stop_after_minutes
     p = resolve(args)
     rows = args.rows or p.rows
     results_dir = Path(args.results_dir or REPO / "benchmark" / "results" / args.preset).resolve()
@@ -809,13 +843,13 @@ def main(args: Args) -> int:
                     if llm_of_row(row, p):
                         needed.add((env, llm_of_row(row, p)))
                     if row.startswith("prior"):
-                        stage2.append(prior_job(env, task, row, seed, p, results_dir, args.threads_per_job))
+                        stage2.append(prior_job(env, task, row, seed, p, results_dir, args.threads_per_job, deadline))
                     else:
-                        stage2.append(ppo_job(env, task, row, seed, p, results_dir, args.threads_per_job))
+                        stage2.append(ppo_job(env, task, row, seed, p, results_dir, args.threads_per_job, deadline))
 
     # stage 1: one prior per (env, language model) that a run still to do needs
     stage1 = [
-        stage1_job(env, llm, p, results_dir, args.threads_per_job)
+        stage1_job(env, llm, p, results_dir, args.threads_per_job, deadline)
         for env, llm in sorted(needed)
         if not prior_is_complete(prior_dir(results_dir, env, llm))
     ]
@@ -852,10 +886,11 @@ def main(args: Args) -> int:
     for env, llm in sorted(needed):  # only priors that runs still to do will read
         check_cached_prior(results_dir, env, llm, p)
     start = time.time()
-    failures = run_jobs(stage1, args.jobs)
-    failures += run_jobs(stage2, args.jobs)
+    failures, deferred = run_jobs(stage1, args.jobs)
+    failures2, deferred2 = run_jobs(stage2, args.jobs)
+    failures, deferred = failures + failures2, deferred + deferred2
     print(f"benchmark done in {(time.time() - start) / 60:.1f} min")
-    if args.plot and any(results_dir.glob("*/*/*__seed*.json")):
+    if args.plot and not deferred and any(results_dir.glob("*/*/*__seed*.json")):
         table, pngs = plot.make_report(results_dir)
         print(table.read_text())
         print(f"wrote {table}" + "".join(f", {p_}" for p_ in pngs))
@@ -864,6 +899,9 @@ def main(args: Args) -> int:
         for f in failures:
             print("  - " + f.splitlines()[0])
         return 1
+    if deferred:
+        print(f"{deferred} job(s) left at --stop-after-minutes: run the same command again to continue them")
+        return 75
     return 0
 
 

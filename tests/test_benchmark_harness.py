@@ -460,3 +460,28 @@ def test_thesis_rows_include_the_twins_prior_alone():
     assert table.llm_of_row(table.PRIOR_TWIN_ROW, p) == p.random_llm
     assert table.llm_of_row("prior-sampled", p) == p.llm
     assert "rows" not in table.budget_fields(p)
+
+
+def test_runs_stop_at_the_deadline_and_the_next_command_resumes_them(tmp_path):
+    """--stop-after-minutes: a job not started before the deadline waits; a PPO run going at the deadline stops at a
+    checkpoint (no result file yet); the next command resumes it from that checkpoint to the end."""
+    import time
+
+    p = dataclasses.replace(table.PRESETS["smoke"], clevr_timesteps=2048)  # 16 iterations of 4 envs x 32 steps
+    results = tmp_path / "results"
+    out = table.result_path(results, "clevr", "ppo", "CLEVR-Robot-v0", 1)
+
+    def job(deadline):
+        return table.ppo_job("clevr", "CLEVR-Robot-v0", "ppo", 1, p, results, 1, deadline).fn()
+
+    with pytest.raises(table.Deferred, match="not started"):
+        job(time.time() - 1)
+    with pytest.raises(table.Deferred, match="stopped at a checkpoint"):
+        job(time.time() + 1)
+    assert not out.exists() and len(list(results.glob("runs/clevr/ppo/*/runs/*/checkpoint.pt"))) == 1
+    job(None)
+    result = json.loads(out.read_text())
+    assert result["resumed"] and result["eval"]["global_step"] == 2048
+    log = (results / "runs/clevr/ppo/CLEVR-Robot-v0__seed1/log.txt").read_text()
+    commands = [line for line in log.splitlines() if line.startswith("$ ")]
+    assert len(commands) == 2 and "--stop-after-minutes" in commands[0] and "--resume runs/" in commands[1]

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import finetune_prior as fp
+import lago_prior
 import lago_ppo_discrete as ppo
 import script_runs
-from envs.clevr_robot import GOAL_DIM, OBS_DIM, STATE_DIM, level_instructions
+from envs.clevr_robot import GOAL_DIM, OBS_DIM, STATE_DIM, level_instructions, run_levels
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = str(REPO / "lago_ppo_discrete.py")
@@ -54,7 +55,7 @@ def fake_envs(obs_dim, n=40):
 
 def load_guidance_prior(args, envs):
     """fp.load_guidance_prior as lago_ppo_discrete.py calls it, for the run `args` on the vector env `envs`."""
-    return fp.load_guidance_prior(args.env_id, args.llm, args.prior_path, envs)
+    return lago_prior.load_guidance_prior(args.env_id, args.llm, args.prior_path, envs)
 
 
 def finished_run(cwd):
@@ -73,11 +74,11 @@ def finished_run(cwd):
 def test_protocol_defaults_and_goal_slots():
     """The default protocol is today's (train goals, train + heldout evaluated, one goal slot: same envs, same numbers);
     any level with two relations makes every env two-slot; --eval-levels picks the evaluated levels."""
-    assert ppo.clevr_protocol("train") == (["train", "heldout"], None)
-    assert ppo.clevr_protocol(MIXTURE) == (["train", "heldout", "rephrase", "compose"], 2)
-    assert ppo.clevr_protocol("rephrase") == (["train", "heldout", "rephrase"], None)
-    assert ppo.clevr_protocol("train", "compose , rephrase") == (["compose", "rephrase"], 2)
-    assert ppo.clevr_protocol("train+compose", "heldout") == (["heldout"], 2)
+    assert run_levels("train") == (["train", "heldout"], None)
+    assert run_levels(MIXTURE) == (["train", "heldout", "rephrase", "compose"], 2)
+    assert run_levels("rephrase") == (["train", "heldout", "rephrase"], None)
+    assert run_levels("train", "compose , rephrase") == (["compose", "rephrase"], 2)
+    assert run_levels("train+compose", "heldout") == (["heldout"], 2)
     assert ppo.make_env("CLEVR-Robot-v0", 0, False, "x", goal_split="train")().observation_space.shape == (OBS_DIM,)
     env = ppo.make_env("CLEVR-Robot-v0", 0, False, "x", goal_split="heldout", goal_slots=2)()
     assert env.observation_space.shape == (TWO_SLOTS,) and env.reset(seed=0)[1]["level"] == "heldout"
@@ -97,7 +98,7 @@ def test_protocol_defaults_and_goal_slots():
 )
 def test_bad_levels_are_refused(goal_split, eval_levels, message):
     with pytest.raises(ValueError, match=re.escape(message)) as e:
-        ppo.clevr_protocol(goal_split, eval_levels)
+        run_levels(goal_split, eval_levels)
     assert "\n" not in str(e.value)
     assert "rephrase" in str(e.value) and "compose" in str(e.value)  # names the accepted levels
 
