@@ -437,7 +437,7 @@ if __name__ == "__main__":
     use_prior = args.kl_coef > 0
     prior = None
     if use_prior:
-        from lago_prior import PriorError, action_distribution, load_guidance_prior, preserved_random_state
+        from finetune_prior import PriorError, action_distribution, load_guidance_prior, preserved_random_state
 
         try:  # LaGO: loading (or making) the prior draws nothing from this run's random streams: seeds stay paired
             with preserved_random_state():

@@ -364,7 +364,7 @@ def check_cached_prior(results_dir: Path, env: str, llm: str, p: Preset) -> None
     path = prior_dir(results_dir, env, llm)
     if not prior_is_complete(path):
         return
-    from lago_prior import load_prior
+    from finetune_prior import load_prior
 
     try:
         load_prior(str(path))
@@ -656,7 +656,7 @@ def evaluate_prior(
     import torch
 
     import envs  # noqa: F401  (registers CLEVR-Robot-v0)
-    from lago_prior import action_distribution, load_prior
+    from finetune_prior import action_distribution, load_prior
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # as the scripts (their --cuda default)
     with _LOAD_LOCK:  # loading sets torch's default dtype for a while (bf16 on CUDA): not safe in parallel threads
