@@ -134,7 +134,7 @@ class Args:
     llm: str = "all-MiniLM-L6-v2"
     """language model of the prior (finetune_prior.py's --llm): picks the default --prior-path"""
     prior_path: Optional[str] = None
-    """directory of the prior made by finetune_prior.py (default: finetune_prior.default_prior_path(env_id, llm))"""
+    """directory of the prior made by finetune_prior.py (default: lago_prior.default_prior_path(env_id, llm))"""
     kl_coef: float = 0.1
     """beta, the weight of the KL to the prior in the loss (0 = vanilla PPO: no language model is loaded)"""
     kl_schedule: Literal["constant", "linear", "adaptive"] = "constant"
@@ -445,7 +445,7 @@ if __name__ == "__main__":
     use_prior = args.kl_coef > 0
     prior = None
     if use_prior:
-        from finetune_prior import PriorError, action_distribution, load_guidance_prior, preserved_random_state
+        from lago_prior import PriorError, action_distribution, load_guidance_prior, preserved_random_state
 
         try:  # LaGO: loading (or making) the prior draws nothing from this run's random streams: seeds stay paired
             with preserved_random_state():

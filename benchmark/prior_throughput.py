@@ -22,7 +22,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
-from finetune_prior import PriorError, collect_expert_demos, load_prior, resolve_env  # noqa: E402
+from finetune_prior import collect_expert_demos, resolve_env
+from lago_prior import PriorError, load_prior
 
 
 def sync(device):
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
             with FlopCounterMode(display=False) as counter:
                 prior(obs, instr)
             gflop = counter.get_total_flops() / 1e9 / b
-            secs = seconds_per_call(lambda: prior(obs, instr), args.device) / b
+            secs = seconds_per_call(lambda obs=obs, instr=instr: prior(obs, instr), args.device) / b
             print(f"{b:>6} {1e3 * secs:>9.3f} {gflop:>12.4f} {gflop / secs:>8.1f}")
             best_secs, least_gflop = min(best_secs, secs), min(least_gflop, gflop)
     if not args.device.startswith("cuda"):

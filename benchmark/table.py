@@ -3,10 +3,12 @@
     python -m benchmark.table --preset cpu      # the whole table on a 2-core CPU, <= 3 h
     python -m benchmark.table --preset smoke    # one seed, a few hundred steps (the test)
     python -m benchmark.table --preset gpu      # full scale, Qwen2.5-1.5B prior, on a GPU
+    python -m benchmark.table --preset offline --stop-after-minutes 8   # in commands of < 10 min (exit 75: again)
 
 Rows (same env-step budget and PPO hyperparameters, differing only in guidance):
   ppo            vanilla PPO (--kl-coef 0: no language model is loaded)
   prior          the fine-tuned prior alone, acting greedily (argmax / mean action), no RL
+  prior-sampled  the prior alone, drawing its actions from its distribution (prior-sampled-random: the twin's)
   lago           LaGO with the pretrained language model (preset `llm`)
   lago-random    LaGO with its random-init twin (same architecture, no pretraining)
   lago-adaptive  LaGO, pretrained model, adaptive beta holding a target KL
@@ -18,7 +20,8 @@ The scripts stay the single source of truth: stage 1 runs `finetune_prior.py` (s
 the prior directory exists), stage 2 runs `lago_ppo_discrete.py` / `lago_ppo_continuous.py`,
 each through `subprocess` with this interpreter. Every finished run writes one result file
 `{results-dir}/{env}/{row}/{task}__seed{N}.json` (atomically); a run whose result file
-exists is skipped, so an interrupted benchmark resumes where it stopped. At the end
+exists is skipped, so an interrupted benchmark resumes where it stopped; with --stop-after-minutes, runs
+still going stop at a checkpoint and the next command resumes them from it. At the end
 `benchmark/plot.py` writes `{results-dir}/table.md` and `{results-dir}/curves_{env}.png`.
 """
 
@@ -364,7 +367,7 @@ def check_cached_prior(results_dir: Path, env: str, llm: str, p: Preset) -> None
     path = prior_dir(results_dir, env, llm)
     if not prior_is_complete(path):
         return
-    from finetune_prior import load_prior
+    from lago_prior import load_prior
 
     try:
         load_prior(str(path))
@@ -632,7 +635,7 @@ def fmt_success(success: dict) -> str:
 # the prior alone, acting greedily or sampling (no RL)
 
 
-_LOAD_LOCK = threading.Lock()
+_LOAD_LOCK = threading.Lock()  # what parallel in-process prior evaluations must not do at the same time
 
 
 def evaluate_prior(
@@ -656,7 +659,7 @@ def evaluate_prior(
     import torch
 
     import envs  # noqa: F401  (registers CLEVR-Robot-v0)
-    from finetune_prior import action_distribution, load_prior
+    from lago_prior import action_distribution, load_prior
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # as the scripts (their --cuda default)
     with _LOAD_LOCK:  # loading sets torch's default dtype for a while (bf16 on CUDA): not safe in parallel threads
@@ -672,10 +675,11 @@ def evaluate_prior(
         else:
             from envs.metaworld import make_env
 
-            vec = [
-                make_env(task, seed=10_000 * seed + i, max_episode_steps=max_episode_steps or 500)
-                for i in range(episodes)
-            ]
+            with _LOAD_LOCK:  # Meta-World draws its 50 goals from numpy's global RNG: not safe in parallel threads
+                vec = [
+                    make_env(task, seed=10_000 * seed + i, max_episode_steps=max_episode_steps or 500)
+                    for i in range(episodes)
+                ]
         obs, instr = [], []
         succ = np.zeros(episodes, dtype=bool)
         for i, e in enumerate(vec):

@@ -3,7 +3,7 @@
     tiny_clevr_prior  path of a CLEVR-Robot-v0 prior (Categorical over 40 actions)
     tiny_reach_prior  path of a reach-v3 prior (Gaussian over 4 action dims)
     tiny_clevr_run / tiny_reach_run: dicts with "prior", "demos" (the saved .npz) and "summary" (train()'s)
-Load them with `finetune_prior.load_prior(path)`. They are real fine-tuning runs of finetune_prior.py
+Load them with `lago_prior.load_prior(path)`. They are real fine-tuning runs of finetune_prior.py
 (tiny budgets), so their outputs are above chance but far from good policies.
 """
 
@@ -23,7 +23,7 @@ if str(REPO) not in sys.path:  # the scripts and envs/ live at the repository ro
 @contextlib.contextmanager
 def _quiet_run(workdir: Path):
     """One torch thread (tests share 2 cores) and runs/ written under `workdir`; restored afterwards."""
-    import envs.clevr_robot  # noqa: F401  (imported before the chdir)
+    import envs.clevr_robot  # imported before the chdir
     import envs.metaworld  # noqa: F401
 
     threads, cwd = torch.get_num_threads(), os.getcwd()

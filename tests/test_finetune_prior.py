@@ -1,4 +1,5 @@
-"""finetune_prior.py: the latent action prior, demo files, fine-tuning, saving/loading, DDP and clear errors.
+"""finetune_prior.py and lago_prior.py: the latent action prior, demo files, fine-tuning, saving/loading, DDP and
+clear errors.
 
 Fine-tuning runs use tiny-random (a ~100k-parameter random Qwen2) on real expert demos; the session
 fixtures of conftest.py (tiny_clevr_run, tiny_reach_run) are shared with the PPO scripts' tests.
@@ -15,7 +16,8 @@ import pytest
 import torch
 
 import finetune_prior as fp
-from finetune_prior import PriorError, default_prior_path, load_prior
+import lago_prior as lp
+from lago_prior import PriorError, default_prior_path, load_prior
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = str(REPO / "finetune_prior.py")
@@ -43,7 +45,7 @@ def synthetic_demos(env_id="CLEVR-Robot-v0", episodes=6, steps=5, seed=0) -> dic
 def run_cli(args, cwd, timeout=300, extra_env=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **(extra_env or {})}
     return subprocess.run(
-        [sys.executable, SCRIPT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, SCRIPT, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
 
 
@@ -68,14 +70,14 @@ def test_default_prior_path():
 
 
 def test_tiny_random_is_small_and_deterministic():
-    m1, t1, _ = fp.load_llm("tiny-random", torch.float32)
-    m2, t2, _ = fp.load_llm("tiny-random", torch.float32)
+    m1, t1, _ = lp.load_llm("tiny-random", torch.float32)
+    m2, t2, _ = lp.load_llm("tiny-random", torch.float32)
     assert 80_000 <= sum(p.numel() for p in m1.parameters()) <= 150_000
     assert m1.config.model_type == "qwen2"
-    assert fp.tokenizer_fingerprint(t1) == fp.tokenizer_fingerprint(t2)
-    assert fp.weights_fingerprint(m1) == fp.weights_fingerprint(m2)
+    assert lp.tokenizer_fingerprint(t1) == lp.tokenizer_fingerprint(t2)
+    assert lp.weights_fingerprint(m1) == lp.weights_fingerprint(m2)
     assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
-    assert len(t1) <= fp.TINY_VOCAB_SIZE
+    assert len(t1) <= lp.TINY_VOCAB_SIZE
     text = "There is a red ball; is there a cyan rubber sphere in front of it? x=0.25"
     assert t1.decode(t1(text)["input_ids"]) == text  # byte-level: any text round-trips
 
@@ -149,7 +151,7 @@ def test_bf16_base_model(tiny_clevr_prior):
     """The CUDA configuration (bf16 base, fp32 LoRA/projection/head), run on CPU: same answers up to bf16 rounding."""
     fp32 = load_prior(tiny_clevr_prior, merge_lora=False)
     config = dict(fp32.config)
-    bf16 = fp.build_prior(config, "cpu", adapter_dir=os.path.join(tiny_clevr_prior, "adapter"), dtype=torch.bfloat16)
+    bf16 = lp.build_prior(config, "cpu", adapter_dir=os.path.join(tiny_clevr_prior, "adapter"), dtype=torch.bfloat16)
     bf16.head.load_state_dict(fp32.head.state_dict())
     bf16.state_proj.load_state_dict(fp32.state_proj.state_dict())
     assert bf16.llm.get_input_embeddings().weight.dtype == torch.bfloat16 and bf16.head.weight.dtype == torch.float32
@@ -277,10 +279,10 @@ def test_minilm_encoder_prior(tiny_clevr_run, tmp_path, monkeypatch):
     obs, instr = torch.from_numpy(small["observations"][:4]), small["instructions"][:4].tolist()
     with torch.inference_mode():
         assert torch.equal(load_prior(str(tmp_path / "p"), merge_lora=False)(obs, instr), trained(obs, instr))
-    pretrained, tokenizer, _ = fp.load_llm("all-MiniLM-L6-v2", torch.float32)
+    pretrained, tokenizer, _ = lp.load_llm("all-MiniLM-L6-v2", torch.float32)
     assert tokenizer("a")["input_ids"] == [101, 1037, 102]  # [CLS] a [SEP]: the uncased BERT vocabulary
-    twin1, _, _ = fp.load_llm("all-MiniLM-L6-v2-random", torch.float32)
-    twin2, _, _ = fp.load_llm("all-MiniLM-L6-v2-random", torch.float32)
+    twin1, _, _ = lp.load_llm("all-MiniLM-L6-v2-random", torch.float32)
+    twin2, _, _ = lp.load_llm("all-MiniLM-L6-v2-random", torch.float32)
     for key in (
         "model_type",
         "hidden_size",
@@ -290,7 +292,7 @@ def test_minilm_encoder_prior(tiny_clevr_run, tmp_path, monkeypatch):
         "vocab_size",
     ):
         assert getattr(twin1.config, key) == getattr(pretrained.config, key), key  # same architecture
-    assert fp.weights_fingerprint(twin1) == fp.weights_fingerprint(twin2) != fp.weights_fingerprint(pretrained)
+    assert lp.weights_fingerprint(twin1) == lp.weights_fingerprint(twin2) != lp.weights_fingerprint(pretrained)
 
 
 def test_load_prior_errors_and_atomic_save(tiny_clevr_prior, tmp_path, monkeypatch):
@@ -304,18 +306,18 @@ def test_load_prior_errors_and_atomic_save(tiny_clevr_prior, tmp_path, monkeypat
     # saving over an existing prior replaces it whole; an interrupted save leaves the old one intact
     prior = load_prior(tiny_clevr_prior, merge_lora=False)
     target = tmp_path / "target"
-    fp.save_prior(prior, str(target))
-    fp.save_prior(prior, str(target))
+    lp.save_prior(prior, str(target))
+    lp.save_prior(prior, str(target))
     assert sorted(os.listdir(tmp_path)) == ["broken", "target"]  # no temp or old directories left
 
     def crash(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fp, "save_file", crash)
+    monkeypatch.setattr(lp, "save_file", crash)
     with pytest.raises(KeyboardInterrupt):
-        fp.save_prior(prior, str(tmp_path / "target"))
+        lp.save_prior(prior, str(tmp_path / "target"))
     with pytest.raises(KeyboardInterrupt):
-        fp.save_prior(prior, str(tmp_path / "fresh"))
+        lp.save_prior(prior, str(tmp_path / "fresh"))
     assert not (tmp_path / "fresh").exists()
     load_prior(str(target))  # still complete
 
@@ -391,22 +393,22 @@ def test_llm_from_local_directory_and_hub_cache(tmp_path, monkeypatch):
     """--llm as a local directory, and a Hub id already in the local Hugging Face cache (no network needed)."""
     import huggingface_hub
 
-    model, tokenizer, _ = fp.load_llm("tiny-random", torch.float32)
+    model, tokenizer, _ = lp.load_llm("tiny-random", torch.float32)
     local = tmp_path / "my-model"
     model.save_pretrained(local)
     tokenizer.save_pretrained(local)
-    loaded, tok, source = fp.load_llm(str(local), torch.float32)
-    assert source == str(local) and fp.weights_fingerprint(loaded) == fp.weights_fingerprint(model)
-    assert fp.tokenizer_fingerprint(tok) == fp.tokenizer_fingerprint(tokenizer)
+    loaded, tok, source = lp.load_llm(str(local), torch.float32)
+    assert source == str(local) and lp.weights_fingerprint(loaded) == lp.weights_fingerprint(model)
+    assert lp.tokenizer_fingerprint(tok) == lp.tokenizer_fingerprint(tokenizer)
     repo = tmp_path / "hub" / "models--someone--tiny-qwen"
     shutil.copytree(local, repo / "snapshots" / "abc123")
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("abc123")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    cached, _, source = fp.load_llm("someone/tiny-qwen", torch.float32)
-    assert source == "someone/tiny-qwen" and fp.weights_fingerprint(cached) == fp.weights_fingerprint(model)
+    cached, _, source = lp.load_llm("someone/tiny-qwen", torch.float32)
+    assert source == "someone/tiny-qwen" and lp.weights_fingerprint(cached) == lp.weights_fingerprint(model)
     with pytest.raises(PriorError, match="cannot load a model from this directory"):
-        fp.load_llm(str(tmp_path / "hub"), torch.float32)
+        lp.load_llm(str(tmp_path / "hub"), torch.float32)
 
 
 @pytest.mark.parametrize(
@@ -457,7 +459,7 @@ def test_torchrun_two_processes(tiny_clevr_run, tmp_path):
         str(out),
         "--no-progress-bar",
     ]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout and proc.stdout.count("SUMMARY") == 1
     assert sorted(os.listdir(tmp_path)) == ["ddp_prior", "runs"]  # one prior, no temp directories

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import finetune_prior as fp
+import lago_prior
 import lago_ppo_discrete as ppo
 import script_runs
 from envs.clevr_robot import GOAL_DIM, OBS_DIM, STATE_DIM, level_instructions, run_levels
@@ -54,7 +55,7 @@ def fake_envs(obs_dim, n=40):
 
 def load_guidance_prior(args, envs):
     """fp.load_guidance_prior as lago_ppo_discrete.py calls it, for the run `args` on the vector env `envs`."""
-    return fp.load_guidance_prior(args.env_id, args.llm, args.prior_path, envs)
+    return lago_prior.load_guidance_prior(args.env_id, args.llm, args.prior_path, envs)
 
 
 def finished_run(cwd):

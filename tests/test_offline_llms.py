@@ -17,7 +17,7 @@ import pytest
 import torch
 import transformers
 
-import finetune_prior as fp
+import lago_prior as lp
 import offline_models as om
 from offline_models import PriorError
 
@@ -192,10 +192,10 @@ def test_split_zip_missing_piece_is_refused(split_model, tmp_path):
 
 
 def test_offline_names():
-    assert fp.PriorError is PriorError  # raised by both modules, caught as finetune_prior.PriorError
-    assert {"all-mpnet-base-v2", "all-mpnet-base-v2-random"} <= set(fp.OFFLINE_LLMS)
+    assert lp.PriorError is PriorError  # raised by both modules, caught as lago_prior.PriorError
+    assert {"all-mpnet-base-v2", "all-mpnet-base-v2-random"} <= set(lp.OFFLINE_LLMS)
     # every random-init twin gets its weights fingerprinted in build_prior (a prior is only valid with its base)
-    assert set(fp.RANDOM_INIT_LLMS) == {n for n in fp.OFFLINE_LLMS if n.endswith("-random")}
+    assert set(lp.RANDOM_INIT_LLMS) == {n for n in lp.OFFLINE_LLMS if n.endswith("-random")}
 
 
 def test_mpnet_parts_are_located_or_named_with_the_install_command():
@@ -240,7 +240,7 @@ def test_real_mpnet_paraphrase_and_random_twin(tmp_path, monkeypatch):
     """The real parts (~6 s to assemble, 440 MB under tmp_path): the classic paraphrase check of the upstream model,
     and the seeded random twin (same config, same weights every time, no paraphrase knowledge)."""
     monkeypatch.setenv("LAGO_CACHE", str(tmp_path))
-    model, tokenizer, source = fp.load_llm("all-mpnet-base-v2", torch.float32)
+    model, tokenizer, source = lp.load_llm("all-mpnet-base-v2", torch.float32)
     assert source == str(tmp_path / "all-mpnet-base-v2") and sum(p.numel() for p in model.parameters()) == 109_486_464
     sentences = ["A man is eating food.", "A man is eating a piece of bread.", "The new movie is awesome."]
 
@@ -254,8 +254,8 @@ def test_real_mpnet_paraphrase_and_random_twin(tmp_path, monkeypatch):
 
     paraphrase, unrelated = cosines(model)
     assert abs(paraphrase - 0.66) < 0.01 and abs(unrelated) < 0.1
-    twin1, _, _ = fp.load_llm("all-mpnet-base-v2-random", torch.float32)
-    twin2, _, _ = fp.load_llm("all-mpnet-base-v2-random", torch.float32)
+    twin1, _, _ = lp.load_llm("all-mpnet-base-v2-random", torch.float32)
+    twin2, _, _ = lp.load_llm("all-mpnet-base-v2-random", torch.float32)
     for key in (
         "model_type",
         "hidden_size",
@@ -265,6 +265,6 @@ def test_real_mpnet_paraphrase_and_random_twin(tmp_path, monkeypatch):
         "vocab_size",
     ):
         assert getattr(twin1.config, key) == getattr(model.config, key), key  # same architecture
-    assert fp.weights_fingerprint(twin1) == fp.weights_fingerprint(twin2) != fp.weights_fingerprint(model)
+    assert lp.weights_fingerprint(twin1) == lp.weights_fingerprint(twin2) != lp.weights_fingerprint(model)
     paraphrase, unrelated = cosines(twin1)
     assert unrelated > 0.5  # random weights: everything looks alike

@@ -24,7 +24,7 @@ import script_runs  # noqa: E402
 
 import lago_ppo_continuous as ppo  # noqa: E402
 from envs.metaworld import make_env  # noqa: E402
-from finetune_prior import action_distribution, file_sha256, load_prior  # noqa: E402
+from lago_prior import action_distribution, file_sha256, load_prior  # noqa: E402
 from finetune_prior import main as finetune_main  # noqa: E402
 
 TWO_TASKS = "reach-v3,push-v3"
@@ -233,14 +233,14 @@ def test_two_task_run_logs_success_per_task(two_task_prior, tmp_path):
 
 
 def test_vanilla_run_never_imports_the_language_model(tmp_path):
-    """--kl-coef 0: vanilla PPO; neither finetune_prior nor transformers/peft is imported, even with a missing prior."""
+    """--kl-coef 0: vanilla PPO; no lago_prior, finetune_prior, transformers or peft imported, even with no prior."""
     code = (
         f"import runpy, sys\nsys.path.insert(0, {str(REPO)!r})\n"
         f"sys.argv = [{SCRIPT!r}, '--kl-coef', '0', '--prior-path', 'does/not/exist', '--total-timesteps', '64', "
         + ", ".join(repr(a) for a in TINY)
         + ", '--save-model']\n"
         f"runpy.run_path({SCRIPT!r}, run_name='__main__')\n"
-        "loaded = sorted(m for m in ('finetune_prior', 'transformers', 'peft') if m in sys.modules)\n"
+        "loaded = sorted(m for m in ('lago_prior', 'finetune_prior', 'transformers', 'peft') if m in sys.modules)\n"
         "print('LOADED', loaded)\n"
     )
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO))
 import script_runs  # noqa: E402
 
 import finetune_prior  # noqa: E402
+import lago_prior  # noqa: E402
 import lago_ppo_continuous  # noqa: E402
 import lago_ppo_discrete  # noqa: E402
 
@@ -214,13 +215,13 @@ class RecordingPrior:
 
 def test_continuous_prior_reads_raw_observations(tiny_reach_prior, tmp_path, monkeypatch):
     recorders = []
-    load = finetune_prior.load_prior
+    load = lago_prior.load_prior
 
     def recording_load(*args, **kwargs):
         recorders.append(RecordingPrior(load(*args, **kwargs)))
         return recorders[-1]
 
-    monkeypatch.setattr(finetune_prior, "load_prior", recording_load)
+    monkeypatch.setattr(lago_prior, "load_prior", recording_load)
     run_in_process(
         CONTINUOUS, ["--prior-path", tiny_reach_prior, "--llm", "tiny-random", *REACH_TINY], tmp_path, monkeypatch
     )
@@ -265,8 +266,8 @@ def test_truncated_prior_files_are_refused(broken, tiny_clevr_prior, tmp_path):
     (path / broken).write_bytes(data[: len(data) // 2])
     args = lago_ppo_discrete.Args(llm="tiny-random", prior_path=str(path))
     envs = lago_ppo_discrete.gym.vector.SyncVectorEnv([lago_ppo_discrete.make_env("CLEVR-Robot-v0", 0, False, "x")])
-    with pytest.raises(finetune_prior.PriorError, match=f"{broken} in the prior at .* is corrupt or truncated"):
-        finetune_prior.load_guidance_prior(args.env_id, args.llm, args.prior_path, envs)
+    with pytest.raises(lago_prior.PriorError, match=f"{broken} in the prior at .* is corrupt or truncated"):
+        lago_prior.load_guidance_prior(args.env_id, args.llm, args.prior_path, envs)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -347,14 +348,14 @@ def test_interrupted_save_keeps_the_previous_prior(tiny_clevr_prior, tmp_path, m
     target = tmp_path / "prior"
     shutil.copytree(tiny_clevr_prior, target)
     before = sorted(p.name for p in target.rglob("*"))
-    prior = finetune_prior.load_prior(str(target))
+    prior = lago_prior.load_prior(str(target))
 
     def interrupted_save(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(finetune_prior, "save_file", interrupted_save)
+    monkeypatch.setattr(lago_prior, "save_file", interrupted_save)
     with pytest.raises(KeyboardInterrupt):
-        finetune_prior.save_prior(prior, str(target))
+        lago_prior.save_prior(prior, str(target))
     assert [p.name for p in tmp_path.iterdir()] == ["prior"]  # no temporary directory left
     assert sorted(p.name for p in target.rglob("*")) == before
 
@@ -363,7 +364,7 @@ def test_interrupted_save_keeps_the_previous_prior(tiny_clevr_prior, tmp_path, m
 # The prior ignores observation dims that never varied in the demonstrations
 # ------------------------------------------------------------------------------------------------------------
 def test_dims_constant_in_the_demos_do_not_move_the_prior(tiny_reach_run):
-    prior = finetune_prior.load_prior(tiny_reach_run["prior"])
+    prior = lago_prior.load_prior(tiny_reach_run["prior"])
     ignored = prior.config["obs_ignored"]
     demos = np.load(tiny_reach_run["demos"])
     states = demos["observations"][:8].astype(np.float32)

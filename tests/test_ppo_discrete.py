@@ -22,8 +22,8 @@ import script_runs  # noqa: E402
 
 import lago_ppo_discrete as ppo  # noqa: E402
 from envs.clevr_robot import OBS_DIM  # noqa: E402
-import finetune_prior  # noqa: E402
-from finetune_prior import PriorError, action_distribution  # noqa: E402
+import lago_prior  # noqa: E402
+from lago_prior import PriorError, action_distribution  # noqa: E402
 
 # tiny budgets: 2 envs x 16 steps per rollout, 3 rollouts
 TINY = [
@@ -73,7 +73,7 @@ def one_thread():
 
 
 def fake_envs(obs_dim, n):
-    """The two attributes Agent and finetune_prior.load_guidance_prior read from a vector env."""
+    """The two attributes Agent and lago_prior.load_guidance_prior read from a vector env."""
     return SimpleNamespace(
         single_observation_space=gym.spaces.Box(-1.0, 1.0, (obs_dim,), np.float32),
         single_action_space=gym.spaces.Discrete(n),
@@ -81,8 +81,8 @@ def fake_envs(obs_dim, n):
 
 
 def load_guidance_prior(args, envs):
-    """finetune_prior.load_guidance_prior as the script calls it, for the run `args` on the vector env `envs`."""
-    return finetune_prior.load_guidance_prior(args.env_id, args.llm, args.prior_path, envs)
+    """lago_prior.load_guidance_prior as the script calls it, for the run `args` on the vector env `envs`."""
+    return lago_prior.load_guidance_prior(args.env_id, args.llm, args.prior_path, envs)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -247,7 +247,7 @@ def test_vanilla_run_never_imports_the_language_model(tmp_path):
         f"sys.argv = ['lago_ppo_discrete.py', '--kl-coef', '0', '--prior-path', 'no/such/prior', "
         f"'--llm', 'Qwen2.5-7B', *{TINY!r}]\n"
         f"runpy.run_path({SCRIPT!r}, run_name='__main__')\n"
-        "print('IMPORTED', json.dumps(sorted(m for m in ('transformers', 'peft', 'finetune_prior')"
+        "print('IMPORTED', json.dumps(sorted(m for m in ('transformers', 'peft', 'lago_prior', 'finetune_prior')"
         " if m in sys.modules)))\n"
     )
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")

@@ -1,6 +1,6 @@
 """lago_ppo_discrete.py and lago_ppo_continuous.py are twins: the blocks they duplicate (KL to the prior, beta
 schedules, logging, eval.json, the summary line) behave the same on the same inputs, and both load their prior
-with finetune_prior.load_guidance_prior."""
+with lago_prior.load_guidance_prior."""
 
 import glob
 import inspect
@@ -52,7 +52,7 @@ def test_prior_kl_is_the_same_on_both_kinds_of_distribution(a, b):
             with pytest.raises(ValueError, match="reverse"):
                 module.prior_kl(pi, prior, "both")
     # and the prior turns each script's stored prior output into that kind of distribution
-    from finetune_prior import action_distribution
+    from lago_prior import action_distribution
 
     assert isinstance(action_distribution(torch.zeros(2, 40)), Categorical)
     assert isinstance(action_distribution((torch.zeros(2, 4), torch.ones(2, 4))), Independent)
@@ -87,8 +87,8 @@ def test_layer_init_is_the_same(a, b):
 
 
 def test_missing_prior_error_is_the_same(tmp_path):
-    """Both scripts load their prior with finetune_prior.load_guidance_prior: one message for either env."""
-    from finetune_prior import load_guidance_prior
+    """Both scripts load their prior with lago_prior.load_guidance_prior: one message for either env."""
+    from lago_prior import load_guidance_prior
 
     for env_id in ("CLEVR-Robot-v0", "reach-v3"):
         args = SimpleNamespace(env_id=env_id, llm="tiny-random", prior_path=str(tmp_path / "nowhere"))
@@ -105,7 +105,7 @@ def test_missing_prior_error_is_the_same(tmp_path):
 def test_prior_on_states_in_chunks_equals_one_call(tiny_clevr_prior, tiny_reach_prior):
     """Both scripts evaluate the rollout's states in chunks of --prior-batch-size: same outputs, same order, as one
     batched call of the prior (7 states in chunks of 3: the last chunk is short)."""
-    from finetune_prior import load_prior
+    from lago_prior import load_prior
 
     for module, path, obs_dim in ((disc, tiny_clevr_prior, 24), (cont, tiny_reach_prior, 39)):  # what the envs give
         prior = load_prior(path)
