@@ -176,7 +176,7 @@ def run_ppo(results, task, seed, setting):
 def run_prior_alone(results, task, seed, setting):
     """The noise-0 prior of `setting`'s floor acting alone (greedy: its mean action; sampled: from its Gaussian) on
     the same number of evaluation episodes and episode length as the PPO runs."""
-    from benchmark.table import evaluate_prior
+    from benchmark.prior_alone import evaluate_prior
 
     name, floor, sample = setting
     out = results / "ppo" / f"{task}__{name.replace(' ', '_')}__{seed}.json"

@@ -31,15 +31,12 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Literal, Optional
 
 import numpy as np
 import tyro
@@ -48,189 +45,12 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `python benchmark/table.py` as well as `python -m benchmark.table`
     sys.path.insert(0, str(REPO))
 
+# the table's parts: budgets, the prior without RL, the job runner
 from benchmark import plot  # noqa: E402
-from envs.metaworld import MT10  # noqa: E402
-
-ROWS = ("ppo", "prior", "prior-sampled", "lago", "lago-random", "lago-adaptive")
-PRIOR_TWIN_ROW = "prior-sampled-random"  # the random twin's prior alone, sampled: with --rows (the thesis protocol)
-ENVS = ("clevr", "metaworld")
-CLEVR_ENV_ID = "CLEVR-Robot-v0"
-PRETRAINED_LLM = "all-MiniLM-L6-v2"
-OFFLINE_PRETRAINED = (PRETRAINED_LLM, "all-mpnet-base-v2")  # installed from PyPI, each with a "-random" twin
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Everything that defines the numbers of a table (the budget); the CLI can override some fields."""
-
-    seeds: tuple[int, ...]
-    """seeds of the RL runs (and of the greedy prior's evaluation episodes); the priors use seed 1"""
-    llm: str
-    """the pretrained language model of the `prior`, `lago` and `lago-adaptive` rows"""
-    random_llm: str
-    """its random-init twin (the `lago-random` row)"""
-    clevr_timesteps: int
-    """env steps of every CLEVR-Robot RL run"""
-    metaworld_timesteps: int
-    """env steps of every Meta-World RL run (one run per task)"""
-    metaworld_tasks: tuple[str, ...]
-    """Meta-World tasks: one multi-task prior over all of them, one RL run per task"""
-    metaworld_max_episode_steps: int
-    """Meta-World episode length (its own is 500; v1 used 150)"""
-    clevr_demo_episodes: int
-    """CLEVR demonstrations for stage 1: episodes of the noisy scripted expert on train goals only"""
-    clevr_demo_noise: float
-    """probability that the CLEVR expert takes a random action instead"""
-    metaworld_demo_episodes: int
-    """Meta-World demonstrations for stage 1, per task"""
-    metaworld_demo_noise: float
-    """std of the Gaussian noise added to the Meta-World scripted expert's actions"""
-    clevr_finetune_args: tuple[str, ...]
-    """extra flags for finetune_prior.py on CLEVR (same for every language model)"""
-    metaworld_finetune_args: tuple[str, ...]
-    """extra flags for finetune_prior.py on Meta-World (same for every language model)"""
-    clevr_ppo_args: tuple[str, ...]
-    """PPO flags shared by every CLEVR row (num envs, rollout length, ...)"""
-    metaworld_ppo_args: tuple[str, ...]
-    """PPO flags shared by every Meta-World row"""
-    clevr_eval_episodes: int
-    """evaluation episodes per goal split (train, held-out) after training, and of the greedy prior"""
-    metaworld_eval_episodes: int
-    """evaluation episodes per task after training, and of the greedy prior"""
-    clevr_kl_coef: Optional[float] = None
-    """beta of the CLEVR LaGO rows (the adaptive row's starting value); None = the script's default"""
-    metaworld_kl_coef: Optional[float] = None
-    """beta of the Meta-World LaGO rows; None = the script's default"""
-    clevr_kl_target: Optional[float] = None
-    """KL the adaptive row holds on CLEVR; None = the script's default"""
-    metaworld_kl_target: Optional[float] = None
-    """KL the adaptive row holds on Meta-World; None = the script's default"""
-    device_args: tuple[str, ...] = ()
-    """flags given to every script (e.g. the device)"""
-    clevr_goal_split: str = "train"
-    """the CLEVR goals RL trains on: a level or a '+' mixture of levels (each episode draws its level)"""
-    clevr_levels: tuple[str, ...] = ("train", "heldout")
-    """the CLEVR levels every run (and the prior alone) is evaluated on, each separately"""
-    rows: tuple[str, ...] = ROWS
-    """the rows run by default (--rows overrides)"""
-
-
-PRESETS: dict[str, Preset] = {
-    # The whole table on a 2-core CPU in <= 3 h with --jobs 2 (measured estimate in benchmark/README.md).
-    # Tasks: easy / medium / hard of MT10 (reach, press, push an object), none solved by random actions.
-    # 8 envs: the prior's batch is 8 (its per-sample CPU cost is ~25% lower than at 4); rollout batches
-    # as the scripts' defaults (CLEVR 512); Meta-World 1024 in 16 minibatches of 64 (CleanRL's size) so
-    # that 30k steps still make ~29 PPO updates.
-    "cpu": Preset(
-        seeds=(1, 2, 3),
-        llm=PRETRAINED_LLM,
-        random_llm=f"{PRETRAINED_LLM}-random",
-        clevr_timesteps=50_000,
-        metaworld_timesteps=30_000,
-        metaworld_tasks=("reach-v3", "button-press-topdown-v3", "push-v3"),
-        metaworld_max_episode_steps=200,
-        clevr_demo_episodes=1000,
-        clevr_demo_noise=0.3,
-        metaworld_demo_episodes=10,
-        metaworld_demo_noise=0.3,
-        clevr_finetune_args=("--epochs", "5", "--eval-goal-split", "heldout", "--eval-num-episodes", "100"),
-        metaworld_finetune_args=("--epochs", "5"),
-        clevr_ppo_args=("--num-envs", "8", "--num-steps", "64"),
-        metaworld_ppo_args=("--num-envs", "8", "--num-steps", "128", "--num-minibatches", "16"),
-        clevr_eval_episodes=100,
-        metaworld_eval_episodes=20,
-    ),
-    # The thesis protocol (issue 11): RL on the mixture of the four instruction levels, so the prior guides where it
-    # has no demonstrations (stage 1 sees train goals only); each level evaluated separately, and their mean.
-    # PPO settings: those of the baseline that learns (benchmark/results/clevr_baseline: 45.0% vs 36.8% untrained).
-    # CLEVR-Robot only; one prior per language model (seed 1), shared by the RL seeds.
-    "thesis": Preset(
-        seeds=(1, 2, 3),
-        llm=PRETRAINED_LLM,
-        random_llm=f"{PRETRAINED_LLM}-random",
-        clevr_timesteps=200_000,
-        metaworld_timesteps=30_000,
-        metaworld_tasks=("reach-v3", "button-press-topdown-v3", "push-v3"),
-        metaworld_max_episode_steps=200,
-        clevr_demo_episodes=500,
-        clevr_demo_noise=0.3,
-        metaworld_demo_episodes=10,
-        metaworld_demo_noise=0.3,
-        clevr_finetune_args=(
-            "--epochs",
-            "5",
-            "--eval-goal-split",
-            "train,heldout,rephrase,compose",
-            "--eval-num-episodes",
-            "100",
-        ),  # the command of benchmark/stage1_levels.py, seed 1: its priors are these
-        metaworld_finetune_args=("--epochs", "5"),
-        clevr_ppo_args=("--num-envs", "8", "--num-steps", "64", "--learning-rate", "1e-3", "--update-epochs", "8"),
-        metaworld_ppo_args=("--num-envs", "8", "--num-steps", "128", "--num-minibatches", "16"),
-        clevr_eval_episodes=200,
-        metaworld_eval_episodes=20,
-        clevr_goal_split="train+rephrase+heldout+compose",
-        clevr_levels=("train", "heldout", "rephrase", "compose"),
-        rows=(*ROWS, PRIOR_TWIN_ROW),
-    ),
-    # One seed, a few hundred steps: checks the pipeline end to end (tests/test_benchmark_harness.py).
-    "smoke": Preset(
-        seeds=(1,),
-        llm=PRETRAINED_LLM,
-        random_llm=f"{PRETRAINED_LLM}-random",
-        clevr_timesteps=256,
-        metaworld_timesteps=256,
-        metaworld_tasks=("reach-v3",),
-        metaworld_max_episode_steps=64,
-        clevr_demo_episodes=20,
-        clevr_demo_noise=0.3,
-        metaworld_demo_episodes=2,
-        metaworld_demo_noise=0.3,
-        clevr_finetune_args=("--epochs", "1"),
-        metaworld_finetune_args=("--epochs", "1"),
-        clevr_ppo_args=("--num-steps", "32"),
-        metaworld_ppo_args=("--num-envs", "2", "--num-steps", "64", "--num-minibatches", "4"),
-        clevr_eval_episodes=2,
-        metaworld_eval_episodes=2,
-    ),
-    # Full scale on one GPU (cannot run on the 2-core CPU machine): Qwen2.5-1.5B prior, MT10 at
-    # Meta-World's own 500-step episodes, the scripts' default PPO settings, 5 seeds.
-    "gpu": Preset(
-        seeds=(1, 2, 3, 4, 5),
-        llm="Qwen2.5-1.5B",
-        random_llm="Qwen2.5-1.5B-random",
-        clevr_timesteps=500_000,
-        metaworld_timesteps=500_000,
-        metaworld_tasks=MT10,
-        metaworld_max_episode_steps=500,
-        clevr_demo_episodes=1000,
-        clevr_demo_noise=0.3,
-        metaworld_demo_episodes=20,
-        metaworld_demo_noise=0.3,
-        clevr_finetune_args=("--epochs", "10", "--eval-goal-split", "heldout"),
-        metaworld_finetune_args=("--epochs", "10"),
-        clevr_ppo_args=("--num-envs", "16", "--num-steps", "32"),
-        metaworld_ppo_args=("--num-envs", "16", "--num-steps", "128"),
-        clevr_eval_episodes=100,
-        metaworld_eval_episodes=50,
-    ),
-}
-
-# Full scale without network (issue 14): the thesis protocol at the gpu preset's budget with the offline models.
-# MiniLM by default; mpnet with `--llm all-mpnet-base-v2` (its twin follows) into another --results-dir. Not run in
-# full anywhere yet: benchmark/README.md gives the expected wall time from the rates measured on an H100 machine.
-PRESETS["offline"] = dataclasses.replace(
-    PRESETS["thesis"],
-    seeds=(1, 2, 3, 4, 5),
-    clevr_timesteps=500_000,
-    metaworld_timesteps=500_000,
-    metaworld_tasks=MT10,
-    metaworld_max_episode_steps=500,
-    metaworld_demo_episodes=20,
-    metaworld_finetune_args=("--epochs", "10"),
-    metaworld_ppo_args=("--num-envs", "16", "--num-steps", "128"),
-    metaworld_eval_episodes=50,
-)
+from benchmark.presets import CLEVR_ENV_ID, ENVS, OFFLINE_PRETRAINED, PRESETS, PRIOR_TWIN_ROW, ROWS  # noqa: E402
+from benchmark.presets import Preset  # noqa: E402
+from benchmark.prior_alone import evaluate_prior  # noqa: E402
+from benchmark.scheduler import Deferred, Job, check_time, kill_children, run_jobs, run_logged, tail  # noqa: E402
 
 
 @dataclass
@@ -460,71 +280,7 @@ def ppo_command(env: str, task: str, row: str, seed: int, prior_path: Optional[P
 
 
 # ----------------------------------------------------------------------------------------------
-# running
-
-
-_children: set[subprocess.Popen] = set()
-_children_lock = threading.Lock()
-
-
-def run_logged(cmd: list[str], cwd: Path, log: Path, threads: int, append: bool = False) -> tuple[int, float]:
-    """Run `cmd` in `cwd`, stdout+stderr to `log` (appended to with `append`); return (exit code, wall seconds)."""
-    env = dict(os.environ)
-    env.update(
-        OMP_NUM_THREADS=str(threads),
-        MKL_NUM_THREADS=str(threads),
-        TOKENIZERS_PARALLELISM="false",
-        WANDB_MODE=env.get("WANDB_MODE", "disabled"),
-        PYTHONUNBUFFERED="1",
-    )
-    cwd.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    with open(log, "a" if append else "w") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        with _children_lock:
-            _children.add(proc)
-        try:
-            code = proc.wait()
-        finally:
-            with _children_lock:
-                _children.discard(proc)
-    return code, time.time() - start
-
-
-def kill_children() -> None:
-    with _children_lock:
-        for proc in list(_children):
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-
-def tail(path: Path, n: int = 15) -> str:
-    try:
-        return "".join(path.read_text(errors="replace").splitlines(keepends=True)[-n:])
-    except OSError:
-        return ""
-
-
-class Deferred(Exception):
-    """A job left for the next command: --stop-after-minutes passed before it started, or stopped it at a checkpoint."""
-
-
-def check_time(deadline: Optional[float]) -> None:
-    if deadline is not None and time.time() >= deadline:
-        raise Deferred("not started before --stop-after-minutes")
-
-
-@dataclass
-class Job:
-    name: str
-    fn: Callable[[], str]
-    """runs the job, returns a one-line summary; raises RuntimeError with an actionable message on failure"""
-    kind: str = ""
-    """jobs of one kind take about as long (for the time-left estimate)"""
+# jobs (run by benchmark/scheduler.py)
 
 
 def stage1_job(env: str, llm: str, p: Preset, results_dir: Path, threads: int, deadline: Optional[float]) -> Job:
@@ -631,94 +387,6 @@ def fmt_success(success: dict) -> str:
     return ", ".join(f"{k} {100 * v:.0f}%" for k, v in success.items())
 
 
-# ----------------------------------------------------------------------------------------------
-# the prior alone, acting greedily or sampling (no RL)
-
-
-_LOAD_LOCK = threading.Lock()  # what parallel in-process prior evaluations must not do at the same time
-
-
-def evaluate_prior(
-    prior_path: Path,
-    env: str,
-    task: str,
-    seed: int,
-    episodes: int,
-    max_episode_steps: Optional[int] = None,
-    levels: tuple[str, ...] = ("train", "heldout"),
-    goal_slots: int = 1,
-    sample: bool = False,
-) -> dict:
-    """Success and return of the prior acting alone: greedily (argmax logits / Gaussian mean, clipped) or, with
-    `sample`, drawing its actions from its distribution (the policy LaGO's KL pulls towards).
-
-    Runs `episodes` environments in lockstep so that the prior sees one batch per step.
-    CLEVR: on each of `levels` (envs with `goal_slots` goal encodings, as the RL runs); Meta-World: on `task`.
-    Success = the episode's `info["success"]` was true at some step (CLEVR terminates there)."""
-    import gymnasium as gym
-    import torch
-
-    import envs  # noqa: F401  (registers CLEVR-Robot-v0)
-    from lago_prior import action_distribution, load_prior
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # as the scripts (their --cuda default)
-    with _LOAD_LOCK:  # loading sets torch's default dtype for a while (bf16 on CUDA): not safe in parallel threads
-        prior = load_prior(str(prior_path), device=device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    splits = levels if env == "clevr" else (task,)
-    success, returns = {}, []
-    for split in splits:
-        if env == "clevr":
-            kw = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-            kw.update({} if goal_slots == 1 else {"goal_slots": goal_slots})
-            vec = [gym.make(CLEVR_ENV_ID, goal_split=split, **kw) for _ in range(episodes)]
-        else:
-            from envs.metaworld import make_env
-
-            with _LOAD_LOCK:  # Meta-World draws its 50 goals from numpy's global RNG: not safe in parallel threads
-                vec = [
-                    make_env(task, seed=10_000 * seed + i, max_episode_steps=max_episode_steps or 500)
-                    for i in range(episodes)
-                ]
-        obs, instr = [], []
-        succ = np.zeros(episodes, dtype=bool)
-        for i, e in enumerate(vec):
-            o, info = e.reset(seed=10_000 * seed + i)
-            obs.append(o)
-            instr.append(info["instruction"])
-            succ[i] = bool(info.get("success", False))
-        active = np.ones(episodes, dtype=bool)
-        ret = np.zeros(episodes)
-        while active.any():
-            idx = np.flatnonzero(active)
-            x = torch.as_tensor(np.stack([obs[i] for i in idx]), dtype=torch.float32, device=device)
-            with torch.inference_mode():
-                out = prior(x, [instr[i] for i in idx])
-                if sample and env == "clevr":
-                    actions = torch.multinomial(out.float().softmax(-1), 1, generator=generator)[:, 0].cpu().numpy()
-                elif sample:
-                    mean, std = out
-                    noise = torch.randn(mean.shape, generator=generator, device=mean.device)
-                    actions = (mean + std * noise).float().cpu().numpy()
-                else:
-                    actions = (out.argmax(-1) if env == "clevr" else out[0]).float().cpu().numpy()
-            if env != "clevr":
-                space = vec[0].action_space
-                actions = np.clip(actions, space.low, space.high)
-            for a, i in zip(actions, idx):
-                o, r, term, trunc, info = vec[i].step(int(a) if env == "clevr" else a)
-                obs[i] = o
-                ret[i] += float(r)
-                succ[i] |= bool(info.get("success", False))
-                if term or trunc:
-                    active[i] = False
-        for e in vec:
-            e.close()
-        success[split] = float(succ.mean())
-        returns.append(float(ret.mean()))
-    return {"success": success, "return": float(np.mean(returns))}
-
-
 def prior_job(
     env: str, task: str, row: str, seed: int, p: Preset, results_dir: Path, threads: int, deadline: Optional[float]
 ) -> Job:
@@ -770,61 +438,6 @@ def prior_job(
         return f"{row} {task} seed {seed}: success {fmt_success(ev['success'])} in {secs:.0f} s"
 
     return Job(f"{env} {row} {task} seed {seed}", fn, f"{env}-prior")
-
-
-def time_left(unfinished: list[Job], durations: dict[str, list[float]], n_parallel: int) -> str:
-    """Rough time left: unfinished jobs x the mean duration of finished jobs of their kind / parallel jobs."""
-    known = [np.mean(durations[j.kind]) for j in unfinished if durations.get(j.kind)]
-    untimed = sorted({j.kind for j in unfinished if not durations.get(j.kind)})
-    if not unfinished:
-        return ""
-    text = f"~{sum(known) / max(1, n_parallel) / 60:.0f} min left"
-    return text + (f" + untimed kinds ({', '.join(untimed)})" if untimed else "")
-
-
-def run_jobs(jobs: list[Job], n_parallel: int) -> tuple[list[str], int]:
-    """Run the jobs, n_parallel at a time; print one line per finished job; return the failures and the number of
-    jobs left for the next command (Deferred)."""
-    failures: list[str] = []
-    deferred = 0
-    if not jobs:
-        return failures, deferred
-    start = time.time()
-    durations: dict[str, list[float]] = {}
-
-    def timed(job: Job) -> tuple[str, float]:
-        t = time.time()
-        summary = job.fn()
-        return summary, time.time() - t
-
-    with ThreadPoolExecutor(max_workers=max(1, n_parallel)) as pool:
-        pending = {pool.submit(timed, job): job for job in jobs}
-        done_count = 0
-        try:
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    job = pending.pop(fut)
-                    done_count += 1
-                    head = f"[{done_count}/{len(jobs)} {(time.time() - start) / 60:.1f} min]"
-                    try:
-                        summary, secs = fut.result()
-                        durations.setdefault(job.kind, []).append(secs)
-                        print(
-                            f"{head} {summary}; {time_left(list(pending.values()), durations, n_parallel)}", flush=True
-                        )
-                    except Deferred as e:
-                        deferred += 1
-                        print(f"{head} left for the next command: {job.name}: {e}", flush=True)
-                    except Exception as e:  # noqa: BLE001 - keep going, report at the end
-                        failures.append(f"{job.name}: {e}")
-                        print(f"{head} FAILED {job.name}: {e}", flush=True)
-        except KeyboardInterrupt:
-            for fut in pending:
-                fut.cancel()
-            kill_children()
-            raise
-    return failures, deferred
 
 
 def main(args: Args) -> int:

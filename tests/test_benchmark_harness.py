@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark import plot, table
+from benchmark import plot, presets, table
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -235,8 +235,8 @@ def test_kl_settings_reach_only_their_rows():
 def test_llm_override_and_its_twin():
     named = table.resolve(table.Args(preset="gpu", llm="tiny-random"))
     assert (named.llm, named.random_llm) == ("tiny-random", "tiny-random")  # no known twin: the model itself
-    mini = table.resolve(table.Args(preset="gpu", llm=table.PRETRAINED_LLM))
-    assert mini.random_llm == f"{table.PRETRAINED_LLM}-random"
+    mini = table.resolve(table.Args(preset="gpu", llm=presets.PRETRAINED_LLM))
+    assert mini.random_llm == f"{presets.PRETRAINED_LLM}-random"
     both = table.resolve(table.Args(preset="cpu", llm="a", random_llm="b"))
     assert (both.llm, both.random_llm) == ("a", "b")
     assert [table.llm_of_row(r, both) for r in table.ROWS] == [None, "a", "a", "a", "b", "a"]

@@ -1,0 +1,193 @@
+"""The budgets of the benchmark (benchmark/table.py --preset): rows, environments, and one Preset per named budget.
+
+A Preset holds everything that defines the numbers of a table; `table.py` turns it into the scripts' command lines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+from envs.metaworld import MT10
+
+ROWS = ("ppo", "prior", "prior-sampled", "lago", "lago-random", "lago-adaptive")
+PRIOR_TWIN_ROW = "prior-sampled-random"  # the random twin's prior alone, sampled: with --rows (the thesis protocol)
+ENVS = ("clevr", "metaworld")
+CLEVR_ENV_ID = "CLEVR-Robot-v0"
+PRETRAINED_LLM = "all-MiniLM-L6-v2"
+OFFLINE_PRETRAINED = (PRETRAINED_LLM, "all-mpnet-base-v2")  # installed from PyPI, each with a "-random" twin
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything that defines the numbers of a table (the budget); the CLI can override some fields."""
+
+    seeds: tuple[int, ...]
+    """seeds of the RL runs (and of the greedy prior's evaluation episodes); the priors use seed 1"""
+    llm: str
+    """the pretrained language model of the `prior`, `lago` and `lago-adaptive` rows"""
+    random_llm: str
+    """its random-init twin (the `lago-random` row)"""
+    clevr_timesteps: int
+    """env steps of every CLEVR-Robot RL run"""
+    metaworld_timesteps: int
+    """env steps of every Meta-World RL run (one run per task)"""
+    metaworld_tasks: tuple[str, ...]
+    """Meta-World tasks: one multi-task prior over all of them, one RL run per task"""
+    metaworld_max_episode_steps: int
+    """Meta-World episode length (its own is 500; v1 used 150)"""
+    clevr_demo_episodes: int
+    """CLEVR demonstrations for stage 1: episodes of the noisy scripted expert on train goals only"""
+    clevr_demo_noise: float
+    """probability that the CLEVR expert takes a random action instead"""
+    metaworld_demo_episodes: int
+    """Meta-World demonstrations for stage 1, per task"""
+    metaworld_demo_noise: float
+    """std of the Gaussian noise added to the Meta-World scripted expert's actions"""
+    clevr_finetune_args: tuple[str, ...]
+    """extra flags for finetune_prior.py on CLEVR (same for every language model)"""
+    metaworld_finetune_args: tuple[str, ...]
+    """extra flags for finetune_prior.py on Meta-World (same for every language model)"""
+    clevr_ppo_args: tuple[str, ...]
+    """PPO flags shared by every CLEVR row (num envs, rollout length, ...)"""
+    metaworld_ppo_args: tuple[str, ...]
+    """PPO flags shared by every Meta-World row"""
+    clevr_eval_episodes: int
+    """evaluation episodes per goal split (train, held-out) after training, and of the greedy prior"""
+    metaworld_eval_episodes: int
+    """evaluation episodes per task after training, and of the greedy prior"""
+    clevr_kl_coef: Optional[float] = None
+    """beta of the CLEVR LaGO rows (the adaptive row's starting value); None = the script's default"""
+    metaworld_kl_coef: Optional[float] = None
+    """beta of the Meta-World LaGO rows; None = the script's default"""
+    clevr_kl_target: Optional[float] = None
+    """KL the adaptive row holds on CLEVR; None = the script's default"""
+    metaworld_kl_target: Optional[float] = None
+    """KL the adaptive row holds on Meta-World; None = the script's default"""
+    device_args: tuple[str, ...] = ()
+    """flags given to every script (e.g. the device)"""
+    clevr_goal_split: str = "train"
+    """the CLEVR goals RL trains on: a level or a '+' mixture of levels (each episode draws its level)"""
+    clevr_levels: tuple[str, ...] = ("train", "heldout")
+    """the CLEVR levels every run (and the prior alone) is evaluated on, each separately"""
+    rows: tuple[str, ...] = ROWS
+    """the rows run by default (--rows overrides)"""
+
+
+PRESETS: dict[str, Preset] = {
+    # The whole table on a 2-core CPU in <= 3 h with --jobs 2 (measured estimate in benchmark/README.md).
+    # Tasks: easy / medium / hard of MT10 (reach, press, push an object), none solved by random actions.
+    # 8 envs: the prior's batch is 8 (its per-sample CPU cost is ~25% lower than at 4); rollout batches
+    # as the scripts' defaults (CLEVR 512); Meta-World 1024 in 16 minibatches of 64 (CleanRL's size) so
+    # that 30k steps still make ~29 PPO updates.
+    "cpu": Preset(
+        seeds=(1, 2, 3),
+        llm=PRETRAINED_LLM,
+        random_llm=f"{PRETRAINED_LLM}-random",
+        clevr_timesteps=50_000,
+        metaworld_timesteps=30_000,
+        metaworld_tasks=("reach-v3", "button-press-topdown-v3", "push-v3"),
+        metaworld_max_episode_steps=200,
+        clevr_demo_episodes=1000,
+        clevr_demo_noise=0.3,
+        metaworld_demo_episodes=10,
+        metaworld_demo_noise=0.3,
+        clevr_finetune_args=("--epochs", "5", "--eval-goal-split", "heldout", "--eval-num-episodes", "100"),
+        metaworld_finetune_args=("--epochs", "5"),
+        clevr_ppo_args=("--num-envs", "8", "--num-steps", "64"),
+        metaworld_ppo_args=("--num-envs", "8", "--num-steps", "128", "--num-minibatches", "16"),
+        clevr_eval_episodes=100,
+        metaworld_eval_episodes=20,
+    ),
+    # The thesis protocol (issue 11): RL on the mixture of the four instruction levels, so the prior guides where it
+    # has no demonstrations (stage 1 sees train goals only); each level evaluated separately, and their mean.
+    # PPO settings: those of the baseline that learns (benchmark/results/clevr_baseline: 45.0% vs 36.8% untrained).
+    # CLEVR-Robot only; one prior per language model (seed 1), shared by the RL seeds.
+    "thesis": Preset(
+        seeds=(1, 2, 3),
+        llm=PRETRAINED_LLM,
+        random_llm=f"{PRETRAINED_LLM}-random",
+        clevr_timesteps=200_000,
+        metaworld_timesteps=30_000,
+        metaworld_tasks=("reach-v3", "button-press-topdown-v3", "push-v3"),
+        metaworld_max_episode_steps=200,
+        clevr_demo_episodes=500,
+        clevr_demo_noise=0.3,
+        metaworld_demo_episodes=10,
+        metaworld_demo_noise=0.3,
+        clevr_finetune_args=(
+            "--epochs",
+            "5",
+            "--eval-goal-split",
+            "train,heldout,rephrase,compose",
+            "--eval-num-episodes",
+            "100",
+        ),  # the command of benchmark/stage1_levels.py, seed 1: its priors are these
+        metaworld_finetune_args=("--epochs", "5"),
+        clevr_ppo_args=("--num-envs", "8", "--num-steps", "64", "--learning-rate", "1e-3", "--update-epochs", "8"),
+        metaworld_ppo_args=("--num-envs", "8", "--num-steps", "128", "--num-minibatches", "16"),
+        clevr_eval_episodes=200,
+        metaworld_eval_episodes=20,
+        clevr_goal_split="train+rephrase+heldout+compose",
+        clevr_levels=("train", "heldout", "rephrase", "compose"),
+        rows=(*ROWS, PRIOR_TWIN_ROW),
+    ),
+    # One seed, a few hundred steps: checks the pipeline end to end (tests/test_benchmark_harness.py).
+    "smoke": Preset(
+        seeds=(1,),
+        llm=PRETRAINED_LLM,
+        random_llm=f"{PRETRAINED_LLM}-random",
+        clevr_timesteps=256,
+        metaworld_timesteps=256,
+        metaworld_tasks=("reach-v3",),
+        metaworld_max_episode_steps=64,
+        clevr_demo_episodes=20,
+        clevr_demo_noise=0.3,
+        metaworld_demo_episodes=2,
+        metaworld_demo_noise=0.3,
+        clevr_finetune_args=("--epochs", "1"),
+        metaworld_finetune_args=("--epochs", "1"),
+        clevr_ppo_args=("--num-steps", "32"),
+        metaworld_ppo_args=("--num-envs", "2", "--num-steps", "64", "--num-minibatches", "4"),
+        clevr_eval_episodes=2,
+        metaworld_eval_episodes=2,
+    ),
+    # Full scale on one GPU (cannot run on the 2-core CPU machine): Qwen2.5-1.5B prior, MT10 at
+    # Meta-World's own 500-step episodes, the scripts' default PPO settings, 5 seeds.
+    "gpu": Preset(
+        seeds=(1, 2, 3, 4, 5),
+        llm="Qwen2.5-1.5B",
+        random_llm="Qwen2.5-1.5B-random",
+        clevr_timesteps=500_000,
+        metaworld_timesteps=500_000,
+        metaworld_tasks=MT10,
+        metaworld_max_episode_steps=500,
+        clevr_demo_episodes=1000,
+        clevr_demo_noise=0.3,
+        metaworld_demo_episodes=20,
+        metaworld_demo_noise=0.3,
+        clevr_finetune_args=("--epochs", "10", "--eval-goal-split", "heldout"),
+        metaworld_finetune_args=("--epochs", "10"),
+        clevr_ppo_args=("--num-envs", "16", "--num-steps", "32"),
+        metaworld_ppo_args=("--num-envs", "16", "--num-steps", "128"),
+        clevr_eval_episodes=100,
+        metaworld_eval_episodes=50,
+    ),
+}
+
+# Full scale without network (issue 14): the thesis protocol at the gpu preset's budget with the offline models.
+# MiniLM by default; mpnet with `--llm all-mpnet-base-v2` (its twin follows) into another --results-dir. Not run in
+# full anywhere yet: benchmark/README.md gives the expected wall time from the rates measured on an H100 machine.
+PRESETS["offline"] = dataclasses.replace(
+    PRESETS["thesis"],
+    seeds=(1, 2, 3, 4, 5),
+    clevr_timesteps=500_000,
+    metaworld_timesteps=500_000,
+    metaworld_tasks=MT10,
+    metaworld_max_episode_steps=500,
+    metaworld_demo_episodes=20,
+    metaworld_finetune_args=("--epochs", "10"),
+    metaworld_ppo_args=("--num-envs", "16", "--num-steps", "128"),
+    metaworld_eval_episodes=50,
+)
