@@ -87,10 +87,14 @@ def test_resolve_tasks():
         mw.make_env("reach-v3", 0, max_episode_steps=0)
 
 
-def test_all_50_tasks_construct_and_step():
+@pytest.mark.parametrize(
+    "tasks", [pytest.param(mw.MT10, id="MT10"), pytest.param(mw.ALL_TASKS, id="all-50", marks=pytest.mark.slow)]
+)
+def test_tasks_construct_and_step(tasks):
+    """MT10 in the fast suite; all 50 tasks (~1 s each: Meta-World draws 50 goals per task) with -m slow."""
     rng = np.random.default_rng(0)
     space = None
-    for task in mw.ALL_TASKS:
+    for task in tasks:
         env = mw.make_env(task, seed=0)
         assert env.observation_space.shape == (39,) and env.action_space.shape == (4,), task
         space = space or env.observation_space
