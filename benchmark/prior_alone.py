@@ -12,7 +12,7 @@ import numpy as np
 from benchmark.presets import CLEVR_ENV_ID
 
 
-_LOAD_LOCK = threading.Lock()  # what parallel in-process prior evaluations must not do at the same time
+_NOT_THREAD_SAFE = threading.Lock()  # held for what parallel in-process evaluations must not do at once
 
 
 def evaluate_prior(
@@ -39,7 +39,7 @@ def evaluate_prior(
     from lago_prior import load_prior
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # as the scripts (their --cuda default)
-    with _LOAD_LOCK:  # loading sets torch's default dtype for a while (bf16 on CUDA): not safe in parallel threads
+    with _NOT_THREAD_SAFE:  # loading sets torch's default dtype for a while (bf16 on CUDA)
         prior = load_prior(str(prior_path), device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     splits = levels if env == "clevr" else (task,)
@@ -52,7 +52,7 @@ def evaluate_prior(
         else:
             from envs.metaworld import make_env
 
-            with _LOAD_LOCK:  # Meta-World draws its 50 goals from numpy's global RNG: not safe in parallel threads
+            with _NOT_THREAD_SAFE:  # Meta-World draws its 50 goals from numpy's global RNG
                 vec = [
                     make_env(task, seed=10_000 * seed + i, max_episode_steps=max_episode_steps or 500)
                     for i in range(episodes)

@@ -324,7 +324,8 @@ def ppo_job(
             raise RuntimeError(f"no prior at {prior_path}: its stage-1 fine-tuning failed (see above)")
         work = results_dir / "runs" / env / row / f"{task}__seed{seed}"
         log = work / "log.txt"
-        checkpoints = list(work.glob("runs/*/checkpoint.pt"))
+        # a run stopped at a checkpoint, not finished (a finished run without its result file is redone)
+        checkpoints = [c for c in work.glob("runs/*/checkpoint.pt") if not (c.parent / "eval.json").exists()]
         resume = ["--resume", str(checkpoints[0].relative_to(work))] if len(checkpoints) == 1 else []
         if not resume:
             shutil.rmtree(work, ignore_errors=True)  # leftovers of an interrupted attempt
