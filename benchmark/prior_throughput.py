@@ -93,7 +93,7 @@ def main(argv=None) -> int:
                 prior(obs, instr)
             gflop = counter.get_total_flops() / 1e9 / b
             secs = seconds_per_call(lambda obs=obs, instr=instr: prior(obs, instr), args.device) / b
-            print(f"{b:>6} {1e3 * secs:>9.3f} {gflop:>12.4f} {gflop / secs:>8.1f}")
+            print(f"{b:>6} {1e3 * secs:>9.3f} {gflop:>12.4f} {gflop / secs:>8.3g}")
             best_secs, least_gflop = min(best_secs, secs), min(least_gflop, gflop)
     if not args.device.startswith("cuda"):
         rate = matmul_gflops(args.device)
