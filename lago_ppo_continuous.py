@@ -175,12 +175,11 @@ def update_adaptive_kl_coef(kl_coef, measured_kl, kl_target, rate=0.1, low=1e-4,
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    if min(args.num_envs, args.num_steps, args.num_minibatches, args.update_epochs) < 1 or args.total_timesteps < (
-        args.num_envs * args.num_steps
-    ):
+    counts = (args.num_envs, args.num_steps, args.num_minibatches, args.update_epochs)
+    if min(counts) < 1 or args.total_timesteps < args.num_envs * args.num_steps:  # one line, not a ZeroDivisionError
         raise SystemExit(
-            "error: --num-envs, --num-steps, --num-minibatches, --update-epochs must be >= 1 and "
-            "--total-timesteps >= --num-envs x --num-steps"
+            "error: need --num-envs, --num-steps, --num-minibatches, --update-epochs >= 1, --total-timesteps"
+            " >= --num-envs x --num-steps"
         )
     if args.kl_coef < 0 or args.kl_target <= 0 or args.prior_batch_size < 1:  # LaGO
         raise SystemExit("error: LaGO needs --kl-coef >= 0 (0: vanilla PPO), --kl-target > 0, --prior-batch-size >= 1")
@@ -215,7 +214,10 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     # env setup
-    tasks = resolve_tasks(args.env_id)  # Meta-World: env i runs task i % len(tasks), seeded through make
+    try:  # Meta-World: env i runs task i % len(tasks), seeded through make
+        tasks = resolve_tasks(args.env_id)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
     envs = gym.vector.SyncVectorEnv(
         [
             make_env(tasks[i % len(tasks)], args.seed + i, args.max_episode_steps, args.gamma)

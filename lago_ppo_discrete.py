@@ -171,12 +171,11 @@ def update_adaptive_kl_coef(kl_coef, measured_kl, kl_target, rate=0.1, low=1e-4,
 
 if __name__ == "__main__":
     args = tyro.cli(Args)
-    if min(args.num_envs, args.num_steps, args.num_minibatches, args.update_epochs) < 1 or args.total_timesteps < (
-        args.num_envs * args.num_steps
-    ):
+    counts = (args.num_envs, args.num_steps, args.num_minibatches, args.update_epochs)
+    if min(counts) < 1 or args.total_timesteps < args.num_envs * args.num_steps:  # one line, not a ZeroDivisionError
         raise SystemExit(
-            "error: --num-envs, --num-steps, --num-minibatches, --update-epochs must be >= 1 and "
-            "--total-timesteps >= --num-envs x --num-steps"
+            "error: need --num-envs, --num-steps, --num-minibatches, --update-epochs >= 1, --total-timesteps"
+            " >= --num-envs x --num-steps"
         )
     if args.kl_coef < 0 or args.kl_target <= 0 or args.prior_batch_size < 1:  # LaGO
         raise SystemExit("error: LaGO needs --kl-coef >= 0 (0: vanilla PPO), --kl-target > 0, --prior-batch-size >= 1")
