@@ -200,7 +200,7 @@ def resolve_env(env_id: str) -> dict:
 
 def collect_expert_demos(env: dict, num_episodes: int, noise: float, goal_split: str, seed: int, max_steps) -> dict:
     if env["kind"] == "clevr":
-        from envs.clevr_robot import collect_demos
+        from envs.clevr_expert import collect_demos
 
         return collect_demos(
             num_episodes, noise=noise, goal_split=goal_split, seed=seed, max_episode_steps=max_steps or 50
@@ -410,7 +410,7 @@ def check_args(args: Args) -> None:
         raise PriorError(f"--eval-fraction must be in [0, 1), got {args.eval_fraction}")
     if args.std_floor <= 0:
         raise PriorError(f"--std-floor must be > 0, got {args.std_floor}")
-    from envs.clevr_robot import parse_goal_split
+    from envs.clevr_language import parse_goal_split
 
     for flag, splits in (("--goal-split", [args.goal_split]), ("--eval-goal-split", eval_goal_splits(args))):
         for split in splits:

@@ -1,13 +1,15 @@
 """Environments of the LaGO reference implementation.
 
 `import envs` registers "CLEVR-Robot-v0" with gymnasium (lazily: mujoco is imported at
-`gymnasium.make`). Meta-World tasks come from `envs.metaworld`, which is not imported here so
-that `import envs` stays light (no metaworld, no torch).
+`gymnasium.make`). CLEVR-Robot: the env in `envs.clevr_robot`, its goals and instructions in
+`envs.clevr_language`, its scripted expert and demonstrations in `envs.clevr_expert`. Meta-World
+tasks come from `envs.metaworld`, which is not imported here so that `import envs` stays light
+(no metaworld, no torch).
 
     import gymnasium as gym, envs
     env = gym.make("CLEVR-Robot-v0", goal_split="train")             # TimeLimit 50 steps
     env = gym.make("CLEVR-Robot-v0", goal_split="heldout", max_episode_steps=100)
-    env = gym.make("CLEVR-Robot-v0", goal_split="train+rephrase+heldout+compose", goal_slots=2)  # levels
+    env = gym.make("CLEVR-Robot-v0", goal_split="train+rephrase+heldout+compose")  # levels; compose: 2 goal slots
 
 The episode limit of the registered id is gymnasium's TimeLimit wrapper (`max_episode_steps`
 of `gym.make`, default 50); the env's own counter (`ClevrRobotEnv(max_episode_steps=...)`,

@@ -48,51 +48,19 @@ Relations (`relation_holds(pos_a, pos_b, relation)`): with u = (B - A) / |B - A|
     left = (-1, 0), right = (+1, 0), behind = (0, -1), front = (0, +1) on the table plane
     (the original's camera at azimuth 90 / elevation -45 gives exactly these vectors).
 
-Goals: 80 programs (target colour, relation, reference colour), target != reference,
-    program string "<target> <relation>_of <reference>", e.g. "red left_of blue" = "the red
-    sphere is to the left of the blue sphere" = relation_holds(pos[blue], pos[red], "left").
-    Each program has `len(TEMPLATES)` = 10 natural-language paraphrases (our own wording;
-    question forms as in the original and imperative forms). At reset a (program, template)
-    pair is drawn uniformly among the pairs of the chosen `goal_split` whose program is
-    currently FALSE (the scene is redrawn if none is), so an episode never starts solved.
-    `reset(options={"goal": "red left_of blue"})` fixes the program (any of the 80, whatever
-    the split; the scene is redrawn until it is false) and `options={"template": k}` the
-    paraphrase. Unknown programs / templates raise ValueError.
-
-Train / held-out split (deterministic, no randomness involved)
-    Programs are indexed in the order of `PROGRAMS` (target colour, then relation, then
-    reference colour, each in the order of COLORS / RELATIONS). With colour and relation
-    indices c_t, r, c_ref, a program is HELD OUT iff (c_t + r + c_ref) % 5 == 0: 16 of the 80
-    programs (20%), one for each (target, relation) pair with (2 c_t + r) % 5 != 0. Every
-    colour (as target and as reference) and every relation still appears in the 64 train
-    programs, so held-out programs are new combinations of known words (systematic
-    generalisation). Templates `HELDOUT_TEMPLATES` = (2, 6, 8) (one question, one
-    declarative, one imperative form) are held out; the other 7 are train templates.
-      goal_split="train":   train programs x train templates      (64 x 7 = 448 instructions)
-      goal_split="heldout": held-out programs x held-out templates (16 x 3 = 48 instructions)
-      goal_split="all":     all programs x all templates           (80 x 10 = 800 instructions)
-    The two intermediate combinations (unseen phrasing of a seen goal, seen phrasing of an
-    unseen goal) are part of "all" only.
-
-Instruction levels (after KALM's evaluation): `LEVELS` = ("train", "heldout", "rephrase", "compose")
-      goal_split="rephrase": all 80 programs x 8 `REPHRASE_TEMPLATES` (640 instructions) in words
-        no other instruction uses: colour synonyms `COLOR_SYNONYMS` (red: crimson / scarlet, blue:
-        azure / navy, green: emerald / lime, purple: violet / lilac, cyan: turquoise / teal),
-        relation wordings `RELATION_SYNONYMS` (left: "to the west of" / "farther west than", right:
-        east, behind: "to the north of" / "farther from the viewer than", front: "to the south of"
-        / "closer to the viewer than") and new frames (orb / marble / globe). Frame k takes
-        target synonym k & 1, reference synonym (k >> 1) & 1, relation wording (k >> 2) & 1.
-      goal_split="compose": two relations at once. Goals `COMPOSE_GOALS`: the 1840 unordered pairs
-        (p1 < p2) of TRAIN programs about two different pairs of spheres (so never contradictory
-        or equivalent); both must be false at reset; success (reward 1, termination) iff both
-        hold. Text (`COMPOSE_FRAMES`, 16): a train imperative phrasing (templates 3, 4, 5, 9) of
-        p1 and one of p2 joined by " and " (29,440 instructions). Needs `goal_slots=2`.
-    A mixture, goal_split="train+rephrase+heldout+compose" ("+"-joined distinct LEVELS), draws the
-    level of each episode uniformly with `np_random` (then the goal among the level's false goals);
-    a single level or split draws no level, so its random stream is the one above.
-    `level_instructions(level)` lists a level's instructions, `split_instructions` a split's or
-    mixture's. `reset(options={"level": ...})` fixes the level; options "goal" also takes
-    "A and B" (or a pair) for a compose goal; "template" indexes the level's frames.
+Goals at reset: the goal programs, their wordings, the train / held-out split and the
+    instruction levels are defined in `envs.clevr_language`. At reset a (goal, template) pair is
+    drawn uniformly among the pairs of the chosen `goal_split` whose goal is currently FALSE (the
+    scene is redrawn if none is), so an episode never starts solved; a "compose" goal (two
+    relations) needs both false and succeeds iff both hold. A mixture ("+"-joined levels) draws
+    the level of each episode uniformly with `np_random` (then the goal among the level's false
+    goals); a single level or split draws no level. `reset(options={"goal": "red left_of blue"})`
+    fixes the program (any of the 80, whatever the split; the scene is redrawn until it is false;
+    "A and B" or a pair for a compose goal), `options={"template": k}` the paraphrase (an index
+    into the level's templates or frames) and `options={"level": ...}` the level. Unknown
+    programs / templates / levels raise ValueError.
+    `goal_slots` (goal encodings in the observation): 1 or 2; None (default) is 2 when "compose"
+    is among the levels of `goal_split`, else 1.
 
 Reward, termination, truncation
     info["success"] is True iff the goal program holds after the step. Reward is 1.0 and
@@ -116,20 +84,11 @@ Rendering: `render_mode="rgb_array"` returns a top-down uint8 image (H, W, 3) dr
     the pusher in white. Image right = +x ("right"), image up = -y ("behind"), image down =
     +y ("front"): the view of someone standing in front of the table.
 
-Scripted expert: `expert_action(env, noise=0.0, rng=None)` is a one-step model-predictive
-    planner: it simulates each push of the target and of the reference sphere (16 actions) on
-    a copy of the physics state (the exact outcome), scores the resulting scene by the
-    distance of the target to the nearest free spot that satisfies the relation with a margin
-    (or, where the walls leave no such spot, by how far the reference must move first), and
-    takes the best; if no such push makes progress it considers all 40 actions. Two-relation
-    goals: see `_compose_expert_action`; rephrased goals are the same programs. With
-    probability `noise` it returns a uniformly random action instead. `collect_demos(...)`
-    rolls it out and returns the project's demonstration dict.
+The scripted expert and the demonstrations are in `envs.clevr_expert`.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
 import operator
 from typing import Any
@@ -139,10 +98,25 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
+from envs.clevr_language import (
+    COLORS,
+    COMPOSE_GOALS,
+    GOAL_DIM,
+    PROGRAM_STRINGS,
+    PROGRAMS,
+    RELATIONS,
+    SPLIT_NAMES,
+    TEMPLATES,
+    goal_encoding,
+    goal_pool,
+    goal_string,
+    level_text,
+    parse_goal_split,
+    parse_goals,
+)
+
 ENV_ID = "CLEVR-Robot-v0"
-COLORS = ("red", "blue", "green", "purple", "cyan")
 COLOR_RGB = ((255, 26, 26), (51, 128, 255), (51, 255, 0), (204, 51, 255), (51, 255, 255))  # the original's rgba
-RELATIONS = ("left", "right", "behind", "front")
 RELATION_VECTORS = np.array([[-1.0, 0.0], [1.0, 0.0], [0.0, -1.0], [0.0, 1.0]])
 DIRECTIONS = np.array(
     [[1, 0], [0, 1], [-1, 0], [0, -1], [0.8, 0.8], [-0.8, 0.8], [0.8, -0.8], [-0.8, -0.8]], dtype=np.float64
@@ -150,9 +124,7 @@ DIRECTIONS = np.array(
 NUM_OBJECTS = 5
 NUM_ACTIONS = NUM_OBJECTS * len(DIRECTIONS)  # 40
 STATE_DIM = 2 * NUM_OBJECTS  # 10
-GOAL_DIM = len(COLORS) + len(RELATIONS) + len(COLORS)  # 14
 OBS_DIM = STATE_DIM + GOAL_DIM  # 24
-GOAL_SPLITS = ("train", "heldout", "all")
 
 SPHERE_RADIUS = 0.13
 TABLE_Z = -0.325
@@ -169,300 +141,18 @@ PUSHER_HOME = (0.0, -0.45)
 MIN_SURFACE_DIST = 0.1
 MIN_AXIS_MARGIN = 0.01
 
-# ---------------------------------------------------------------------------------------
-# Goals: programs, paraphrase templates and the train / held-out split
-# ---------------------------------------------------------------------------------------
-PROGRAMS = tuple(
-    (t, r, f) for t in range(len(COLORS)) for r in range(len(RELATIONS)) for f in range(len(COLORS)) if f != t
-)
-PROGRAM_STRINGS = tuple(f"{COLORS[t]} {RELATIONS[r]}_of {COLORS[f]}" for t, r, f in PROGRAMS)
-_PROGRAM_INDEX = {s: i for i, s in enumerate(PROGRAM_STRINGS)}
-HELDOUT_PROGRAMS = tuple(i for i, (t, r, f) in enumerate(PROGRAMS) if (t + r + f) % 5 == 0)
-TRAIN_PROGRAMS = tuple(i for i in range(len(PROGRAMS)) if i not in HELDOUT_PROGRAMS)
-
-# Relation phrases; a template picks variant `template_index % 3`.
-RELATION_PHRASES = {
-    "left": ("to the left of", "left of", "on the left side of"),
-    "right": ("to the right of", "right of", "on the right side of"),
-    "behind": ("behind", "behind", "behind"),
-    "front": ("in front of", "in front of", "in front of"),
-}
-# {t}: target colour, {f}: reference colour, {rel}: relation phrase. Our own wording.
-TEMPLATES = (
-    "There is a {f} ball; is there a {t} rubber sphere {rel} it?",  # 0 question
-    "Is the {t} sphere {rel} the {f} sphere?",  # 1 question
-    "Can you see a {t} ball {rel} the {f} ball?",  # 2 question      (held out)
-    "Push the {t} ball {rel} the {f} ball.",  # 3 imperative
-    "Move the {t} sphere so that it is {rel} the {f} sphere.",  # 4 imperative
-    "Put the {t} ball {rel} the {f} one.",  # 5 imperative
-    "The {t} sphere should end up {rel} the {f} sphere.",  # 6 declarative   (held out)
-    "Look at the {f} sphere: are there any {t} balls {rel} it?",  # 7 question
-    "Get the {t} object {rel} the {f} object.",  # 8 imperative    (held out)
-    "Make sure the {t} ball sits {rel} the {f} ball.",  # 9 imperative
-)
-HELDOUT_TEMPLATES = (2, 6, 8)
-TRAIN_TEMPLATES = tuple(i for i in range(len(TEMPLATES)) if i not in HELDOUT_TEMPLATES)
-
-
-def instruction_text(program: int | str, template: int) -> str:
-    """The natural-language instruction of `program` (index or string) in paraphrase `template`."""
-    p = parse_goal(program)
-    if not isinstance(template, (int, np.integer)) or not 0 <= template < len(TEMPLATES):
-        raise ValueError(f"template must be an integer in [0, {len(TEMPLATES)}), got {template!r}")
-    t, r, f = PROGRAMS[p]
-    rel = RELATION_PHRASES[RELATIONS[r]][template % 3]
-    return TEMPLATES[template].format(t=COLORS[t], f=COLORS[f], rel=rel)
-
-
-# ---------------------------------------------------------------------------------------
-# Instruction levels beyond train / heldout (after KALM's evaluation): "rephrase", "compose"
-# ---------------------------------------------------------------------------------------
-LEVELS = ("train", "heldout", "rephrase", "compose")
-SPLIT_NAMES = ("train", "heldout", "all", "rephrase", "compose")  # what goal_split accepts alone
-
-# rephrase: every program in words no train/held-out instruction uses (fixed by hand from ordinary
-# English, not tuned to any model). Compass words follow the top-down view: right = +x = east,
-# behind = -y = north (image up); the viewer stands in front of the table.
-COLOR_SYNONYMS = {
-    "red": ("crimson", "scarlet"),
-    "blue": ("azure", "navy"),
-    "green": ("emerald", "lime"),
-    "purple": ("violet", "lilac"),
-    "cyan": ("turquoise", "teal"),
-}
-RELATION_SYNONYMS = {
-    "left": ("to the west of", "farther west than"),
-    "right": ("to the east of", "farther east than"),
-    "behind": ("to the north of", "farther from the viewer than"),
-    "front": ("to the south of", "closer to the viewer than"),
-}
-# Frame k uses target synonym k & 1, reference synonym (k >> 1) & 1, relation synonym (k >> 2) & 1:
-# the 8 frames cover each of the 8 combinations once.
-REPHRASE_TEMPLATES = (
-    "Slide the {t} orb {rel} the {f} orb.",
-    "I would like the {t} marble to be {rel} the {f} marble.",
-    "Could you shove the {t} globe {rel} the {f} globe?",
-    "Arrange the table so that the {t} orb lies {rel} the {f} orb.",
-    "Is the {t} marble located {rel} the {f} marble?",
-    "Nudge the {t} globe until it rests {rel} the {f} globe.",
-    "Find the {f} orb and bring the {t} orb {rel} it.",
-    "Your task: the {t} marble must finish {rel} the {f} marble.",
-)
-
-# compose: two train programs at once. The pairs: unordered pairs of TRAIN programs (in index
-# order) that are about two different pairs of spheres (so never contradictory nor equivalent,
-# e.g. "red left_of blue" / "blue right_of red"); 1840 pairs. Text: two train imperative
-# phrasings joined by " and " (frame = (template of goal 1, template of goal 2)), 16 frames.
-_IMPERATIVE_TRAIN_TEMPLATES = (3, 4, 5, 9)
-COMPOSE_FRAMES = tuple((a, b) for a in _IMPERATIVE_TRAIN_TEMPLATES for b in _IMPERATIVE_TRAIN_TEMPLATES)
-COMPOSE_GOALS = tuple(
-    (a, b)
-    for i, a in enumerate(TRAIN_PROGRAMS)
-    for b in TRAIN_PROGRAMS[i + 1 :]
-    if {PROGRAMS[a][0], PROGRAMS[a][2]} != {PROGRAMS[b][0], PROGRAMS[b][2]}
-)
-_COMPOSE_FIRST = np.array([a for a, _ in COMPOSE_GOALS])
-_COMPOSE_SECOND = np.array([b for _, b in COMPOSE_GOALS])
-
-
-def rephrase_text(program: int | str, template: int) -> str:
-    """The "rephrase" instruction of `program` in frame `template` of REPHRASE_TEMPLATES."""
-    p = parse_goal(program)
-    if not isinstance(template, (int, np.integer)) or not 0 <= template < len(REPHRASE_TEMPLATES):
-        raise ValueError(f"rephrase template must be an integer in [0, {len(REPHRASE_TEMPLATES)}), got {template!r}")
-    t, r, f = PROGRAMS[p]
-    return REPHRASE_TEMPLATES[template].format(
-        t=COLOR_SYNONYMS[COLORS[t]][template & 1],
-        f=COLOR_SYNONYMS[COLORS[f]][(template >> 1) & 1],
-        rel=RELATION_SYNONYMS[RELATIONS[r]][(template >> 2) & 1],
-    )
-
-
-def compose_text(goal, template: int) -> str:
-    """The "compose" instruction of a two-program goal in frame `template` of COMPOSE_FRAMES."""
-    a, b = _parse_pair(goal)
-    if not isinstance(template, (int, np.integer)) or not 0 <= template < len(COMPOSE_FRAMES):
-        raise ValueError(f"compose template must be an integer in [0, {len(COMPOSE_FRAMES)}), got {template!r}")
-    ka, kb = COMPOSE_FRAMES[template]
-    second = instruction_text(b, kb)
-    return instruction_text(a, ka).rstrip(".") + " and " + second[0].lower() + second[1:]
-
-
-def goal_string(goal) -> str:
-    """Program string of a goal: 'red left_of blue', or 'red left_of blue and green front_of cyan'."""
-    return " and ".join(PROGRAM_STRINGS[p] for p in parse_goals(goal))
-
-
-def level_text(level: str, goal, template: int) -> str:
-    """The instruction of `goal` worded by `level` (one of SPLIT_NAMES) in its template `template`."""
-    if level == "rephrase":
-        return rephrase_text(goal, template)
-    if level == "compose":
-        return compose_text(goal, template)
-    _check_split_name(level)
-    return instruction_text(goal, template)
-
-
-def _check_split_name(name) -> str:
-    if name not in SPLIT_NAMES:
-        raise ValueError(
-            f"unknown goal_split {name!r}; accepted: {', '.join(repr(s) for s in SPLIT_NAMES)}, or a '+'-joined "
-            f"mixture of levels from {LEVELS}, e.g. 'train+rephrase+heldout+compose'"
-        )
-    return name
-
-
-def parse_goal_split(goal_split: str) -> tuple[str, ...]:
-    """The levels of a goal_split: ('train',) for "train", ('train', 'compose') for "train+compose".
-
-    A mixture is two or more distinct names of LEVELS joined by "+"; "all" stands alone.
-    Raises ValueError saying what is accepted."""
-    if not isinstance(goal_split, str):
-        _check_split_name(goal_split)
-    if "+" not in goal_split:
-        return (_check_split_name(goal_split),)
-    parts = tuple(s.strip() for s in goal_split.split("+"))
-    for s in parts:
-        if s not in LEVELS:
-            raise ValueError(
-                f"unknown level {s!r} in goal_split mixture {goal_split!r}; a mixture joins two or more distinct "
-                f"levels from {LEVELS} with '+', e.g. 'train+rephrase+heldout+compose'"
-            )
-    if len(set(parts)) != len(parts):
-        raise ValueError(f"goal_split mixture {goal_split!r} names a level twice; each level of {LEVELS} at most once")
-    return parts
-
-
-def run_levels(goal_split: str, eval_levels: str | None = None) -> tuple[list[str], int | None]:
-    """The instruction levels of a PPO run: (levels evaluated at the end, goal_slots of every env: 2 if a training or
-    evaluated level is "compose", else None, the env's default). `eval_levels` is a comma list (None: train, heldout,
-    then the other levels of goal_split). Raises ValueError naming the PPO scripts' flag and what is accepted."""
-    try:
-        train_levels = parse_goal_split(goal_split)
-    except ValueError as e:
-        raise ValueError(f"--goal-split: {e}") from None
-    if eval_levels is None:
-        evaluated = ["train", "heldout"] + [level for level in train_levels if level not in ("train", "heldout")]
-    else:
-        evaluated = [s.strip() for s in eval_levels.split(",")]
-        for s in evaluated:
-            if s not in SPLIT_NAMES:
-                raise ValueError(
-                    f"unknown level {s!r} in --eval-levels {eval_levels!r}; accepted: a comma list of "
-                    f"{', '.join(SPLIT_NAMES)} (each at most once), e.g. train,heldout,rephrase,compose"
-                )
-        if len(set(evaluated)) != len(evaluated):
-            raise ValueError(
-                f"--eval-levels {eval_levels!r} names a level twice; each of {', '.join(SPLIT_NAMES)} at most once"
-            )
-    goal_slots = 2 if "compose" in (*train_levels, *evaluated) else None
-    return evaluated, goal_slots
-
-
-def goal_pool(goal_split: str) -> tuple[tuple, tuple[int, ...]]:
-    """(goals, template indices) of one level / split (not a mixture); see the module docstring.
-
-    goals are program indices, except for "compose" where they are (program, program) pairs
-    (COMPOSE_GOALS). Template indices index TEMPLATES, REPHRASE_TEMPLATES or COMPOSE_FRAMES."""
-    if goal_split == "train":
-        return TRAIN_PROGRAMS, TRAIN_TEMPLATES
-    if goal_split == "heldout":
-        return HELDOUT_PROGRAMS, HELDOUT_TEMPLATES
-    if goal_split == "all":
-        return tuple(range(len(PROGRAMS))), tuple(range(len(TEMPLATES)))
-    if goal_split == "rephrase":
-        return tuple(range(len(PROGRAMS))), tuple(range(len(REPHRASE_TEMPLATES)))
-    if goal_split == "compose":
-        return COMPOSE_GOALS, tuple(range(len(COMPOSE_FRAMES)))
-    if isinstance(goal_split, str) and "+" in goal_split:
-        parse_goal_split(goal_split)  # raises on a bad mixture
-        raise ValueError(f"goal_pool takes one level, got the mixture {goal_split!r}; call it for each level")
-    _check_split_name(goal_split)
-    raise AssertionError("unreachable")
-
-
-def level_instructions(level: str) -> list[str]:
-    """Every instruction string of one level / split, in a fixed order (goals, then templates)."""
-    goals, templates = goal_pool(level)
-    return [level_text(level, g, k) for g in goals for k in templates]
-
-
-def split_instructions(goal_split: str) -> list[str]:
-    """Every instruction string of a goal split or mixture (for building vocabularies, checking overlap...)."""
-    return [s for level in parse_goal_split(goal_split) for s in level_instructions(level)]
-
-
-def parse_goal(goal: int | str | tuple) -> int:
-    """Program index of a goal given as index, program string "red left_of blue", or a
-    (target, relation, reference) tuple of names. Raises ValueError with the accepted forms."""
-    if isinstance(goal, (int, np.integer)) and not isinstance(goal, bool):
-        if 0 <= goal < len(PROGRAMS):
-            return int(goal)
-        raise ValueError(f"goal index must be in [0, {len(PROGRAMS)}), got {goal}")
-    if isinstance(goal, tuple) and len(goal) == 3 and all(isinstance(g, str) for g in goal):
-        goal = f"{goal[0]} {goal[1]}_of {goal[2]}"
-    if isinstance(goal, str):
-        key = " ".join(goal.strip().lower().split())
-        if key in _PROGRAM_INDEX:
-            return _PROGRAM_INDEX[key]
-        close = difflib.get_close_matches(key, PROGRAM_STRINGS, n=3)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(
-            f"unknown goal program {goal!r}. A program is '<target> <relation>_of <reference>' with two "
-            f"different colours from {COLORS} and a relation from {RELATIONS}, e.g. 'red left_of blue'.{hint}"
-        )
-    raise ValueError(
-        f"goal must be a program string like 'red left_of blue', a (target, relation, reference) tuple "
-        f"or a program index in [0, {len(PROGRAMS)}), got {goal!r}"
-    )
-
-
-def parse_goals(goal) -> tuple[int, ...]:
-    """Program indices of a one- or two-relation goal: anything `parse_goal` takes -> (p,); a string
-    "red left_of blue and green front_of cyan" or a pair (list / tuple of two goals) -> (p1, p2).
-    The two programs of a pair must be about two different pairs of spheres."""
-    if isinstance(goal, str) and " and " in goal:
-        parts = [s for s in goal.split(" and ")]
-    elif isinstance(goal, (tuple, list)) and len(goal) == 2:
-        parts = list(goal)
-    elif isinstance(goal, (tuple, list)) and len(goal) == 1:
-        return (parse_goal(goal[0]),)
-    else:
-        return (parse_goal(goal),)
-    if len(parts) != 2:
-        raise ValueError(f"a goal has one or two relations ('A' or 'A and B'), got {goal!r}")
-    a, b = (parse_goal(p) for p in parts)
-    if {PROGRAMS[a][0], PROGRAMS[a][2]} == {PROGRAMS[b][0], PROGRAMS[b][2]}:
-        raise ValueError(
-            f"the two relations of goal {goal!r} are about the same two spheres; a two-relation goal needs "
-            f"two different pairs of spheres, e.g. 'red left_of blue and green front_of cyan'"
-        )
-    return (a, b)
-
-
-def _parse_pair(goal) -> tuple[int, int]:
-    g = parse_goals(goal)
-    if len(g) != 2:
-        raise ValueError(f"a compose goal has two relations ('A and B'), got {goal!r}")
-    return g
-
-
-def goal_encoding(program: int | str) -> np.ndarray:
-    """The fixed-size float32 goal encoding (GOAL_DIM,) of a program: one-hots target|relation|reference."""
-    t, r, f = PROGRAMS[parse_goal(program)]
-    enc = np.zeros(GOAL_DIM, dtype=np.float32)
-    enc[t] = 1.0
-    enc[len(COLORS) + r] = 1.0
-    enc[len(COLORS) + len(RELATIONS) + f] = 1.0
-    return enc
-
-
+# precomputed per program: goal encodings, target / reference indices, relation direction
 _GOAL_ENCODINGS = np.stack([goal_encoding(i) for i in range(len(PROGRAMS))])
 _PROGRAM_T = np.array([t for t, _, _ in PROGRAMS])
 _PROGRAM_F = np.array([f for _, _, f in PROGRAMS])
 _PROGRAM_DIR = RELATION_VECTORS[[r for _, r, _ in PROGRAMS]]
+_COMPOSE_FIRST = np.array([a for a, _ in COMPOSE_GOALS])
+_COMPOSE_SECOND = np.array([b for _, b in COMPOSE_GOALS])
 
 
+# ---------------------------------------------------------------------------------------
+# Relations
+# ---------------------------------------------------------------------------------------
 def relation_holds(pos_a, pos_b, relation: str) -> bool:
     """True iff "B is <relation> of A": u = (B - A)/|B - A|, u . dir > 0.6 and |B - A| < 0.7.
 
@@ -558,17 +248,19 @@ class ClevrRobotEnv(gym.Env):
         max_episode_steps: int | None = 50,
         goal_split: str = "train",
         render_mode: str | None = None,
-        goal_slots: int = 1,
+        goal_slots: int | None = None,
     ):
         levels = parse_goal_split(goal_split)  # validates
+        if goal_slots is None:  # automatic: two slots when a level has two-relation goals
+            goal_slots = 2 if "compose" in levels else 1
         if not isinstance(goal_slots, (int, np.integer)) or isinstance(goal_slots, bool) or goal_slots not in (1, 2):
             raise ValueError(f"goal_slots must be 1 or 2 (goal encodings in the observation), got {goal_slots!r}")
         if "compose" in levels and goal_slots != 2:
             raise ValueError(
                 f"goal_split {goal_split!r} has the 'compose' level (two relations at once), whose goal encoding needs "
                 f"two slots: pass goal_slots=2 (observation of {STATE_DIM} + 2 * {GOAL_DIM} = "
-                f"{STATE_DIM + 2 * GOAL_DIM} dims), e.g. "
-                f"gym.make('CLEVR-Robot-v0', goal_split={goal_split!r}, goal_slots=2)"
+                f"{STATE_DIM + 2 * GOAL_DIM} dims) or leave goal_slots=None (automatic), e.g. "
+                f"gym.make('CLEVR-Robot-v0', goal_split={goal_split!r})"
             )
         if max_episode_steps is not None and (
             not isinstance(max_episode_steps, (int, np.integer)) or max_episode_steps < 1
@@ -614,30 +306,10 @@ class ClevrRobotEnv(gym.Env):
         self._goal_str = PROGRAM_STRINGS[0]
         self._goal_enc = np.zeros(goal_dims, dtype=np.float32)
         self._steps = 0
-        self._expert_data = None  # (scratch MjData, state buffer) for expert_action's look-ahead
+        self._expert_data = None  # (scratch MjData, state buffer) for envs.clevr_expert's look-ahead
         self._render_grid = None
 
     # ------------------------------------------------------------------ public helpers
-    @property
-    def program(self) -> str:
-        """The current goal program string, e.g. 'red left_of blue' ('A and B' for a compose goal)."""
-        return self._goal_str
-
-    @property
-    def goal(self) -> tuple[int, ...]:
-        """Program indices of the current goal: (p,) or (p1, p2) for a compose goal."""
-        return self._goal
-
-    @property
-    def level(self) -> str:
-        """The level of the current episode's goal and wording ('train', 'rephrase', 'compose', ...)."""
-        return self._level
-
-    @property
-    def instruction(self) -> str:
-        """The current natural-language instruction."""
-        return self._instruction
-
     def positions(self) -> np.ndarray:
         """Sphere (x, y) positions, shape (5, 2), float64 copy."""
         return self.data.qpos[self._xy_index].reshape(NUM_OBJECTS, 2)
@@ -766,8 +438,9 @@ class ClevrRobotEnv(gym.Env):
     # ------------------------------------------------------------------ internals
     def _push(self, data: mujoco.MjData, action: int) -> None:
         """One push, action = object * 8 + direction (a valid int), on `data`: the env's own physics
-        (`step`) or the expert's scratch copy (`_simulate`). The pusher goes PUSH_OFFSET behind the
-        sphere centre at rest, the motor controls are the direction, then PUSH_PHYSICS_STEPS steps."""
+        (`step`) or the expert's scratch copy (`envs.clevr_expert`). The pusher goes PUSH_OFFSET
+        behind the sphere centre at rest, the motor controls are the direction, then
+        PUSH_PHYSICS_STEPS steps."""
         obj, k = action >> 3, action & 7
         q = data.qpos
         qa = self._obj_qadr[obj]
@@ -905,262 +578,3 @@ def _as_int_action(action) -> int:
         f"invalid action {action!r}: CLEVR-Robot actions are integers in [0, {NUM_ACTIONS}) = "
         f"object index (0-4: {', '.join(COLORS)}) * 8 + direction index (0-7)"
     )
-
-
-# ---------------------------------------------------------------------------------------
-# Scripted expert and demonstrations
-# ---------------------------------------------------------------------------------------
-# The expert aims the target at spots that satisfy the relation with a margin.
-_EXPERT_COS = 0.72
-_EXPERT_DIST = (0.30, 0.60)
-_EXPERT_BOX = (X_LIMIT - 0.01, Y_MIN + 0.01, Y_MAX - 0.01)
-_gx, _gy = np.meshgrid(
-    np.arange(-_EXPERT_BOX[0], _EXPERT_BOX[0] + 1e-9, 0.02), np.arange(_EXPERT_BOX[1], _EXPERT_BOX[2] + 1e-9, 0.02)
-)
-_EXPERT_GRID = np.stack([_gx.ravel(), _gy.ravel()], axis=1)
-# Where the reference must be for a margin spot to exist inside the walls (per relation):
-# offset along the relation axis of the nearest margin spot = min distance * cos margin.
-_AXIS_OFFSET = _EXPERT_DIST[0] * _EXPERT_COS
-
-
-def _reference_infeasibility(ref: np.ndarray, r: int) -> float:
-    """How far the reference is from where a margin spot for relation r fits inside the walls."""
-    x, y = ref
-    if r == 0:  # left: target needs x <= ref_x - offset >= -X
-        return max(0.0, -_EXPERT_BOX[0] + _AXIS_OFFSET - x)
-    if r == 1:
-        return max(0.0, x - (_EXPERT_BOX[0] - _AXIS_OFFSET))
-    if r == 2:  # behind: smaller y
-        return max(0.0, _EXPERT_BOX[1] + _AXIS_OFFSET - y)
-    return max(0.0, y - (_EXPERT_BOX[2] - _AXIS_OFFSET))
-
-
-def _expert_cost(pos: np.ndarray, program: int) -> float:
-    """0 when the goal holds; else distance of the target to the nearest free margin spot
-    (1 + the reference's infeasibility when no such spot exists)."""
-    t, r, f = PROGRAMS[program]
-    if goal_holds(pos, program):
-        return 0.0
-    diff = _EXPERT_GRID - pos[f]
-    dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-    ok = (diff @ RELATION_VECTORS[r] > _EXPERT_COS * dist) & (dist > _EXPERT_DIST[0]) & (dist < _EXPERT_DIST[1])
-    for o in range(NUM_OBJECTS):
-        if o != t and o != f:
-            od = _EXPERT_GRID - pos[o]
-            ok &= np.einsum("ij,ij->i", od, od) > (2 * SPHERE_RADIUS + 0.02) ** 2
-    if ok.any():
-        g = _EXPERT_GRID[ok] - pos[t]
-        return 0.01 + float(np.sqrt(np.einsum("ij,ij->i", g, g).min()))
-    return 1.0 + _reference_infeasibility(pos[f], r)
-
-
-_FULL_STATE = mujoco.mjtState.mjSTATE_INTEGRATION
-
-
-def _simulate(env: ClevrRobotEnv, action: int) -> np.ndarray:
-    """Sphere positions after `action` from the env's current state, on a scratch copy."""
-    m = env.model
-    if env._expert_data is None:
-        size = mujoco.mj_stateSize(m, _FULL_STATE)
-        env._expert_data = (mujoco.MjData(m), np.empty(size))
-    sd, start = env._expert_data
-    mujoco.mj_getState(m, env.data, start, _FULL_STATE)  # everything mj_step reads, warm start included
-    mujoco.mj_setState(m, sd, start, _FULL_STATE)
-    env._push(sd, action)
-    return sd.qpos[env._xy_index].reshape(NUM_OBJECTS, 2)
-
-
-def _goal_cost(pos: np.ndarray, goal: tuple[int, ...]) -> float:
-    """The expert's cost of a goal: `_expert_cost` of a one-relation goal; for two relations, the sum
-    over the relations that do not hold of (0.5 + their cost), so that a push that breaks a relation
-    that holds is taken only when it brings the other one much closer."""
-    if len(goal) == 1:
-        return _expert_cost(pos, goal[0])
-    total = 0.0
-    for p in goal:
-        c = _expert_cost(pos, p)
-        if c > 0.0:
-            total += 0.5 + c
-    return total
-
-
-def _compose_expert_action(env: ClevrRobotEnv, pos: np.ndarray, goal: tuple[int, int]) -> int:
-    """Expert push for a two-relation goal: the pushes of the spheres of the relations that do not
-    hold yet first, then all 40, scored by `_goal_cost` (which keeps a relation that holds unless
-    breaking it pays off). Where no push gains at least 0.01 (a local minimum, e.g. the relation
-    that holds blocks the other one), it works on the relations that do not hold alone, even if
-    that breaks the other one."""
-    current = _goal_cost(pos, goal)
-    todo = [p for p in goal if not goal_holds(pos, p)]
-    objects: list[int] = []
-    for p in todo + [p for p in goal if p not in todo]:
-        t, _, f = PROGRAMS[p]
-        objects += [o for o in (t, f) if o not in objects]
-    order = [o * 8 + k for o in objects for k in range(8)]
-    order += [a for a in range(NUM_ACTIONS) if a not in order]
-    outcomes = {}
-    best_a, best_c = order[0], math.inf
-    for i, a in enumerate(order):
-        if i == 8 * len(objects) and best_c < current - 0.01:
-            return best_a  # progress with the goal's spheres: no need to try the others
-        outcomes[a] = after = _simulate(env, a).copy()
-        c = _goal_cost(after, goal)
-        if c < best_c:
-            best_a, best_c = a, c
-        if c == 0.0:
-            return a
-    if best_c < current - 0.01:
-        return best_a
-    return min(order, key=lambda a: sum(_expert_cost(outcomes[a], p) for p in todo))
-
-
-def expert_action(env, noise: float = 0.0, rng: np.random.Generator | None = None) -> int:
-    """Scripted expert: the push (of the goal's spheres first, else any) whose simulated outcome
-    brings the goal closest (see `_expert_cost`; two-relation goals: `_goal_cost`, spheres of the
-    relations that do not hold yet first). The wording level does not matter (a rephrased
-    instruction has the same program). `env` may be wrapped (gym.make).
-
-    noise: probability in [0, 1] of returning a uniformly random action instead (imperfect
-    demonstrations). rng: numpy Generator for that coin; pass one for reproducibility (None: a
-    fresh unseeded generator, used only when noise > 0). The expert never touches the env's own
-    random state or physics state.
-    """
-    env = env.unwrapped
-    if not isinstance(env, ClevrRobotEnv):
-        raise ValueError(f"expert_action needs a CLEVR-Robot env, got {type(env).__name__}")
-    if not 0.0 <= noise <= 1.0:
-        raise ValueError(f"noise is a probability in [0, 1], got {noise}")
-    if noise > 0.0:
-        rng = rng if rng is not None else np.random.default_rng()
-        if rng.random() < noise:
-            return int(rng.integers(NUM_ACTIONS))
-    goal = env._goal
-    pos = env.positions()
-    if len(goal) == 2:
-        return _compose_expert_action(env, pos, goal)
-    current = _goal_cost(pos, goal)
-    objects: list[int] = []
-    for p in sorted(goal, key=lambda p: goal_holds(pos, p)):  # relations that do not hold first
-        t, _, f = PROGRAMS[p]
-        objects += [o for o in (t, f) if o not in objects]
-    first = [o * 8 + k for o in objects for k in range(8)]
-    best_a, best_c = first[0], math.inf
-    for a in first:
-        c = _goal_cost(_simulate(env, a), goal)
-        if c < best_c:
-            best_a, best_c = a, c
-        if c == 0.0:
-            return a
-    if best_c < current - 1e-3:
-        return best_a
-    for a in range(NUM_ACTIONS):  # no progress with the goal's spheres: try the others too
-        if a in first:
-            continue
-        c = _goal_cost(_simulate(env, a), goal)
-        if c < best_c:
-            best_a, best_c = a, c
-    return best_a
-
-
-def collect_demos(
-    num_episodes: int,
-    noise: float = 0.0,
-    goal_split: str = "train",
-    seed: int = 0,
-    max_episode_steps: int = 50,
-    goal_slots: int | None = None,
-) -> dict:
-    """Roll out the scripted expert; returns the project's demonstration dict.
-
-    goal_split: any level, split or "+"-mixture the env takes (e.g. "rephrase", "compose",
-    "train+compose"). goal_slots: of the env (None: 2 when the split has the 'compose' level, else 1).
-    observations float32 [N, 10 + goal_slots * 14] (24 with one slot; full env observation before
-    each action), actions int64 [N] (the executed, possibly noisy, actions), instructions unicode
-    [N], episode_ids int64 [N], episode_success bool [E], env_id "CLEVR-Robot-v0", state_dim 10;
-    for a mixture also levels unicode [N] (the level of each step's episode). Failed episodes are
-    kept (episode_success False). Deterministic given the arguments: the env is seeded once with
-    `seed` and the noise generator with `seed + 1`.
-    """
-    if num_episodes < 1:
-        raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
-    if goal_slots is None:
-        goal_slots = 2 if "compose" in parse_goal_split(goal_split) else 1
-    env = ClevrRobotEnv(max_episode_steps=max_episode_steps, goal_split=goal_split, goal_slots=goal_slots)
-    rng = np.random.default_rng(seed + 1)
-    obs_l, act_l, ins_l, ep_l, succ, lev_l = [], [], [], [], [], []
-    for ep in range(num_episodes):
-        obs, info = env.reset(seed=seed if ep == 0 else None)
-        done = False
-        success = False
-        while not done:
-            a = expert_action(env, noise=noise, rng=rng)
-            obs_l.append(obs)
-            act_l.append(a)
-            ins_l.append(info["instruction"])
-            lev_l.append(info["level"])
-            ep_l.append(ep)
-            obs, _, terminated, truncated, info = env.step(a)
-            success = bool(info["success"])
-            done = terminated or truncated
-        succ.append(success)
-    demos = {
-        "observations": np.stack(obs_l).astype(np.float32),
-        "actions": np.asarray(act_l, dtype=np.int64),
-        "instructions": np.asarray(ins_l, dtype=np.str_),
-        "episode_ids": np.asarray(ep_l, dtype=np.int64),
-        "episode_success": np.asarray(succ, dtype=bool),
-        "env_id": ENV_ID,
-        "state_dim": STATE_DIM,
-    }
-    if len(env.levels) > 1:
-        demos["levels"] = np.asarray(lev_l, dtype=np.str_)
-    return demos
-
-
-def level_success(
-    goal_split: str, episodes: int = 200, policy: str = "random", seed: int = 0, max_episode_steps: int = 50
-) -> dict:
-    """Success rate of uniform random actions ("random") or of the expert ("expert") on a level,
-    split or mixture: `episodes` episodes of at most `max_episode_steps` steps, the env seeded once
-    with `seed` (goal_slots 2 when the split has 'compose'), the random actions from seed + 1."""
-    if policy not in ("random", "expert"):
-        raise ValueError(f"policy must be 'random' or 'expert', got {policy!r}")
-    slots = 2 if "compose" in parse_goal_split(goal_split) else 1
-    env = ClevrRobotEnv(max_episode_steps=max_episode_steps, goal_split=goal_split, goal_slots=slots)
-    rng = np.random.default_rng(seed + 1)
-    wins, steps = 0, 0
-    for ep in range(episodes):
-        env.reset(seed=seed if ep == 0 else None)
-        while True:
-            a = int(rng.integers(NUM_ACTIONS)) if policy == "random" else expert_action(env)
-            *_, terminated, truncated, info = env.step(a)
-            steps += 1
-            if terminated or truncated:
-                break
-        wins += bool(info["success"])
-    return {
-        "goal_split": goal_split,
-        "policy": policy,
-        "episodes": episodes,
-        "success_rate": wins / episodes,
-        "steps_per_episode": steps / episodes,
-    }
-
-
-if __name__ == "__main__":  # python -m envs.clevr_robot --policy random --episodes 200 --seed 0
-    import argparse
-
-    parser = argparse.ArgumentParser(description="success rate per instruction level (CLEVR-Robot)")
-    parser.add_argument("--levels", default=",".join(LEVELS), help="comma-separated levels / splits / mixtures")
-    parser.add_argument("--policy", default="random", choices=("random", "expert"))
-    parser.add_argument("--episodes", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-episode-steps", type=int, default=50)
-    cli = parser.parse_args()
-    for name in cli.levels.split(","):
-        r = level_success(name, cli.episodes, cli.policy, cli.seed, cli.max_episode_steps)
-        print(
-            f"{cli.policy}, goal_split={name!r}, {cli.episodes} episodes of <= {cli.max_episode_steps} steps: "
-            f"success {r['success_rate']:.3f}, {r['steps_per_episode']:.2f} steps per episode",
-            flush=True,
-        )

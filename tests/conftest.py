@@ -23,7 +23,7 @@ if str(REPO) not in sys.path:  # the scripts and envs/ live at the repository ro
 @contextlib.contextmanager
 def _quiet_run(workdir: Path):
     """One torch thread (tests share 2 cores) and runs/ written under `workdir`; restored afterwards."""
-    import envs.clevr_robot  # imported before the chdir
+    import envs.clevr_expert  # imported before the chdir (imports envs.clevr_robot, envs.clevr_language)
     import envs.metaworld  # noqa: F401
 
     threads, cwd = torch.get_num_threads(), os.getcwd()

@@ -1,4 +1,5 @@
-"""Tests of envs/clevr_robot.py: relations, pushes, walls, goals and split, seeding, expert, API."""
+"""Tests of CLEVR-Robot: envs/clevr_robot.py (relations, pushes, walls, seeding, API), envs/clevr_language.py (goals,
+split, levels) and envs/clevr_expert.py (expert, demos)."""
 
 import math
 import re
@@ -13,43 +14,43 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import envs  # noqa: F401  (registers CLEVR-Robot-v0)
-from envs.clevr_robot import (
+from envs.clevr_expert import collect_demos, expert_action, level_success
+from envs.clevr_language import (
     COLOR_SYNONYMS,
     COLORS,
     COMPOSE_FRAMES,
     COMPOSE_GOALS,
-    LEVELS,
-    RELATION_PHRASES,
-    RELATION_SYNONYMS,
-    REPHRASE_TEMPLATES,
-    DIRECTIONS,
     GOAL_DIM,
     HELDOUT_PROGRAMS,
     HELDOUT_TEMPLATES,
-    NUM_ACTIONS,
-    OBS_DIM,
+    LEVELS,
     PROGRAM_STRINGS,
     PROGRAMS,
-    RELATION_VECTORS,
+    RELATION_PHRASES,
+    RELATION_SYNONYMS,
     RELATIONS,
-    STATE_DIM,
+    REPHRASE_TEMPLATES,
     TEMPLATES,
     TRAIN_PROGRAMS,
     TRAIN_TEMPLATES,
-    ClevrRobotEnv,
-    collect_demos,
     compose_text,
-    expert_action,
     goal_encoding,
-    goal_holds,
     goal_pool,
     instruction_text,
     level_instructions,
     parse_goal,
     parse_goals,
     rephrase_text,
+)
+from envs.clevr_robot import (
+    DIRECTIONS,
+    NUM_ACTIONS,
+    OBS_DIM,
+    RELATION_VECTORS,
+    STATE_DIM,
+    ClevrRobotEnv,
+    goal_holds,
     relation_holds,
-    split_instructions,
 )
 
 # A scene whose corners keep four spheres out of the way of pushes of a sphere at the centre.
@@ -183,7 +184,7 @@ def test_reset_never_starts_with_the_goal_true_and_samples_the_split():
         env = ClevrRobotEnv(goal_split=split)
         programs, templates = goal_pool(split)
         allowed_goals = {PROGRAM_STRINGS[p] for p in programs}
-        allowed_text = set(split_instructions(split))
+        allowed_text = set(level_instructions(split))
         seen = set()
         for i in range(150):
             obs, info = env.reset(seed=i)
@@ -316,8 +317,8 @@ def test_goal_split_is_disjoint_complete_and_documented():
     train = [PROGRAMS[i] for i in TRAIN_PROGRAMS]
     assert {t for t, _, _ in train} == {f for _, _, f in train} == set(range(5))
     assert {r for _, r, _ in train} == set(range(4))
-    assert set(split_instructions("train")).isdisjoint(split_instructions("heldout"))
-    assert len(split_instructions("train")) == 64 * len(TRAIN_TEMPLATES)
+    assert set(level_instructions("train")).isdisjoint(level_instructions("heldout"))
+    assert len(level_instructions("train")) == 64 * len(TRAIN_TEMPLATES)
     # every program has >= 6 distinct paraphrases, which name both colours
     for p in range(80):
         texts = {instruction_text(p, k) for k in range(len(TEMPLATES))}
@@ -328,7 +329,7 @@ def test_goal_split_is_disjoint_complete_and_documented():
 
 def test_goal_split_is_deterministic_across_processes():
     # string hashing is randomised per process: the split must not depend on it
-    code = "from envs.clevr_robot import split_instructions as s; print(s('heldout') + s('train'))"
+    code = "from envs.clevr_language import level_instructions as s; print(s('heldout') + s('train'))"
     root = Path(__file__).resolve().parents[1]
     outs = {
         subprocess.run(
@@ -341,7 +342,7 @@ def test_goal_split_is_deterministic_across_processes():
         ).stdout
         for seed in ("1", "2")
     }
-    assert outs == {str(split_instructions("heldout") + split_instructions("train")) + "\n"}
+    assert outs == {str(level_instructions("heldout") + level_instructions("train")) + "\n"}
 
 
 # ------------------------------------------------------------------ render, observation, demos, expert
@@ -470,7 +471,7 @@ def test_default_env_is_unchanged_by_the_levels():
 
 def test_rephrase_uses_no_train_word_and_names_the_right_program():
     assert set(LEVELS) == {"train", "heldout", "rephrase", "compose"} and len(REPHRASE_TEMPLATES) >= 4
-    demo_words = set().union(*(words(s) for s in split_instructions("all")))
+    demo_words = set().union(*(words(s) for s in level_instructions("all")))
     new_words = {w for syn in COLOR_SYNONYMS.values() for s in syn for w in words(s)}
     new_words |= {w for syn in RELATION_SYNONYMS.values() for s in syn for w in words(s)} - {"to", "the", "of"}
     assert new_words.isdisjoint(demo_words), new_words & demo_words  # never in any demonstrated wording
@@ -503,7 +504,6 @@ def test_levels_are_deterministic_sized_and_disjoint():
         for other in LEVELS:
             if other != lv:
                 assert set(lists[lv]).isdisjoint(lists[other]), (lv, other)
-    assert split_instructions(MIX) == lists["train"] + lists["rephrase"] + lists["heldout"] + lists["compose"]
     # compose goals: pairs of train programs about two different pairs of spheres, each pair once
     assert len(COMPOSE_GOALS) == len(set(COMPOSE_GOALS)) == 1840 and len(COMPOSE_FRAMES) == 16
     for a, b in COMPOSE_GOALS:
@@ -512,8 +512,8 @@ def test_levels_are_deterministic_sized_and_disjoint():
     assert all(" and " in s for s in lists["compose"][::97])
     # independent of the per-process string hashing
     code = (
-        "import hashlib; from envs.clevr_robot import split_instructions as s; "
-        "print(hashlib.sha1(repr(s('rephrase+compose')).encode()).hexdigest())"
+        "import hashlib; from envs.clevr_language import level_instructions as s; "
+        "print(hashlib.sha1(repr(s('rephrase') + s('compose')).encode()).hexdigest())"
     )
     root = Path(__file__).resolve().parents[1]
     outs = {
@@ -536,7 +536,7 @@ def test_compose_reset_has_both_relations_false_and_both_slots():
     for seed in range(60):
         obs, info = env.reset(seed=seed)
         a, b = parse_goals(info["goal"])
-        assert (a, b) in allowed and env.goal == (a, b) and info["level"] == "compose" and not info["success"]
+        assert (a, b) in allowed and info["level"] == "compose" and not info["success"]
         assert not goal_holds(obs[:STATE_DIM], a) and not goal_holds(obs[:STATE_DIM], b)
         assert obs.shape == (38,) and env.observation_space.shape == (38,)
         np.testing.assert_array_equal(obs[STATE_DIM : STATE_DIM + GOAL_DIM], goal_encoding(a))
@@ -588,6 +588,25 @@ def test_goal_slots_two_layout_for_single_goals():
     assert ClevrRobotEnv(goal_split="train+rephrase").observation_space.shape == (24,)
 
 
+def test_goal_slots_default_follows_the_levels():
+    """goal_slots=None (the default): two slots iff 'compose' is among the levels of goal_split; 1 or 2 as asked."""
+    for split, slots, size in (
+        ("train", None, 24),
+        ("train+rephrase+heldout", None, 24),
+        ("compose", None, 38),
+        ("train+compose", None, 38),
+        (MIX, None, 38),
+        ("train", 2, 38),
+        ("train", 1, 24),
+    ):
+        env = ClevrRobotEnv(goal_split=split, goal_slots=slots)
+        assert env.goal_slots == (size - STATE_DIM) // GOAL_DIM
+        assert env.observation_space.shape == (size,) and env.reset(seed=0)[0].shape == (size,), (split, slots)
+    made = gym.make("CLEVR-Robot-v0", goal_split="train+compose")
+    assert made.observation_space.shape == (38,) and made.reset(seed=0)[0].shape == (38,)
+    assert gym.make("CLEVR-Robot-v0").observation_space.shape == (OBS_DIM,) == (24,)
+
+
 def test_mixture_draws_every_level_seeded():
     def sequence(seed, n=60):
         env = gym.make("CLEVR-Robot-v0", goal_split=MIX, goal_slots=2)
@@ -625,11 +644,13 @@ def test_level_inputs_are_checked():
         ClevrRobotEnv(goal_split="Rephrase")
     for split in ("compose", "train+compose"):
         with pytest.raises(ValueError, match="pass goal_slots=2"):
-            ClevrRobotEnv(goal_split=split)
+            ClevrRobotEnv(goal_split=split, goal_slots=1)
     with pytest.raises(ValueError, match="pass goal_slots=2"):
-        gym.make("CLEVR-Robot-v0", goal_split="compose")
+        gym.make("CLEVR-Robot-v0", goal_split="compose", goal_slots=1)
     with pytest.raises(ValueError, match="goal_slots must be 1 or 2"):
         ClevrRobotEnv(goal_slots=3)
+    with pytest.raises(ValueError, match="goal_slots must be 1 or 2"):
+        ClevrRobotEnv(goal_slots=True)
     env = ClevrRobotEnv()
     with pytest.raises(ValueError, match="needs an env made with goal_slots=2"):
         env.reset(options={"level": "compose"})
@@ -671,6 +692,4 @@ def test_expert_and_demos_on_the_new_levels():
 @pytest.mark.slow
 @pytest.mark.parametrize("split", ["rephrase", "compose"])
 def test_expert_success_rate_new_levels_200_episodes(split):
-    from envs.clevr_robot import level_success
-
     assert level_success(split, 200, policy="expert")["success_rate"] >= 0.9

@@ -90,7 +90,7 @@ def test_clevr_prior_learns_and_agrees_with_expert(tiny_clevr_run):
     history = summary["history"]
     assert history[-1]["eval"]["nll"] < history[0]["eval"]["nll"]
     assert os.path.isfile(tiny_clevr_run["demos"])
-    from envs.clevr_robot import collect_demos
+    from envs.clevr_expert import collect_demos
 
     prior = load_prior(tiny_clevr_run["prior"])
     fresh = collect_demos(100, seed=4242)  # ~270 states (and episodes) the prior never saw

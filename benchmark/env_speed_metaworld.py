@@ -1,8 +1,8 @@
 """Speed of envs.metaworld against bare gym.make, and success of Meta-World's scripted experts.
 
-    python -m envs.bench_metaworld             # steps/s: make_env vs gym.make("Meta-World/MT1"), reach + pick-place
-    python -m envs.bench_metaworld --experts   # expert success over 10 episodes on each MT10 task
-    python -m envs.bench_metaworld --experts --tasks MT50 --episodes 5 --noise-std 0.1
+    python -m benchmark.env_speed_metaworld            # steps/s of make_env and of gym.make, reach + pick-place
+    python -m benchmark.env_speed_metaworld --experts  # expert success, 10 episodes on each MT10 task
+    python -m benchmark.env_speed_metaworld --experts --tasks MT50 --episodes 5 --noise-std 0.1
 
 Speed: both envs step the same uniform-random actions (resetting at the end of each 500-step episode, so resets
 count too); measurements alternate between the two (bare first, then ours first, ...) so that load from other

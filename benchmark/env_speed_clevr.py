@@ -1,7 +1,7 @@
 """Benchmark CLEVR-Robot-v0: env steps per second and the scripted expert's success rate.
 
-    python -m envs.bench_clevr                      # 5000 random steps, 200 expert episodes per split
-    python -m envs.bench_clevr --episodes 50 --steps 2000
+    python -m benchmark.env_speed_clevr             # 5000 random steps, 200 expert episodes per split
+    python -m benchmark.env_speed_clevr --episodes 50 --steps 2000
 
 Prints (1) env steps/s with uniformly random actions in one process, for the raw env and
 for `gymnasium.make` (wrappers included), wall clock and CPU time of this process (CPU time
@@ -22,7 +22,8 @@ import numpy as np
 import tyro
 
 import envs  # noqa: F401  (registers CLEVR-Robot-v0)
-from envs.clevr_robot import DIRECTIONS, NUM_ACTIONS, PUSH_OFFSET, PUSH_PHYSICS_STEPS, ClevrRobotEnv, expert_action
+from envs.clevr_expert import expert_action
+from envs.clevr_robot import DIRECTIONS, NUM_ACTIONS, PUSH_OFFSET, PUSH_PHYSICS_STEPS, ClevrRobotEnv
 
 
 @dataclass
