@@ -559,8 +559,9 @@ def check_prior_fits(prior: LatentActionPrior, path: str, env_id: str, llm: str,
 def load_guidance_prior(env_id: str, llm: str, prior_path: str | None, envs, device="cpu", cuda: bool = True):
     """The prior of a PPO run (lago_ppo_*.py --env-id, --llm, --prior-path) on the vector env `envs`, checked against
     its spaces (check_prior_fits): the one at `prior_path`, or the default one of (env_id, llm), made first if missing
-    (stage 1 with its defaults, as the printed command would). Returns (prior, path). Raises FileNotFoundError for a
-    missing `prior_path`, PriorError for a prior that cannot be made, loaded or used on this env."""
+    (stage 1 with its defaults: the printed command, run with this Python; --no-cuda when `cuda` is False). Returns
+    (prior, path). Raises FileNotFoundError for a missing `prior_path`, PriorError for a prior that cannot be made,
+    loaded or used on this env."""
     path = prior_path or default_prior_path(env_id, llm)
     make_cmd = f"python finetune_prior.py --env-id {env_id} --llm {llm}"
     if prior_path and not os.path.isdir(path):
@@ -570,10 +571,18 @@ def load_guidance_prior(env_id: str, llm: str, prior_path: str | None, envs, dev
             "or run vanilla PPO with --kl-coef 0."
         )
     if not os.path.isdir(path):
-        print(f"no prior at {path!r} yet: making it first (stage 1), as `{make_cmd}` does; later runs reuse it")
-        from finetune_prior import Args, train  # here, not at the top: finetune_prior imports this module
+        import subprocess
+        import sys
 
-        train(Args(env_id=env_id, llm=llm, cuda=cuda))
+        print(f"no prior at {path!r} yet: making it first (stage 1), as `{make_cmd}` does; later runs reuse it")
+        sys.stdout.flush()  # before stage 1's own output, which goes to the same stdout
+        # stage 1 runs as that command (this module never imports finetune_prior, which imports it), in its own
+        # process: it draws nothing from this run's random streams and leaves no torch state behind
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "finetune_prior.py")
+        cmd = [sys.executable, script, "--env-id", env_id, "--llm", llm] + ([] if cuda else ["--no-cuda"])
+        code = subprocess.run(cmd, check=False).returncode
+        if code != 0:  # a missing prior after success is load_prior's error below
+            raise PriorError(f"making the prior failed: `{make_cmd}` exited with code {code} (its output is above)")
     prior = load_prior(path, device=device)
     check_prior_fits(prior, path, env_id, llm, envs.single_action_space, envs.single_observation_space)
     if prior_path and prior.config["llm"] != llm:

@@ -4,7 +4,12 @@ Every env is built by `gym.make("Meta-World/MT1", env_name=task, seed=seed)` and
 Facts of metaworld 3.1.1 this module handles (see tests/test_metaworld.py, which checks each one):
 - `gym.make` already adds RecordEpisodeStatistics (inside its own TimeLimit and success-termination wrappers).
   Wrapping it again, as CleanRL's `make_env` does, raises an AssertionError at the end of the first episode.
-- `reset(seed=...)` is ignored: the seed goes through `gym.make(seed=)` (goal sampling and the env's RNG).
+- Meta-World ignores `reset(seed=...)`: its seed goes through `gym.make(seed=)` (the 50 goals of the task, drawn
+  from numpy's global RNG under that seed, and the env's RNG, which picks one of them at every reset).
+  `MetaWorldTask` honours it, as gymnasium's `check_env` requires: `reset(seed=s)` re-seeds both as
+  `gym.make(seed=s)` does, so it starts the episode `make_env(task, seed=s).reset()` starts, in any env of the task.
+  An env built with `make_env(seed=s)` and reset without a seed runs as before; the PPO scripts' first
+  `envs.reset(seed=args.seed)` gives each env the seed it was built with, so it changes nothing there either.
 - A new goal (one of 50 per task, fixed by the seed) is drawn at every reset.
 - The observation (39 float64: hand xyz, gripper, 2 objects' pose, the same 18 numbers of the previous step,
   goal xyz) shows the goal, but Meta-World's `observation_space` says the goal is always 0: `MetaWorldTask`
@@ -13,22 +18,25 @@ Facts of metaworld 3.1.1 this module handles (see tests/test_metaworld.py, which
 - The env's own step limit (`max_path_length` = 500) raises a ValueError past it, so `max_episode_steps` is set
   on the env and on Meta-World's TimeLimit, not by adding a second TimeLimit (that one would be outside
   RecordEpisodeStatistics: no "episode" stats at truncation).
+- The door-open and door-close experts modify the observation given to `get_action` (the door's position):
+  `collect_demos` gives them a copy, so that the demos record the observation the env returned.
 - `info["success"]` is a float at steps and absent at reset; `MetaWorldTask` makes it a bool, always present.
   The dense reward is a float on some tasks and np.float32 on others (e.g. drawer-close): we return a float.
 
-This file imports no torch. `python -m envs.bench_metaworld` measures its speed and the experts' success.
+This file imports no torch. `python -m benchmark.env_speed_metaworld` measures its speed and the experts' success.
 """
 
 from __future__ import annotations
 
 import difflib
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import gymnasium as gym
-import metaworld  # noqa: F401  (registers the "Meta-World/..." gymnasium ids)
+import metaworld  # also registers the "Meta-World/..." gymnasium ids
 import numpy as np
 from metaworld.policies import ENV_POLICY_MAP
+from metaworld.wrappers import RandomTaskSelectWrapper
 
 STATE_DIM = 39
 """Observation size of every Meta-World v3 task (the prior sees all of it)."""
@@ -144,17 +152,38 @@ def spec_string(tasks: str | Sequence[str]) -> str:
     return tasks if isinstance(tasks, str) else ",".join(tasks)
 
 
-class MetaWorldTask(gym.Wrapper):
-    """The one wrapper: a true observation space (the same for all tasks), the sparse reward, the info keys.
+class MetaWorldTask(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """The one wrapper: a true observation space (the same for all tasks), the sparse reward, the info keys, the step
+    limit, reset(seed=).
 
     info at reset and at every step: "success" (bool), "instruction" (str), "task" (str). At the end of an
     episode Meta-World's own RecordEpisodeStatistics puts "episode" = {"r", "l", "t"} in info; we add
     "success" there (True if success was reached at any step of the episode) and, with the sparse reward,
     make "r" the sparse return.
+
+    `env` is `gym.make("Meta-World/MT1", env_name=task, seed=seed)`; `seed` is that seed (None: unknown).
+    `reset(seed=s)` re-seeds the env as `gym.make(seed=s)` does (see the module docstring): the goals of seed s
+    are drawn once (~0.7 s, numpy's global RNG seeded and restored, so not thread-safe) and kept for a few seeds.
+    `max_episode_steps` (None: Meta-World's 500) is set in both places the step limit lives: the Sawyer env, which
+    raises past it, and Meta-World's TimeLimit. The constructor's arguments go into `env.spec`, so that
+    `env.spec.make()` rebuilds this env (gymnasium's check_env does).
     """
 
-    def __init__(self, env: gym.Env, task: str, reward_type: str = "dense"):
-        super().__init__(env)
+    GOAL_SETS_KEPT = 4
+    """goal sets of reset seeds kept besides the construction seed's (check_env resets with 123 and 456 in turn)"""
+
+    def __init__(
+        self,
+        env: gym.Env,
+        task: str,
+        reward_type: str = "dense",
+        seed: int | None = None,
+        max_episode_steps: int | None = None,
+    ):
+        gym.utils.RecordConstructorArgs.__init__(
+            self, task=task, reward_type=reward_type, seed=seed, max_episode_steps=max_episode_steps
+        )
+        gym.Wrapper.__init__(self, env)
         self.task = task
         self.instruction = INSTRUCTIONS[task]
         self.sparse = reward_type == "sparse"
@@ -166,9 +195,38 @@ class MetaWorldTask(gym.Wrapper):
         self.observation_space = gym.spaces.Box(low, high, dtype=space.dtype)
         self._ever_success = False
         self._sparse_return = 0.0
+        if max_episode_steps is not None:
+            env.unwrapped.max_path_length = int(max_episode_steps)
+            inner = env
+            while isinstance(inner, gym.Wrapper):
+                if isinstance(inner, gym.wrappers.TimeLimit):
+                    inner._max_episode_steps = int(max_episode_steps)
+                inner = inner.env
+        inner = env
+        while not isinstance(inner, RandomTaskSelectWrapper):  # holds the goals; its RNG is the Sawyer env's
+            if not isinstance(inner, gym.Wrapper):
+                raise TypeError("MetaWorldTask wraps gym.make('Meta-World/MT1', env_name=task, seed=seed)")
+            inner = inner.env
+        self._task_select = inner
+        self._seed = None if seed is None else int(seed)
+        self._goal_sets = {} if seed is None else {self._seed: inner.tasks}  # reset seed -> its 50 goals
+
+    def _reseed(self, seed: int) -> None:
+        """What gym.make("Meta-World/MT1", env_name=self.task, seed=seed) does with its seed: draw the 50 goals (MT1,
+        whose draws depend on the seed only) and seed the Sawyer env (env.seed: its RNG and spaces)."""
+        seed = int(seed)
+        if seed not in self._goal_sets:
+            others = [k for k in self._goal_sets if k != self._seed]
+            if len(others) >= self.GOAL_SETS_KEPT:
+                del self._goal_sets[others[0]]  # the oldest
+            self._goal_sets[seed] = metaworld.MT1(self.task, seed=seed).train_tasks
+        self._task_select.tasks = list(self._goal_sets[seed])
+        self.env.unwrapped.seed(seed)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        obs, info = self.env.reset(seed=seed, options=options)
+        if seed is not None:  # before the inner reset: Meta-World picks the episode's goal first, then resets
+            self._reseed(seed)
+        obs, info = self.env.reset(options=options)
         self._ever_success = False
         self._sparse_return = 0.0
         info["success"] = False
@@ -206,7 +264,7 @@ def make_env(
 
     Args:
         task: a Meta-World v3 task name, e.g. "reach-v3" (see ALL_TASKS).
-        seed: seeds the 50 goals of the task and the env's RNG (reset(seed=) is ignored by Meta-World).
+        seed: seeds the 50 goals of the task and the env's RNG; `reset(seed=s)` later re-seeds both with s.
         max_episode_steps: truncation after this many steps (Meta-World's default is 500).
         reward_type: "dense" (Meta-World's shaped reward, 0 to 10 per step) or "sparse" (1.0 on steps where
             info["success"], else 0.0).
@@ -226,14 +284,7 @@ def make_env(
         terminate_on_success=terminate_on_success,
         disable_env_checker=True,
     )
-    # The step limit lives in two places: the Sawyer env (raises past it) and Meta-World's TimeLimit.
-    env.unwrapped.max_path_length = int(max_episode_steps)
-    inner = env
-    while isinstance(inner, gym.Wrapper):
-        if isinstance(inner, gym.wrappers.TimeLimit):
-            inner._max_episode_steps = int(max_episode_steps)
-        inner = inner.env
-    return MetaWorldTask(env, resolved[0], reward_type)
+    return MetaWorldTask(env, resolved[0], reward_type, seed=seed, max_episode_steps=int(max_episode_steps))
 
 
 def env_thunk(task: str, seed: int | None, **kwargs) -> Callable[[], gym.Env]:
@@ -261,7 +312,9 @@ def make_vector_env(tasks: str | Sequence[str], num_envs: int, seed: int, **kwar
 
 
 def expert_policy(task: str):
-    """Meta-World's scripted expert for a task: an object with get_action(obs) -> action (4,)."""
+    """Meta-World's scripted expert for a task: an object with get_action(obs) -> action (4,).
+
+    Some experts (door-open-v3, door-close-v3) modify the observation they are given: pass a copy to keep it."""
     return ENV_POLICY_MAP[resolve_tasks(task)[0]]()
 
 
@@ -276,7 +329,8 @@ def collect_demos(
     """Demonstrations of Meta-World's scripted experts, in the contract's demo format.
 
     Each task gets its own env (seed + index of the task); each episode has a new goal. The expert's action plus
-    Gaussian noise N(0, noise_std) is clipped to [-1, 1] and recorded with the observation it answered.
+    Gaussian noise N(0, noise_std) (one numpy Generator seeded with `seed`) is clipped to [-1, 1], executed, and
+    recorded with the observation it answered (as the env returned it).
     An episode ends at truncation, or `steps_after_success` steps after the first successful step (default 10:
     the expert holding the goal is kept a little, 450 steps of it are not; None keeps the full episode).
 
@@ -302,7 +356,8 @@ def collect_demos(
                 first_success = None
                 t = 0
                 while True:
-                    action = np.asarray(policy.get_action(obs), dtype=np.float64)
+                    # a copy: the door-open and door-close experts modify the observation they are given
+                    action = np.asarray(policy.get_action(obs.copy()), dtype=np.float64)
                     if noise_std > 0:
                         action = action + rng.normal(0.0, noise_std, size=action.shape)
                     action = np.clip(action, -1.0, 1.0).astype(np.float32)
@@ -315,9 +370,12 @@ def collect_demos(
                     t += 1
                     if terminated or truncated:
                         break
-                    if first_success is not None and steps_after_success is not None:
-                        if t - first_success > steps_after_success:
-                            break
+                    if (
+                        first_success is not None
+                        and steps_after_success is not None
+                        and t - first_success > steps_after_success
+                    ):
+                        break
                 episode_success.append(first_success is not None)
                 instructions += [INSTRUCTIONS[task]] * t
             env.close()

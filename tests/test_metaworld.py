@@ -29,11 +29,12 @@ def run_expert(env, task, steps, stop_on_end=True):
     return out
 
 
-def rollout_obs(env, actions, resets=2):
-    """Observations of `resets` episodes of len(actions) steps each (starting each with reset)."""
+def rollout_obs(env, actions, resets=2, seed=None):
+    """Observations of `resets` episodes of len(actions) steps each (starting each with reset; the first with
+    reset(seed=seed))."""
     seen = []
-    for _ in range(resets):
-        obs, _ = env.reset()
+    for k in range(resets):
+        obs, _ = env.reset(seed=seed if k == 0 else None)
         seen.append(obs)
         for action in actions:
             obs, *_ = env.step(action)
@@ -47,8 +48,18 @@ def test_task_lists_and_instructions():
     assert all(t.endswith("-v3") for t in mw.ALL_TASKS)
     assert mw.MT10 == tuple(
         f"{t}-v3"
-        for t in "reach push pick-place door-open drawer-open drawer-close button-press-topdown "
-        "peg-insert-side window-open window-close".split()
+        for t in [
+            "reach",
+            "push",
+            "pick-place",
+            "door-open",
+            "drawer-open",
+            "drawer-close",
+            "button-press-topdown",
+            "peg-insert-side",
+            "window-open",
+            "window-close",
+        ]
     )
     texts = [mw.INSTRUCTIONS[t] for t in mw.ALL_TASKS]
     assert all(isinstance(s, str) and len(s.split()) >= 2 for s in texts)
@@ -132,8 +143,45 @@ def test_seeding(task):
     assert not np.allclose(obs_a, obs_c)
     goals = obs_a[:: len(actions) + 1, -3:]  # one goal per reset
     assert len({tuple(g) for g in goals}) == 3, "a new goal at every reset"
-    # Meta-World ignores reset(seed=): envs built with different seeds stay different
-    assert not np.allclose(a.reset(seed=0)[0], c.reset(seed=0)[0])
+    # reset(seed=) re-seeds as make_env(seed=) does (Meta-World itself ignores it): envs built with different seeds
+    # give the same episodes after reset(seed=0), those of an env built with seed 0
+    np.testing.assert_array_equal(rollout_obs(a, actions, 1, seed=0), rollout_obs(c, actions, 1, seed=0))
+    np.testing.assert_array_equal(
+        rollout_obs(a, actions, 3, seed=0), rollout_obs(mw.make_env(task, seed=0), actions, 3)
+    )
+
+
+def test_reset_seed_repeats_goal_and_episode():
+    """reset(seed=s) twice in one env: the same goal, the same first observation, the same next episodes (reset
+    without a seed); another seed another goal. And reset(seed=) with the seed the env was built with changes
+    nothing: the PPO scripts build env i with seed + i, then call envs.reset(seed=seed), which passes seed + i."""
+    actions = np.random.default_rng(3).uniform(-1, 1, size=(5, 4)).astype(np.float32)
+    env = mw.make_env("reach-v3", seed=None)
+    first = rollout_obs(env, actions, 3, seed=123)
+    rollout_obs(env, actions, 2)  # moves the env's RNG on
+    np.testing.assert_array_equal(rollout_obs(env, actions, 3, seed=123), first)
+    other = env.reset(seed=456)[0]
+    assert not np.array_equal(other[-3:], first[0, -3:]), "another seed, another goal"
+    seeded, plain = mw.make_env("reach-v3", seed=5), mw.make_env("reach-v3", seed=5)
+    np.testing.assert_array_equal(rollout_obs(seeded, actions, 3, seed=5), rollout_obs(plain, actions, 3))
+
+
+# make_env("reach-v3", seed=1) then reset() twice, recorded before reset(seed=) was honoured (issue 28): making
+# reset(seed=) work must not change the episodes of an env seeded through make_env(seed=) and reset without a seed.
+REACH_SEED1_HAND = [0.004584200424389321, 0.6013881136259894, 0.19514345491770432, 1.0]  # hand xyz, gripper
+REACH_SEED1_QUAT = [-0.00010047584420498049, 0.00016430406140618956, -9.370336688335146e-08, 0.9999999814543855]
+REACH_SEED1_PUCK_GOAL = [  # (object xyz, goal xyz) of the first and second episode
+    ([0.00317140339370596, 0.6477140987049782, 0.02], [0.024361246348083093, 0.8544010118813938, 0.21353433674268607]),
+    ([0.0599230523472056, 0.6034571219871634, 0.02], [0.04634572014790539, 0.8259698393298354, 0.11426732470553667]),
+]
+
+
+def test_make_env_seed_gives_the_recorded_episodes():
+    env = mw.make_env("reach-v3", seed=1)
+    for puck, goal in REACH_SEED1_PUCK_GOAL:
+        obs, _ = env.reset()
+        current = REACH_SEED1_HAND + puck + REACH_SEED1_QUAT + [0.0] * 7
+        np.testing.assert_array_equal(obs, np.array(current + current + goal))
 
 
 def test_sparse_reward_equals_success():
@@ -241,7 +289,7 @@ def test_vector_env():
     same = mw.make_env("push-v3", seed=11).reset()[0]  # env 1 = push-v3 with seed 10 + 1
     np.testing.assert_array_equal(obs[1], same)
     for t in range(5):
-        obs, reward, terminations, truncations, infos = envs.step(envs.action_space.sample())
+        obs, reward, _terminations, truncations, infos = envs.step(envs.action_space.sample())
     assert truncations.all() and "final_info" in infos and "final_obs" in infos  # same-step autoreset
     assert infos["final_info"]["_episode"].all() and list(infos["final_info"]["episode"]["l"]) == [5, 5, 5]
     assert infos["final_info"]["episode"]["success"].dtype == bool
@@ -279,6 +327,14 @@ def test_collect_demos_format_and_determinism():
     np.testing.assert_array_equal(demos["episode_success"][:3], again["episode_success"])
     full = mw.collect_demos("reach-v3", 1, seed=5, max_episode_steps=120, steps_after_success=None)
     assert len(full["observations"]) == 120 and full["episode_success"].all()
+
+
+def test_demo_observations_are_the_envs():
+    """The door experts modify the observation they are given; the demos record the env's (issue 28)."""
+    for task in ("door-open-v3", "door-close-v3"):
+        demos = mw.collect_demos(task, 1, seed=2, max_episode_steps=5)
+        first = mw.make_env(task, seed=2).reset()[0]
+        np.testing.assert_array_equal(demos["observations"][0], first.astype(np.float32), err_msg=task)
 
 
 def test_expert_succeeds_quick():
