@@ -7,9 +7,9 @@
 runs `script` twice per repeat with identical settings (env, seed, --num-envs, --num-steps,
 --total-timesteps, every extra argument): once with `--kl-coef 0` (vanilla PPO, no language model)
 and once with `--kl-coef {kl_coef}` (LaGO, the prior evaluated at every rollout state), alternating so that
-both see the same background load. It reads each run's runs/{run_name}/eval.json (`wall_time_s`:
-the training loop, rollouts + updates, without start-up, prior loading and evaluation; `prior_time_s`:
-the part spent in the prior) and prints the wall time per env step of each and their ratio.
+both see the same background load. It reads each run's last `charts/SPS` from its tensorboard events (env steps
+per second of the training loop, rollouts + updates, without start-up and prior loading; the scripts log it as an
+integer) and times the subprocess (everything), and prints the wall time per env step of each and their ratio.
 The smallest time over the repeats is the estimate (noise on a shared CPU only ever adds time).
 
 Unknown arguments (and everything after `--`) go to the script unchanged, e.g. `--prior-path DIR`.
@@ -25,9 +25,12 @@ import subprocess
 import sys
 import time
 
+from benchmark.plot import read_scalars
+
 
 def run_once(script, env_id, kl_coef, llm, common, extra, exp_name, threads):
-    """Run the script once; returns its eval.json as a dict (raises with the script's output on failure)."""
+    """Run the script once (in the current directory); returns {"global_step", "sps" (its last charts/SPS),
+    "subprocess_s"} (raises with the script's output on failure)."""
     cmd = [
         sys.executable,
         script,
@@ -39,24 +42,23 @@ def run_once(script, env_id, kl_coef, llm, common, extra, exp_name, threads):
         llm,
         "--exp-name",
         exp_name,
-        "--eval-episodes",
-        "0",
         *common,
         *extra,
     ]
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
+    start = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    subprocess_s = time.time() - start
     run_dirs = glob.glob(os.path.join("runs", f"*__{exp_name}__*"))
-    if proc.returncode != 0 or len(run_dirs) != 1 or not os.path.isfile(os.path.join(run_dirs[0], "eval.json")):
+    steps, sps = read_scalars(run_dirs[0], "charts/SPS") if len(run_dirs) == 1 else ([], [])
+    if proc.returncode != 0 or not sps:
         raise SystemExit(
             f"error: {' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-3000:]}"
         )
-    with open(os.path.join(run_dirs[0], "eval.json")) as f:
-        result = json.load(f)
     shutil.rmtree(run_dirs[0], ignore_errors=True)
-    return result
+    return {"global_step": steps[-1], "sps": sps[-1], "subprocess_s": subprocess_s}
 
 
 def main(argv=None):
@@ -102,19 +104,11 @@ def main(argv=None):
             result = run_once(
                 args.script, args.env_id, kl_coef, args.llm, common, extra, f"{tag}_{variant}{rep}", args.threads
             )
-            per_step_ms = 1000.0 * result["wall_time_s"] / result["global_step"]
-            prior_ms = 1000.0 * result["prior_time_s"] / result["global_step"]
-            runs[variant].append(
-                {
-                    "ms_per_step": per_step_ms,
-                    "prior_ms_per_step": prior_ms,
-                    "wall_time_s": result["wall_time_s"],
-                    "global_step": result["global_step"],
-                }
-            )
+            per_step_ms = 1000.0 / result["sps"]
+            runs[variant].append({"ms_per_step": per_step_ms, **result})
             print(
-                f"  {variant:7s} repeat {rep}: {per_step_ms:.3f} ms/env-step (prior {prior_ms:.3f}) "
-                f"over {result['global_step']} steps",
+                f"  {variant:7s} repeat {rep}: {per_step_ms:.3f} ms/env-step over {result['global_step']} steps "
+                f"({result['subprocess_s']:.1f} s in all, with start-up)",
                 flush=True,
             )
 
@@ -125,11 +119,13 @@ def main(argv=None):
         f"{args.script} {args.env_id} --num-envs {args.num_envs} --num-steps {args.num_steps} "
         f"--total-timesteps {args.total_timesteps} {' '.join(extra)}".rstrip()
     )
-    print(f"  vanilla PPO (--kl-coef 0): {best['vanilla']['ms_per_step']:.3f} ms per env step")
     print(
-        f"  LaGO (--llm {args.llm}):   {best['lago']['ms_per_step']:.3f} ms per env step, "
-        f"of which {best['lago']['prior_ms_per_step']:.3f} in the prior "
-        f"(+{extra_ms:.3f} ms over vanilla)"
+        f"  vanilla PPO (--kl-coef 0): {best['vanilla']['ms_per_step']:.3f} ms per env step "
+        f"({best['vanilla']['subprocess_s']:.1f} s in all)"
+    )
+    print(
+        f"  LaGO (--llm {args.llm}):   {best['lago']['ms_per_step']:.3f} ms per env step "
+        f"(+{extra_ms:.3f} ms over vanilla; {best['lago']['subprocess_s']:.1f} s in all, with the prior's loading)"
     )
     print(f"guidance cost ratio (LaGO / vanilla wall time per env step): {ratio:.2f}")
     if args.out:

@@ -9,7 +9,8 @@ Stage 1: a tiny-random prior per (task, demo noise, std floor), fine-tuned as fi
 the prior's std, which the NLL drives to the demonstrations' spread whatever the language model.
 KL at initialisation: the initial policy (mean ~0, std 1) against the prior at the states a random policy
 visits (what the first PPO update sees), summed over the 4 action dims, both directions.
-Stage 2: lago_ppo_continuous.py on 2 tasks x 3 seeds per guidance setting, at the benchmark's cpu budget.
+Stage 2: lago_ppo_continuous.py on 2 tasks x 3 seeds per guidance setting, at the benchmark's cpu budget; each saved
+agent evaluated by benchmark/evaluate.py (20 episodes).
 Results: one JSON per run under --results-dir (a finished run is skipped on rerun) and table.md there.
 """
 
@@ -54,10 +55,10 @@ PPO_ARGS = (
     "16",
     "--max-episode-steps",
     "200",
-    "--eval-episodes",
-    "20",
     "--save-model",
 )
+EVAL_EPISODES = 20  # of each saved agent (benchmark/evaluate.py) and of the prior alone
+TRAIN_SUCCESS_ITERATIONS = 10  # train_success: the mean of charts/success_rate over the run's last iterations
 
 
 def prior_dir(results, task, noise, floor):
@@ -151,15 +152,21 @@ def run_ppo(results, task, seed, setting):
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    from benchmark.evaluate import evaluate_continuous
+    from benchmark.plot import read_scalars
+
     run = max((workdir / "runs").iterdir())
-    summary = json.loads((run / "eval.json").read_text())
-    model = torch.load(run / "lago_ppo_continuous.cleanrl_model")
+    model_path = run / "lago_ppo_continuous.cleanrl_model"
+    steps = int(PPO_ARGS[PPO_ARGS.index("--max-episode-steps") + 1])
+    ev = evaluate_continuous(model_path, task, EVAL_EPISODES, seed, max_episode_steps=steps)
+    model = torch.load(model_path)
+    _, train_success = read_scalars(run, "charts/success_rate")
     result = {
         "task": task,
         "seed": seed,
         "setting": name,
-        "eval_success": summary["eval"][task]["success_rate"],
-        "train_success": summary["final_success_rate"],
+        "eval_success": ev[task]["success_rate"],
+        "train_success": float(np.mean(train_success[-TRAIN_SUCCESS_ITERATIONS:])) if train_success else None,
         "policy_std": model["agent"]["actor_logstd"].exp().squeeze(0).tolist(),
         "wall_s": time.time() - start,
     }
@@ -182,11 +189,10 @@ def run_prior_alone(results, task, seed, setting):
     out = results / "ppo" / f"{task}__{name.replace(' ', '_')}__{seed}.json"
     if out.exists():
         return json.loads(out.read_text())
-    episodes, steps = (
-        int(PPO_ARGS[PPO_ARGS.index("--eval-episodes") + 1]),
-        int(PPO_ARGS[PPO_ARGS.index("--max-episode-steps") + 1]),
+    steps = int(PPO_ARGS[PPO_ARGS.index("--max-episode-steps") + 1])
+    ev = evaluate_prior(
+        prior_dir(results, task, 0.0, floor), "metaworld", task, seed, EVAL_EPISODES, steps, sample=sample
     )
-    ev = evaluate_prior(prior_dir(results, task, 0.0, floor), "metaworld", task, seed, episodes, steps, sample=sample)
     result = {"task": task, "seed": seed, "setting": name, "eval_success": ev["success"][task], "policy_std": None}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

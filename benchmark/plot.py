@@ -40,6 +40,7 @@ ENV_TITLES = {"clevr": "CLEVR-Robot", "metaworld": "Meta-World"}
 LEVEL_TITLES = {"train": "train goals", "heldout": "held-out goals", "rephrase": "rephrased", "compose": "composed"}
 CURVE_TAG = "charts/success_rate"
 RETURN_TAG = "charts/episodic_return"
+HPARAMS_TAG = "hyperparameters/text_summary"  # the scripts' writer.add_text("hyperparameters", ...)
 
 
 @dataclass
@@ -63,7 +64,7 @@ def read_scalars(run_dir: str | os.PathLike, tag: str = CURVE_TAG) -> tuple[list
         raise FileNotFoundError(f"run directory {run_dir} does not exist: cannot read tensorboard scalars from it")
     steps: list[int] = []
     values: list[float] = []
-    # a run may hold several event files (e.g. resumed writers): read them all, in name order
+    # a run may hold several event files: read them all, in name order
     event_files = sorted(run_dir.rglob("events.out.tfevents.*"))
     for event_file in event_files:
         acc = EventAccumulator(str(event_file), size_guidance={"scalars": 0})  # 0 = keep every point
@@ -74,6 +75,25 @@ def read_scalars(run_dir: str | os.PathLike, tag: str = CURVE_TAG) -> tuple[list
                 values.append(float(event.value))
     order = np.argsort(steps, kind="stable")
     return [steps[i] for i in order], [values[i] for i in order]
+
+
+def read_hyperparameters(run_dir: str | os.PathLike) -> dict[str, str]:
+    """The flags of a run as its script logged them (CleanRL's tensorboard text "hyperparameters", a markdown table
+    |param|value|): {name: value as text}; {} when the run logged none."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    params: dict[str, str] = {}
+    for event_file in sorted(Path(run_dir).rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(event_file), size_guidance={"tensors": 0})
+        acc.Reload()
+        if HPARAMS_TAG in acc.Tags().get("tensors", []):
+            for event in acc.Tensors(HPARAMS_TAG):
+                text = tensor_util.make_ndarray(event.tensor_proto).item().decode()
+                for line in text.splitlines()[2:]:  # after the header and its |-|-| line
+                    name, _, value = line.strip().strip("|").partition("|")
+                    params[name] = value
+    return params
 
 
 def load_results(results_dir: str | os.PathLike) -> list[dict]:
@@ -252,16 +272,29 @@ def markdown(results: list[dict]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def command_flags(command: list[str]) -> dict[str, str]:
+    """{name: value} of the `--flag value` pairs of a command line (names as the scripts' args: kl_coef); the last
+    occurrence of a flag wins, as for the scripts."""
+    flags = {}
+    for i, token in enumerate(command):
+        if token.startswith("--") and i + 1 < len(command) and not command[i + 1].startswith("--"):
+            flags[token[2:].replace("-", "_")] = command[i + 1]
+    return flags
+
+
 def guidance_settings(results: list[dict]) -> str:
-    """The beta settings the guided runs used, read from their eval.json args (the scripts' own values)."""
+    """The beta settings the guided runs used: the flags of their command; a flag the command leaves out has the
+    script's default, read from the run's logged hyperparameters (the result's "args"; eval.json's args in results
+    made before the harness evaluated saved agents itself)."""
     seen: dict[str, str] = {}
     for r in results:
-        args = (r.get("eval") or {}).get("args") or {}
+        legacy = (r.get("eval") or {}).get("args") or {}
+        args = {**legacy, **(r.get("args") or {}), **command_flags(r.get("command") or [])}
         if r["row"] == "ppo" or r["row"].startswith("prior") or "kl_coef" not in args:
             continue
-        text = f"beta {args['kl_coef']:g} {args.get('kl_schedule', '?')}"
-        if args.get("kl_schedule") == "adaptive":
-            text += f" (target KL {args.get('kl_target', '?'):g})"
+        text = f"beta {float(args['kl_coef']):g} {args.get('kl_schedule', '?')}"
+        if args.get("kl_schedule") == "adaptive" and "kl_target" in args:
+            text += f" (target KL {float(args['kl_target']):g})"
         text += f", {args.get('kl_direction', 'reverse')} KL"
         seen.setdefault(r["row"], text)
     return "; ".join(f"{row} {seen[row]}" for row in _row_order(seen))

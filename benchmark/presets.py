@@ -54,9 +54,9 @@ class Preset:
     metaworld_ppo_args: tuple[str, ...]
     """PPO flags shared by every Meta-World row"""
     clevr_eval_episodes: int
-    """evaluation episodes per goal split (train, held-out) after training, and of the greedy prior"""
+    """evaluation episodes of each trained agent (benchmark/evaluate.py) on each level, and of the prior alone"""
     metaworld_eval_episodes: int
-    """evaluation episodes per task after training, and of the greedy prior"""
+    """evaluation episodes of each trained agent on its task, and of the prior alone"""
     clevr_kl_coef: Optional[float] = None
     """beta of the CLEVR LaGO rows (the adaptive row's starting value); None = the script's default"""
     metaworld_kl_coef: Optional[float] = None
@@ -70,7 +70,8 @@ class Preset:
     clevr_goal_split: str = "train"
     """the CLEVR goals RL trains on: a level or a '+' mixture of levels (each episode draws its level)"""
     clevr_levels: tuple[str, ...] = ("train", "heldout")
-    """the CLEVR levels every run (and the prior alone) is evaluated on, each separately"""
+    """the CLEVR levels every run (and the prior alone) is evaluated on, each separately ("compose" only if it is in
+    clevr_goal_split: the agents read two goal slots only then)"""
     rows: tuple[str, ...] = ROWS
     """the rows run by default (--rows overrides)"""
 
@@ -154,7 +155,8 @@ PRESETS: dict[str, Preset] = {
         metaworld_eval_episodes=2,
     ),
     # Full scale on one GPU (cannot run on the 2-core CPU machine): Qwen2.5-1.5B prior, MT10 at
-    # Meta-World's own 500-step episodes, the scripts' default PPO settings, 5 seeds.
+    # Meta-World's own 500-step episodes, the scripts' default PPO settings, 5 seeds. No lago-random row: there is no
+    # loadable random-init twin of Qwen2.5-1.5B (random_llm is kept for --rows with a --random-llm that exists).
     "gpu": Preset(
         seeds=(1, 2, 3, 4, 5),
         llm="Qwen2.5-1.5B",
@@ -173,6 +175,7 @@ PRESETS: dict[str, Preset] = {
         metaworld_ppo_args=("--num-envs", "16", "--num-steps", "128"),
         clevr_eval_episodes=100,
         metaworld_eval_episodes=50,
+        rows=("ppo", "prior", "prior-sampled", "lago", "lago-adaptive"),
     ),
 }
 

@@ -3,16 +3,13 @@ on the CLEVR-Robot levels or a Meta-World task, the episodes in lockstep so that
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from benchmark.evaluate import NOT_THREAD_SAFE as _NOT_THREAD_SAFE  # what parallel evaluations must not do at once
 from benchmark.presets import CLEVR_ENV_ID
-
-
-_NOT_THREAD_SAFE = threading.Lock()  # held for what parallel in-process evaluations must not do at once
 
 
 def evaluate_prior(

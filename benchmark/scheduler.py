@@ -21,8 +21,8 @@ _children: set[subprocess.Popen] = set()
 _children_lock = threading.Lock()
 
 
-def run_logged(cmd: list[str], cwd: Path, log: Path, threads: int, append: bool = False) -> tuple[int, float]:
-    """Run `cmd` in `cwd`, stdout+stderr to `log` (appended to with `append`); return (exit code, wall seconds)."""
+def run_logged(cmd: list[str], cwd: Path, log: Path, threads: int) -> tuple[int, float]:
+    """Run `cmd` in `cwd`, stdout+stderr to `log`; return (exit code, wall seconds)."""
     env = dict(os.environ)
     env.update(
         OMP_NUM_THREADS=str(threads),
@@ -33,7 +33,7 @@ def run_logged(cmd: list[str], cwd: Path, log: Path, threads: int, append: bool 
     )
     cwd.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    with open(log, "a" if append else "w") as f:
+    with open(log, "w") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -64,7 +64,7 @@ def tail(path: Path, n: int = 15) -> str:
 
 
 class Deferred(Exception):
-    """A job left for the next command: --stop-after-minutes passed before it started, or stopped it at a checkpoint."""
+    """A job left for the next command: --stop-after-minutes passed before it started."""
 
 
 def check_time(deadline: Optional[float]) -> None:

@@ -3,7 +3,7 @@
     python -m benchmark.table --preset cpu      # the whole table on a 2-core CPU, <= 3 h
     python -m benchmark.table --preset smoke    # one seed, a few hundred steps (the test)
     python -m benchmark.table --preset gpu      # full scale, Qwen2.5-1.5B prior, on a GPU
-    python -m benchmark.table --preset offline --stop-after-minutes 8   # in commands of < 10 min (exit 75: again)
+    python -m benchmark.table --preset cpu --stop-after-minutes 60      # start no run after 60 min (exit 75: again)
 
 Rows (same env-step budget and PPO hyperparameters, differing only in guidance):
   ppo            vanilla PPO (--kl-coef 0: no language model is loaded)
@@ -17,12 +17,13 @@ Environments: CLEVR-Robot (success on train goals and on held-out goals) and a M
 task subset (one PPO run per task, one multi-task prior per language model).
 
 The scripts stay the single source of truth: stage 1 runs `finetune_prior.py` (skipped when
-the prior directory exists), stage 2 runs `lago_ppo_discrete.py` / `lago_ppo_continuous.py`,
-each through `subprocess` with this interpreter. Every finished run writes one result file
-`{results-dir}/{env}/{row}/{task}__seed{N}.json` (atomically); a run whose result file
-exists is skipped, so an interrupted benchmark resumes where it stopped; with --stop-after-minutes, runs
-still going stop at a checkpoint and the next command resumes them from it. At the end
-`benchmark/plot.py` writes `{results-dir}/table.md` and `{results-dir}/curves_{env}.png`.
+the prior directory exists), stage 2 runs `lago_ppo_discrete.py` / `lago_ppo_continuous.py --save-model`,
+each through `subprocess` with this interpreter, then evaluates the saved agent with `benchmark/evaluate.py`
+(the preset's episodes on each CLEVR level / Meta-World task) and reads its learning curve and flags from its
+tensorboard events. Every finished run writes one result file `{results-dir}/{env}/{row}/{task}__seed{N}.json`
+(atomically); a run whose result file exists is skipped, so an interrupted benchmark goes on where it stopped
+(a run interrupted half-way starts again from its beginning). At the end `benchmark/plot.py` writes
+`{results-dir}/table.md` and `{results-dir}/curves_{env}.png`.
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ if str(REPO) not in sys.path:  # `python benchmark/table.py` as well as `python 
 
 # the table's parts: budgets, the prior without RL, the job runner
 from benchmark import plot  # noqa: E402
+from benchmark.evaluate import evaluate  # noqa: E402
 from benchmark.presets import CLEVR_ENV_ID, ENVS, OFFLINE_PRETRAINED, PRESETS, PRIOR_TWIN_ROW, ROWS  # noqa: E402
 from benchmark.presets import Preset  # noqa: E402
 from benchmark.prior_alone import evaluate_prior  # noqa: E402
-from benchmark.scheduler import Deferred, Job, check_time, kill_children, run_jobs, run_logged, tail  # noqa: E402
+from benchmark.scheduler import Job, check_time, kill_children, run_jobs, run_logged, tail  # noqa: E402
 
 
 @dataclass
@@ -88,10 +90,9 @@ class Args:
     threads_per_job: int = 1
     """torch / OpenMP threads of each run"""
     stop_after_minutes: Optional[float] = None
-    """stop after this many minutes: runs still going stop at the end of an iteration with a checkpoint (the PPO
-    scripts' --stop-after-minutes), jobs not started wait; the same command again continues them (exit code 75 while
-    work is left). For machines that grant commands of limited length; a run resumed from a checkpoint restarts its
-    episodes, so it is the same run statistically, not bit-identical to an unbroken one"""
+    """start no new job after this many minutes (jobs already going run to their end); the same command again does
+    the jobs left (exit code 75 while work is left). For machines that grant commands of limited length: leave room
+    for the longest job after the deadline"""
     dry_run: bool = False
     """print the plan and the commands, run nothing"""
     plot: bool = True
@@ -245,9 +246,9 @@ def finetune_command(env: str, llm: str, out: Path, p: Preset) -> list[str]:
 
 
 def ppo_command(env: str, task: str, row: str, seed: int, prior_path: Optional[Path], p: Preset) -> list[str]:
+    """Stage 2: one PPO run that saves its agent (evaluated afterwards by benchmark/evaluate.py)."""
     script = "lago_ppo_discrete.py" if env == "clevr" else "lago_ppo_continuous.py"
     steps = p.clevr_timesteps if env == "clevr" else p.metaworld_timesteps
-    episodes = p.clevr_eval_episodes if env == "clevr" else p.metaworld_eval_episodes
     kl_coef = p.clevr_kl_coef if env == "clevr" else p.metaworld_kl_coef
     kl_target = p.clevr_kl_target if env == "clevr" else p.metaworld_kl_target
     cmd = [
@@ -259,10 +260,9 @@ def ppo_command(env: str, task: str, row: str, seed: int, prior_path: Optional[P
         str(seed),
         "--total-timesteps",
         str(steps),
-        "--eval-episodes",
-        str(episodes),
         "--exp-name",
         f"bench-{row}",
+        "--save-model",
     ]
     if row == "ppo":
         cmd += ["--kl-coef", "0"]
@@ -274,8 +274,8 @@ def ppo_command(env: str, task: str, row: str, seed: int, prior_path: Optional[P
             cmd += ["--kl-target", str(kl_target)]
     if env == "metaworld":
         cmd += ["--max-episode-steps", str(p.metaworld_max_episode_steps)]
-    elif (p.clevr_goal_split, p.clevr_levels) != ("train", ("train", "heldout")):
-        cmd += ["--goal-split", p.clevr_goal_split, "--eval-levels", ",".join(p.clevr_levels)]
+    elif p.clevr_goal_split != "train":  # the thesis protocol: RL on a mixture of levels
+        cmd += ["--goal-split", p.clevr_goal_split]
     return cmd + list(p.clevr_ppo_args if env == "clevr" else p.metaworld_ppo_args) + list(p.device_args)
 
 
@@ -287,7 +287,7 @@ def stage1_job(env: str, llm: str, p: Preset, results_dir: Path, threads: int, d
     out = prior_dir(results_dir, env, llm)
 
     def fn() -> str:
-        check_time(deadline)  # a fine-tuning is not chunked: it runs to its end once started
+        check_time(deadline)
         if out.exists():
             shutil.rmtree(out)  # an incomplete dir from an interrupted fine-tuning
         work = results_dir / "runs" / "stage1" / out.name
@@ -313,33 +313,42 @@ def result_path(results_dir: Path, env: str, row: str, task: str, seed: int) -> 
 def ppo_job(
     env: str, task: str, row: str, seed: int, p: Preset, results_dir: Path, threads: int, deadline: Optional[float]
 ) -> Job:
+    """Train (the script in a subprocess, saving its agent), then evaluate the saved agent here."""
     out = result_path(results_dir, env, row, task, seed)
     llm = llm_of_row(row, p)
     prior_path = prior_dir(results_dir, env, llm) if llm else None
     cmd = ppo_command(env, task, row, seed, prior_path, p)
 
     def fn() -> str:
+        import torch
+
         check_time(deadline)
         if prior_path is not None and not prior_is_complete(prior_path):
             raise RuntimeError(f"no prior at {prior_path}: its stage-1 fine-tuning failed (see above)")
         work = results_dir / "runs" / env / row / f"{task}__seed{seed}"
         log = work / "log.txt"
-        # a run stopped at a checkpoint, not finished (a finished run without its result file is redone)
-        checkpoints = [c for c in work.glob("runs/*/checkpoint.pt") if not (c.parent / "eval.json").exists()]
-        resume = ["--resume", str(checkpoints[0].relative_to(work))] if len(checkpoints) == 1 else []
-        if not resume:
-            shutil.rmtree(work, ignore_errors=True)  # leftovers of an interrupted attempt
-        chunk = [] if deadline is None else ["--stop-after-minutes", f"{(deadline - time.time()) / 60:.2f}"]
-        code, secs = run_logged(cmd + resume + chunk, work, log, threads, append=bool(resume))
-        if code == 75:  # the script's --stop-after-minutes: stopped at the end of an iteration, with a checkpoint
-            raise Deferred(f"stopped at a checkpoint after {secs:.0f} s (log {log})")
-        run_dirs = sorted(d for d in (work / "runs").glob("*") if d.is_dir()) if (work / "runs").is_dir() else []
-        if code != 0 or len(run_dirs) != 1 or not (run_dirs[0] / "eval.json").is_file():
+        shutil.rmtree(work, ignore_errors=True)  # leftovers of an interrupted attempt: the run starts again
+        code, secs = run_logged(cmd, work, log, threads)
+        models = sorted(work.glob("runs/*/*.cleanrl_model"))
+        if code != 0 or len(models) != 1:
             raise RuntimeError(
-                f"{Path(cmd[1]).name} failed (exit {code}, run dirs {len(run_dirs)}); log {log}:\n{tail(log)}"
+                f"{Path(cmd[1]).name} failed (exit {code}, saved agents {len(models)}); log {log}:\n{tail(log)}"
             )
-        run_dir = run_dirs[0]
-        ev = json.loads((run_dir / "eval.json").read_text())
+        run_dir = models[0].parent
+        episodes = p.clevr_eval_episodes if env == "clevr" else p.metaworld_eval_episodes
+        torch.set_num_threads(threads)  # the evaluation runs inside the harness process
+        start = time.time()
+        try:
+            ev = evaluate(
+                models[0],
+                task,
+                episodes,
+                seed,
+                levels=p.clevr_levels if env == "clevr" else None,
+                max_episode_steps=None if env == "clevr" else p.metaworld_max_episode_steps,
+            )
+        except Exception as e:  # noqa: BLE001 - reported with the run's name, the other runs go on
+            raise RuntimeError(f"evaluation of {models[0]} failed: {type(e).__name__}: {e}") from e
         steps, values = plot.read_scalars(run_dir, plot.CURVE_TAG)
         result = {
             "env": env,
@@ -351,12 +360,13 @@ def ppo_job(
             "total_timesteps": p.clevr_timesteps if env == "clevr" else p.metaworld_timesteps,
             "success": eval_success(env, task, ev, p),
             "return": eval_return(env, task, ev, p),
-            "wall_time_s": float(ev.get("wall_time_s", secs)),
-            "subprocess_wall_time_s": secs,
+            "wall_time_s": secs,  # the script's subprocess: start-up, prior loading, training, saving
+            "eval_time_s": time.time() - start,
+            "eval_episodes": episodes,
             "run_dir": str(run_dir.relative_to(results_dir)),
             "curve": {"tag": plot.CURVE_TAG, "steps": steps, "values": values},
             "command": [Path(c).name if i < 2 else c for i, c in enumerate(cmd)],
-            "resumed": bool(resume),  # run in chunks: resumed from a checkpoint at least once
+            "args": plot.read_hyperparameters(run_dir),  # every flag's value, as the script logged it
             "eval": ev,
         }
         write_json_atomic(out, result)
@@ -366,20 +376,18 @@ def ppo_job(
 
 
 def eval_success(env: str, task: str, ev: dict, p: Preset) -> dict:
-    """Evaluation success rates from a run's eval.json: {level} (CLEVR: the preset's levels) or {task} (Meta-World)."""
+    """Success rates of an evaluation (benchmark/evaluate.py): {level} (CLEVR: the preset's levels) or {task}."""
     splits = p.clevr_levels if env == "clevr" else (task,)
     try:
-        return {split: float(ev["eval"][split]["success_rate"]) for split in splits}
+        return {split: float(ev[split]["success_rate"]) for split in splits}
     except (KeyError, TypeError) as e:
-        raise RuntimeError(
-            f"eval.json has no eval/{{split}}/success_rate for {splits} ({e!r}): evaluation skipped?"
-        ) from e
+        raise RuntimeError(f"the evaluation has no success rate for {splits} ({e!r})") from e
 
 
 def eval_return(env: str, task: str, ev: dict, p: Preset) -> Optional[float]:
     """Mean evaluation return (over the CLEVR levels, or of the Meta-World task)."""
     splits = p.clevr_levels if env == "clevr" else (task,)
-    values = [ev["eval"][s].get("episodic_return") for s in splits if s in ev.get("eval", {})]
+    values = [ev[s].get("episodic_return") for s in splits if s in ev]
     values = [float(v) for v in values if v is not None]
     return float(np.mean(values)) if values else None
 
@@ -479,6 +487,10 @@ def main(args: Args) -> int:
         f"Meta-World {', '.join(p.metaworld_tasks)} at {p.metaworld_timesteps:,} steps"
     )
     print(
+        f"  evaluation of each saved agent: {p.clevr_eval_episodes} episodes per CLEVR level "
+        f"({', '.join(p.clevr_levels)}), {p.metaworld_eval_episodes} per Meta-World task"
+    )
+    print(
         f"  stage 1: {len(stage1)} priors to fine-tune; stage 2: {len(stage2)} runs to do, "
         f"{skipped} finished already (skipped)"
     )
@@ -518,7 +530,7 @@ def main(args: Args) -> int:
             print("  - " + f.splitlines()[0])
         return 1
     if deferred:
-        print(f"{deferred} job(s) left at --stop-after-minutes: run the same command again to continue them")
+        print(f"{deferred} job(s) not started before --stop-after-minutes: run the same command again to do them")
         return 75
     return 0
 
@@ -528,5 +540,5 @@ if __name__ == "__main__":
         sys.exit(main(tyro.cli(Args)))
     except KeyboardInterrupt:
         kill_children()
-        print("\ninterrupted: finished runs are saved; re-run the same command to resume", file=sys.stderr)
+        print("\ninterrupted: finished runs are saved; re-run the same command to do the others", file=sys.stderr)
         sys.exit(130)

@@ -213,32 +213,6 @@ def parse_goal_split(goal_split: str) -> tuple[str, ...]:
     return parts
 
 
-def run_levels(goal_split: str, eval_levels: str | None = None) -> tuple[list[str], int | None]:
-    """The instruction levels of a PPO run: (levels evaluated at the end, goal_slots of every env: 2 if a training or
-    evaluated level is "compose", else None, the env's default). `eval_levels` is a comma list (None: train, heldout,
-    then the other levels of goal_split). Raises ValueError naming the PPO scripts' flag and what is accepted."""
-    try:
-        train_levels = parse_goal_split(goal_split)
-    except ValueError as e:
-        raise ValueError(f"--goal-split: {e}") from None
-    if eval_levels is None:
-        evaluated = ["train", "heldout"] + [level for level in train_levels if level not in ("train", "heldout")]
-    else:
-        evaluated = [s.strip() for s in eval_levels.split(",")]
-        for s in evaluated:
-            if s not in SPLIT_NAMES:
-                raise ValueError(
-                    f"unknown level {s!r} in --eval-levels {eval_levels!r}; accepted: a comma list of "
-                    f"{', '.join(SPLIT_NAMES)} (each at most once), e.g. train,heldout,rephrase,compose"
-                )
-        if len(set(evaluated)) != len(evaluated):
-            raise ValueError(
-                f"--eval-levels {eval_levels!r} names a level twice; each of {', '.join(SPLIT_NAMES)} at most once"
-            )
-    goal_slots = 2 if "compose" in (*train_levels, *evaluated) else None
-    return evaluated, goal_slots
-
-
 def goal_pool(goal_split: str) -> tuple[tuple, tuple[int, ...]]:
     """(goals, template indices) of one level / split (not a mixture); see the module docstring.
 

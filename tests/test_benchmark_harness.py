@@ -1,4 +1,5 @@
-"""The benchmark harness: result files -> table + plots, resume, and one tiny end-to-end run."""
+"""The benchmark harness: result files -> table + plots, finished runs skipped, the saved agents evaluated, and one
+tiny end-to-end run."""
 
 import dataclasses
 import json
@@ -48,6 +49,51 @@ def test_read_scalars_reads_tensorboard_events(tmp_path):
     assert plot.read_scalars(tmp_path / "run", "charts/not_logged") == ([], [])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         plot.read_scalars(tmp_path / "missing")
+
+
+def test_read_hyperparameters_reads_the_scripts_text(tmp_path):
+    """The |param|value| table the scripts log as tensorboard text, read back as {name: text}."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    args = {"exp_name": "bench-lago", "kl_coef": 1.0, "prior_path": None, "goal_split": "train+compose"}
+    writer = SummaryWriter(str(tmp_path / "run"))
+    table_text = "\n".join([f"|{key}|{value}|" for key, value in args.items()])
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + table_text)  # as the scripts write it
+    writer.close()
+    assert plot.read_hyperparameters(tmp_path / "run") == {k: str(v) for k, v in args.items()}
+    write_events(tmp_path / "bare", [(1, 0.0)])
+    assert plot.read_hyperparameters(tmp_path / "bare") == {}
+
+
+def test_guidance_caption_reads_the_command_then_the_logged_args():
+    """beta settings of the table's caption: the command's flags; a flag the command leaves out (the script's default)
+    from the run's logged hyperparameters, or from eval.json's args in results made before issue 22."""
+    base = {"env": "clevr", "seed": 1}
+    results = [
+        {**base, "row": "ppo", "command": ["python", "x.py", "--kl-coef", "0"], "args": {"kl_coef": "0.0"}},
+        {
+            **base,
+            "row": "lago",
+            "command": ["python", "x.py", "--kl-coef", "0.5", "--kl-schedule", "linear"],
+            "args": {"kl_coef": "1.0", "kl_schedule": "linear", "kl_direction": "forward"},
+        },
+        {
+            **base,
+            "row": "lago-adaptive",
+            "command": ["python", "x.py", "--kl-schedule", "adaptive"],
+            "args": {"kl_coef": "1.0", "kl_schedule": "adaptive", "kl_target": "0.1", "kl_direction": "reverse"},
+        },
+        {  # an old result: the whole eval.json, its args typed
+            **base,
+            "row": "lago-random",
+            "command": ["python", "x.py", "--kl-schedule", "constant"],
+            "eval": {"args": {"kl_coef": 2.0, "kl_schedule": "constant", "kl_direction": "reverse"}},
+        },
+    ]
+    assert plot.guidance_settings(results) == (
+        "lago beta 0.5 linear, forward KL; lago-random beta 2 constant, reverse KL; "
+        "lago-adaptive beta 1 adaptive (target KL 0.1), reverse KL"
+    )
 
 
 def test_binned_curve_means_and_carries_forward():
@@ -151,8 +197,9 @@ def test_rows_differ_only_in_guidance():
 @pytest.mark.parametrize("preset", sorted(table.PRESETS))
 def test_commands_carry_the_budget(preset):
     """The command lines built for a preset (with CLI overrides) run what the result files claim: the env-step
-    budget, seed, task, episode length, eval episodes, language models and demo settings, each env its own,
-    and no preset flag list overrides them (the last occurrence of a flag is the one the script reads)."""
+    budget, seed, task, episode length, training levels, language models and demo settings, each env its own, the
+    agent saved for the evaluation, and no preset flag list overrides them (the last occurrence of a flag is the one
+    the script reads)."""
     p = table.resolve(
         table.Args(
             preset=preset,
@@ -164,26 +211,25 @@ def test_commands_carry_the_budget(preset):
     )
     assert p.seeds == (7, 8) and p.metaworld_tasks == ("push-v3", "reach-v3")
     pp = Path("/priors/x")
-    for env, task, steps, episodes in (
-        ("clevr", table.CLEVR_ENV_ID, "1234", p.clevr_eval_episodes),
-        ("metaworld", "reach-v3", "5678", p.metaworld_eval_episodes),
-    ):
+    for env, task, steps in (("clevr", table.CLEVR_ENV_ID, "1234"), ("metaworld", "reach-v3", "5678")):
         for row in ("ppo", "lago", "lago-random", "lago-adaptive"):
             cmd = table.ppo_command(env, task, row, 8, None if row == "ppo" else pp, p)
             assert Path(cmd[1]).name == ("lago_ppo_discrete.py" if env == "clevr" else "lago_ppo_continuous.py")
             f = flag_values(cmd)
             assert (f["--env-id"], f["--seed"], f["--total-timesteps"]) == (task, "8", steps), (env, row)
-            assert f["--eval-episodes"] == str(episodes)
+            assert f["--save-model"] == "" and f["--exp-name"] == f"bench-{row}"  # the evaluation reads the agent
+            assert "--eval-episodes" not in f and "--eval-levels" not in f
             if env == "metaworld":
                 assert f["--max-episode-steps"] == str(p.metaworld_max_episode_steps)
-                assert "--goal-split" not in f and "--eval-levels" not in f
+                assert "--goal-split" not in f
             else:
                 assert "--max-episode-steps" not in f
-                if p.clevr_goal_split == "train":  # the original protocol: the script's defaults
-                    assert "--goal-split" not in f and "--eval-levels" not in f
-                else:  # the thesis protocol: RL on the mixture, every level evaluated
+                if p.clevr_goal_split == "train":  # the original protocol: the script's default
+                    assert "--goal-split" not in f
+                else:  # the thesis protocol: RL on the mixture (every level evaluated afterwards)
                     assert f["--goal-split"] == p.clevr_goal_split
-                    assert f["--eval-levels"].split(",") == list(p.clevr_levels)
+            if "compose" in p.clevr_levels:  # an agent reads two goal slots only if it trained on compose
+                assert "compose" in p.clevr_goal_split.split("+")
             if row == "ppo":
                 assert "--llm" not in f and "--prior-path" not in f
             else:
@@ -237,6 +283,8 @@ def test_llm_override_and_its_twin():
     assert (named.llm, named.random_llm) == ("tiny-random", "tiny-random")  # no known twin: the model itself
     mini = table.resolve(table.Args(preset="gpu", llm=presets.PRETRAINED_LLM))
     assert mini.random_llm == f"{presets.PRETRAINED_LLM}-random"
+    assert "lago-random" not in table.PRESETS["gpu"].rows  # no loadable random twin of Qwen2.5-1.5B
+    assert "lago-random" in table.PRESETS["cpu"].rows and "lago-random" in table.PRESETS["offline"].rows
     both = table.resolve(table.Args(preset="cpu", llm="a", random_llm="b"))
     assert (both.llm, both.random_llm) == ("a", "b")
     assert [table.llm_of_row(r, both) for r in table.ROWS] == [None, "a", "a", "a", "b", "a"]
@@ -312,9 +360,10 @@ def run_harness(results_dir: Path, *extra: str) -> str:
 
 
 def test_smoke_end_to_end_table_plot_and_resume(tmp_path, tiny_clevr_prior, tiny_reach_prior):
-    """The real CLI at the smoke budget (PPO subprocesses, greedy prior in-process), then a resume that
-    redoes only the run whose result file was deleted. Stage 1 is cached: the fixture priors are
-    placed where the harness looks, so it must not fine-tune again."""
+    """The real CLI at the smoke budget (PPO subprocesses saving their agents, evaluated in-process by
+    benchmark/evaluate.py; greedy prior in-process), then a second command that redoes only the run whose result
+    file was deleted. Stage 1 is cached: the fixture priors are placed where the harness looks, so it must not
+    fine-tune again."""
     import shutil
 
     results = tmp_path / "results"
@@ -332,10 +381,22 @@ def test_smoke_end_to_end_table_plot_and_resume(tmp_path, tiny_clevr_prior, tiny
         "metaworld/ppo/reach-v3__seed1.json",
         "metaworld/prior/reach-v3__seed1.json",
     ]
+    p = table.PRESETS["smoke"]
     ppo = json.loads((results / "clevr/ppo/CLEVR-Robot-v0__seed1.json").read_text())
     assert set(ppo["success"]) == {"train", "heldout"} and 0 <= ppo["success"]["heldout"] <= 1
     assert ppo["curve"]["steps"] and max(ppo["curve"]["steps"]) <= 256  # read back from tensorboard
-    assert (results / ppo["run_dir"] / "eval.json").is_file()
+    model = results / ppo["run_dir"] / "bench-ppo.cleanrl_model"
+    assert model.is_file()
+    assert list(ppo["eval"]) == ["train", "heldout"]
+    assert all(e["episodes"] == p.clevr_eval_episodes for e in ppo["eval"].values())
+    assert ppo["success"] == {level: e["success_rate"] for level, e in ppo["eval"].items()}
+    # the evaluation is benchmark/evaluate.py's, seeded: the same numbers again
+    assert table.evaluate(model, table.CLEVR_ENV_ID, p.clevr_eval_episodes, 1, p.clevr_levels) == ppo["eval"]
+    assert ppo["args"]["kl_coef"] == "0.0" and ppo["args"]["total_timesteps"] == "256"  # as the script logged them
+    assert ppo["wall_time_s"] > 0 and ppo["eval_time_s"] > 0
+    lago = json.loads((results / "metaworld/lago/reach-v3__seed1.json").read_text())
+    assert list(lago["eval"]) == ["reach-v3"] and lago["eval"]["reach-v3"]["episodes"] == p.metaworld_eval_episodes
+    assert lago["args"]["max_episode_steps"] == str(p.metaworld_max_episode_steps)
     mw_prior = json.loads((results / "metaworld/prior/reach-v3__seed1.json").read_text())
     assert set(mw_prior["success"]) == {"reach-v3"}
 
@@ -345,7 +406,7 @@ def test_smoke_end_to_end_table_plot_and_resume(tmp_path, tiny_clevr_prior, tiny
     for png in ("curves_clevr.png", "curves_metaworld.png"):
         assert (results / png).read_bytes()[:4] == b"\x89PNG"
 
-    # resume: finished runs are skipped, a missing result is redone
+    # again: finished runs are skipped, a missing result is redone
     before = {f: f.read_bytes() for f in files}
     redo = results / "clevr/lago/CLEVR-Robot-v0__seed1.json"
     redo.unlink()
@@ -462,26 +523,20 @@ def test_thesis_rows_include_the_twins_prior_alone():
     assert "rows" not in table.budget_fields(p)
 
 
-def test_runs_stop_at_the_deadline_and_the_next_command_resumes_them(tmp_path):
-    """--stop-after-minutes: a job not started before the deadline waits; a PPO run going at the deadline stops at a
-    checkpoint (no result file yet); the next command resumes it from that checkpoint to the end."""
+def test_no_job_starts_after_the_deadline(tmp_path, capsys):
+    """--stop-after-minutes: a job not started before the deadline waits for the next command, which exit code 75
+    asks for; nothing is written for it (no table either)."""
     import time
 
-    p = dataclasses.replace(table.PRESETS["smoke"], clevr_timesteps=2048)  # 16 iterations of 4 envs x 32 steps
+    from benchmark.scheduler import Deferred
+
+    p = table.PRESETS["smoke"]
     results = tmp_path / "results"
-    out = table.result_path(results, "clevr", "ppo", "CLEVR-Robot-v0", 1)
-
-    def job(deadline):
-        return table.ppo_job("clevr", "CLEVR-Robot-v0", "ppo", 1, p, results, 1, deadline).fn()
-
-    with pytest.raises(table.Deferred, match="not started"):
-        job(time.time() - 1)
-    with pytest.raises(table.Deferred, match="stopped at a checkpoint"):
-        job(time.time() + 1)
-    assert not out.exists() and len(list(results.glob("runs/clevr/ppo/*/runs/*/checkpoint.pt"))) == 1
-    job(None)
-    result = json.loads(out.read_text())
-    assert result["resumed"] and result["eval"]["global_step"] == 2048
-    log = (results / "runs/clevr/ppo/CLEVR-Robot-v0__seed1/log.txt").read_text()
-    commands = [line for line in log.splitlines() if line.startswith("$ ")]
-    assert len(commands) == 2 and "--stop-after-minutes" in commands[0] and "--resume runs/" in commands[1]
+    with pytest.raises(Deferred, match="not started"):
+        table.ppo_job("clevr", table.CLEVR_ENV_ID, "ppo", 1, p, results, 1, time.time() - 1).fn()
+    args = table.Args(preset="smoke", envs=("clevr",), rows=("ppo",), results_dir=str(results), stop_after_minutes=0)
+    assert table.main(args) == 75
+    out = capsys.readouterr().out
+    assert "1 job(s) not started before --stop-after-minutes" in out
+    assert not list(results.glob("*/*/*.json")) and not (results / "runs").exists()
+    assert not (results / "table.md").exists()

@@ -1,6 +1,6 @@
-"""The instruction-level protocol (issue 11): PPO trained on a '+' mixture of CLEVR-Robot levels and evaluated per
-level with their mean, a prior fine-tuned on 24-dim observations guiding goal_slots=2 envs (38 dims), clear one-line
-errors for bad levels, and stage 1 reporting top-1 agreement on each level of --eval-goal-split."""
+"""The instruction-level protocol (issue 11): PPO trained on a '+' mixture of CLEVR-Robot levels, its saved agent
+evaluated per level (benchmark/evaluate.py), a prior fine-tuned on 24-dim observations guiding goal_slots=2 envs
+(38 dims), errors that name a bad level, and stage 1 reporting top-1 agreement on each level of --eval-goal-split."""
 
 import json
 import re
@@ -16,7 +16,9 @@ import finetune_prior as fp
 import lago_prior
 import lago_ppo_discrete as ppo
 import script_runs
-from envs.clevr_robot import GOAL_DIM, OBS_DIM, STATE_DIM, level_instructions, run_levels
+from benchmark.evaluate import evaluate_discrete
+from envs.clevr_language import GOAL_DIM, level_instructions, parse_goal_split
+from envs.clevr_robot import OBS_DIM, STATE_DIM
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = str(REPO / "lago_ppo_discrete.py")
@@ -59,85 +61,64 @@ def load_guidance_prior(args, envs):
 
 
 def finished_run(cwd):
-    """(eval.json, saved model state dict, tensorboard scalars) of the one run under cwd."""
+    """(saved model path, its state dict, tensorboard scalars) of the one run under cwd."""
     rdir = script_runs.run_dir(str(cwd))
-    return (
-        json.loads(Path(rdir, "eval.json").read_text()),
-        torch.load(Path(rdir, "lago_ppo_discrete.cleanrl_model")),
-        script_runs.scalars(rdir),
-    )
+    model = Path(rdir, "lago_ppo_discrete.cleanrl_model")
+    return model, torch.load(model), script_runs.scalars(rdir)
 
 
 # ------------------------------------------------------------------------------------------------------------
 # PPO: levels of training and evaluation
 # ------------------------------------------------------------------------------------------------------------
-def test_protocol_defaults_and_goal_slots():
-    """The default protocol is today's (train goals, train + heldout evaluated, one goal slot: same envs, same numbers);
-    any level with two relations makes every env two-slot; --eval-levels picks the evaluated levels."""
-    assert run_levels("train") == (["train", "heldout"], None)
-    assert run_levels(MIXTURE) == (["train", "heldout", "rephrase", "compose"], 2)
-    assert run_levels("rephrase") == (["train", "heldout", "rephrase"], None)
-    assert run_levels("train", "compose , rephrase") == (["compose", "rephrase"], 2)
-    assert run_levels("train+compose", "heldout") == (["heldout"], 2)
+def test_goal_slots_follow_the_training_levels():
+    """Any level with two relations makes every env two-slot; one-relation levels keep one slot (same envs, same
+    numbers as before)."""
     assert ppo.make_env("CLEVR-Robot-v0", 0, False, "x", goal_split="train")().observation_space.shape == (OBS_DIM,)
+    assert ppo.make_env("CLEVR-Robot-v0", 0, False, "x", goal_split=MIXTURE)().observation_space.shape == (TWO_SLOTS,)
     env = ppo.make_env("CLEVR-Robot-v0", 0, False, "x", goal_split="heldout", goal_slots=2)()
     assert env.observation_space.shape == (TWO_SLOTS,) and env.reset(seed=0)[1]["level"] == "heldout"
 
 
 @pytest.mark.parametrize(
-    "goal_split,eval_levels,message",
+    "goal_split,message",
     [
-        ("train+bogus", None, "unknown level 'bogus'"),
-        ("train+train", None, "names a level twice"),
-        ("all+train", None, "unknown level 'all'"),
-        ("nope", None, "unknown goal_split 'nope'"),
-        ("train", "train,nope", "unknown level 'nope' in --eval-levels"),
-        ("train", "train,train", "names a level twice"),
-        ("train", "train+compose", "unknown level 'train+compose' in --eval-levels"),
+        ("train+bogus", "unknown level 'bogus'"),
+        ("train+train", "names a level twice"),
+        ("all+train", "unknown level 'all'"),
+        ("nope", "unknown goal_split 'nope'"),
     ],
 )
-def test_bad_levels_are_refused(goal_split, eval_levels, message):
+def test_bad_levels_are_refused(goal_split, message):
     with pytest.raises(ValueError, match=re.escape(message)) as e:
-        run_levels(goal_split, eval_levels)
+        parse_goal_split(goal_split)
     assert "\n" not in str(e.value)
     assert "rephrase" in str(e.value) and "compose" in str(e.value)  # names the accepted levels
 
 
-def test_bad_level_flags_give_one_line_errors(tmp_path):
-    for flags, message in (
-        (["--goal-split", "train+bogus"], "--goal-split: unknown level 'bogus'"),
-        (["--eval-levels", "heldout,nope"], "unknown level 'nope' in --eval-levels"),
-        (["--env-id", "CartPole-v1", "--goal-split", "heldout"], "CartPole-v1 has none"),
-    ):
-        proc = script_runs.run_script(SCRIPT, ["--kl-coef", "0", *flags, *TINY], tmp_path, check=False)
-        assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
-        lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
-        assert not (tmp_path / "runs").exists()  # refused before anything was written
-
-
-def test_mixture_run_reports_each_level_and_their_mean(tmp_path):
-    """PPO on the four-level mixture: two-slot observations, each level evaluated separately (--eval-episodes each),
-    their mean in eval.json, the summary line and tensorboard."""
+def test_bad_goal_split_is_refused_naming_the_level(tmp_path):
+    """The script refuses a bad --goal-split before training, with the env's error (which names the accepted levels)
+    as the last line of its output."""
     proc = script_runs.run_script(
-        SCRIPT, ["--kl-coef", "0", "--goal-split", MIXTURE, "--eval-episodes", "3", "--save-model", *TINY], tmp_path
+        SCRIPT, ["--kl-coef", "0", "--goal-split", "train+bogus", *TINY], tmp_path, check=False
     )
-    result, model, logs = finished_run(tmp_path)
-    levels = ["train", "heldout", "rephrase", "compose"]
-    assert list(result["eval"]) == levels
-    assert all(result["eval"][level]["episodes"] == 3 for level in levels)
-    rates = [result["eval"][level]["success_rate"] for level in levels]
-    assert all(r in (0.0, 1 / 3, 2 / 3, 1.0) for r in rates)
-    assert result["eval_mean_success"] == pytest.approx(np.mean(rates), abs=1e-12)
-    assert result["args"]["goal_split"] == MIXTURE and result["global_step"] == 96
+    assert proc.returncode != 0, proc.stdout
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "unknown level 'bogus'" in last and "compose" in last, proc.stderr
+    assert "global_step=" not in proc.stdout  # no iteration ran
+
+
+def test_mixture_run_is_evaluated_on_each_level(tmp_path):
+    """PPO on the four-level mixture: two-slot observations (38 inputs), and its saved agent evaluated on each level
+    separately (3 episodes each) by benchmark/evaluate.py."""
+    script_runs.run_script(SCRIPT, ["--kl-coef", "0", "--goal-split", MIXTURE, "--save-model", *TINY], tmp_path)
+    path, model, logs = finished_run(tmp_path)
     assert model["actor.0.weight"].shape == (64, TWO_SLOTS) and model["critic.0.weight"].shape == (64, TWO_SLOTS)
-    for level, rate in zip(levels, rates):
-        assert logs[f"eval/{level}_success_rate"] == [pytest.approx(rate)]
-    assert logs["eval/mean_success_rate"] == [pytest.approx(result["eval_mean_success"])]
-    (summary,) = [line for line in proc.stdout.splitlines() if line.startswith("summary:")]
-    for level in levels:
-        assert f"| eval {level}: return=" in summary
-    assert f"| eval_mean_success={result['eval_mean_success']:.2f} ->" in summary
+    assert logs["charts/SPS"] and len(logs["losses/value_loss"]) == 3  # 96 steps: 3 iterations
+    levels = ["train", "heldout", "rephrase", "compose"]
+    result = evaluate_discrete(path, 3, seed=1, levels=levels)
+    assert list(result) == levels
+    assert all(result[level]["episodes"] == 3 for level in levels)
+    assert all(result[level]["success_rate"] in (0.0, 1 / 3, 2 / 3, 1.0) for level in levels)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -162,7 +143,7 @@ def test_one_slot_prior_is_accepted_by_two_slot_envs(tiny_clevr_prior):
 
 def test_lago_run_on_a_two_slot_mixture(tiny_clevr_prior, tmp_path):
     """LaGO (beta > 0) with the 24-dim-trained tiny prior on train+compose (38-dim observations): it trains with the
-    KL to the prior and evaluates the levels asked."""
+    KL to the prior, and its saved agent is evaluated on the levels asked."""
     script_runs.run_script(
         SCRIPT,
         [
@@ -174,20 +155,17 @@ def test_lago_run_on_a_two_slot_mixture(tiny_clevr_prior, tmp_path):
             "0.5",
             "--goal-split",
             "train+compose",
-            "--eval-levels",
-            "compose,rephrase",
-            "--eval-episodes",
-            "2",
             "--save-model",
             *TINY,
         ],
         tmp_path,
     )
-    result, model, logs = finished_run(tmp_path)
-    assert list(result["eval"]) == ["compose", "rephrase"] and result["prior_time_s"] > 0
+    path, model, logs = finished_run(tmp_path)
     assert model["actor.0.weight"].shape == (64, TWO_SLOTS)
     assert len(logs["losses/prior_kl"]) == 3 and all(np.isfinite(logs["losses/prior_kl"]))
-    assert result["eval_mean_success"] == pytest.approx(np.mean([r["success_rate"] for r in result["eval"].values()]))
+    assert len(logs["charts/kl_coef"]) == 3
+    result = evaluate_discrete(path, 2, seed=1, levels=("compose", "rephrase"))
+    assert list(result) == ["compose", "rephrase"] and all(r["episodes"] == 2 for r in result.values())
 
 
 # ------------------------------------------------------------------------------------------------------------
