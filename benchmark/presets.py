@@ -77,7 +77,7 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # The whole table on a 2-core CPU in <= 3 h with --jobs 2 (measured estimate in benchmark/README.md).
+    # The whole table on a 2-core CPU in <= 3 h with --jobs 2 (measured estimate in docs/performance.md).
     # Tasks: easy / medium / hard of MT10 (reach, press, push an object), none solved by random actions.
     # 8 envs: the prior's batch is 8 (its per-sample CPU cost is ~25% lower than at 4); rollout batches
     # as the scripts' defaults (CLEVR 512); Meta-World 1024 in 16 minibatches of 64 (CleanRL's size) so
@@ -181,7 +181,7 @@ PRESETS: dict[str, Preset] = {
 
 # Full scale without network (issue 14): the thesis protocol at the gpu preset's budget with the offline models.
 # MiniLM by default; mpnet with `--llm all-mpnet-base-v2` (its twin follows) into another --results-dir. Not run in
-# full anywhere yet: benchmark/README.md gives the expected wall time from the rates measured on an H100 machine.
+# full anywhere yet: docs/performance.md gives the expected wall time from the rates measured on an H100 machine.
 PRESETS["offline"] = dataclasses.replace(
     PRESETS["thesis"],
     seeds=(1, 2, 3, 4, 5),
