@@ -95,6 +95,8 @@ class Args:
     """the KL (nats per state) that the adaptive schedule holds"""
     kl_direction: Literal["reverse", "forward"] = "reverse"
     """reverse: KL(pi || prior), mode-seeking; forward: KL(prior || pi), covers every action the prior likes"""
+    prior_fraction: float = 1.0
+    """fraction of the rollout's states, drawn at random, at which the prior is evaluated and the KL taken"""
     prior_batch_size: int = 256
     """states per prior forward pass over the rollout (lower it if GPU memory runs out)"""
 
@@ -177,8 +179,11 @@ if __name__ == "__main__":
             "error: need --num-envs, --num-steps, --num-minibatches, --update-epochs >= 1, --total-timesteps"
             " >= --num-envs x --num-steps"
         )
-    if args.kl_coef < 0 or args.kl_target <= 0 or args.prior_batch_size < 1:  # LaGO
-        raise SystemExit("error: LaGO needs --kl-coef >= 0 (0: vanilla PPO), --kl-target > 0, --prior-batch-size >= 1")
+    if args.kl_coef < 0 or args.kl_target <= 0 or args.prior_batch_size < 1 or not 0 < args.prior_fraction <= 1:  # LaGO
+        raise SystemExit(
+            "error: LaGO needs --kl-coef >= 0 (0: vanilla PPO), --kl-target > 0, --prior-batch-size >= 1, "
+            "0 < --prior-fraction <= 1"
+        )
     args.batch_size = int(args.num_envs * args.num_steps)
     args.minibatch_size = int(args.batch_size // args.num_minibatches)
     args.num_iterations = args.total_timesteps // args.batch_size
@@ -249,6 +254,7 @@ if __name__ == "__main__":
     next_obs = torch.Tensor(next_obs).to(device)
     next_done = torch.zeros(args.num_envs).to(device)
     kl_coef = args.kl_coef  # LaGO
+    prior_rng = np.random.default_rng(args.seed)  # LaGO: draws the states of --prior-fraction (none at 1)
     if use_prior and "instruction" not in infos:  # LaGO
         raise SystemExit(f"error: {args.env_id} gives no info['instruction'], which the prior reads")
 
@@ -319,17 +325,24 @@ if __name__ == "__main__":
         b_advantages = advantages.reshape(-1)
         b_returns = returns.reshape(-1)
         b_values = values.reshape(-1)
-        if use_prior:  # LaGO: the prior at every rollout state, once, in batches; the update epochs never call it
+        if use_prior:  # LaGO: the prior at the rollout states, once, in batches; the update epochs never call it
+            prior_inds = np.arange(args.batch_size)  # LaGO: every state, or a random --prior-fraction of them
+            if args.prior_fraction < 1:  # (an unbiased estimate of the same mean KL)
+                prior_inds = np.sort(
+                    prior_rng.permutation(args.batch_size)[: int(np.ceil(args.prior_fraction * args.batch_size))]
+                )
             b_instructions = [s for step_instructions in instructions for s in step_instructions]
+            chunks = np.split(prior_inds, range(args.prior_batch_size, len(prior_inds), args.prior_batch_size))
             with torch.inference_mode():
-                b_prior_logits = [
-                    prior(b_obs[i : i + args.prior_batch_size], b_instructions[i : i + args.prior_batch_size])
-                    for i in range(0, args.batch_size, args.prior_batch_size)
-                ]
-            b_prior_logits = torch.cat(b_prior_logits).float()  # LaGO: outside inference mode: usable in the loss
+                prior_logits = [prior(b_obs[inds], [b_instructions[i] for i in inds]) for inds in chunks]
+            b_prior_logits = torch.zeros(args.batch_size, envs.single_action_space.n, device=device)  # LaGO
+            b_prior_logits[prior_inds] = torch.cat(prior_logits).float()  # outside inference mode: usable in the loss
+            b_prior_mask = torch.zeros(args.batch_size, dtype=torch.bool, device=device)  # LaGO: where evaluated
+            b_prior_mask[prior_inds] = True
             with torch.no_grad():  # LaGO: the KL of the rollout policy, which the adaptive beta follows
                 rollout_dist = agent.get_action_and_value(b_obs, b_actions.long())[4]
-                rollout_kl = prior_kl(rollout_dist, action_distribution(b_prior_logits), args.kl_direction).mean()
+                rollout_kl = prior_kl(rollout_dist, action_distribution(b_prior_logits), args.kl_direction)
+                rollout_kl = rollout_kl[b_prior_mask].mean()
 
         # Optimizing the policy and value network
         b_inds = np.arange(args.batch_size)
@@ -379,7 +392,9 @@ if __name__ == "__main__":
                 entropy_loss = entropy.mean()
                 loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
                 if use_prior:  # LaGO: pull the policy toward the prior at the rollout states
-                    kl_loss = prior_kl(newdist, action_distribution(b_prior_logits[mb_inds]), args.kl_direction).mean()
+                    kl = prior_kl(newdist, action_distribution(b_prior_logits[mb_inds]), args.kl_direction)
+                    kl = kl[b_prior_mask[mb_inds]]  # LaGO: at the states where the prior was evaluated
+                    kl_loss = kl.mean() if len(kl) else kl.sum()
                     loss = loss + kl_coef * kl_loss
 
                 optimizer.zero_grad()
