@@ -13,7 +13,7 @@ in threads), so a call is reproducible and the levels' results do not depend on 
 
 - Discrete (`lago_ppo_discrete.py`; CLEVR-Robot): each level separately on `gym.make(env_id, goal_split=level,
   goal_slots=<the agent's>)`, the first reset seeded with `seed + 100_000`; an episode succeeds if `info["success"]`
-  holds at its end. The agent's goal slots are read from its input size (24 dims: 1, 38: 2), so an agent trained
+  holds at its end. The agent's goal slots are read from its input size (24 dims: 1, 38: 2, 52: 3), so an agent trained
   without "compose" in --goal-split cannot be evaluated on "compose". Other discrete envs: one entry, the env id.
 - Continuous (`lago_ppo_continuous.py`; Meta-World): task i of `env_id` (a task, MT10, MT50 or a comma list) on
   `envs.metaworld.make_env(task, seed=seed + 100_000 + i, max_episode_steps=...)` with ClipAction and the raw reward,
@@ -126,9 +126,9 @@ def evaluate_discrete(
         from envs.clevr_robot import OBS_DIM, STATE_DIM
 
         goal_dim = OBS_DIM - STATE_DIM
-        if in_dim - STATE_DIM not in (goal_dim, 2 * goal_dim):
-            raise ValueError(f"{model_path}: an agent of {in_dim} inputs is no {env_id} agent (24 or 38 inputs)")
-        kwargs["goal_slots"] = (in_dim - STATE_DIM) // goal_dim  # as in training: 2 iff compose was a level
+        if in_dim - STATE_DIM not in (goal_dim, 2 * goal_dim, 3 * goal_dim):
+            raise ValueError(f"{model_path}: an agent of {in_dim} inputs is no {env_id} agent (24, 38 or 52 inputs)")
+        kwargs["goal_slots"] = (in_dim - STATE_DIM) // goal_dim  # as in training: 3 with hard, 2 with compose
         composed = [level for level in levels if "compose" in level.split("+")]
         if composed and kwargs["goal_slots"] == 1:
             raise ValueError(

@@ -10,10 +10,13 @@ tasks come from `envs.metaworld`, which is not imported here so that `import env
     env = gym.make("CLEVR-Robot-v0", goal_split="train")             # TimeLimit 50 steps
     env = gym.make("CLEVR-Robot-v0", goal_split="heldout", max_episode_steps=100)
     env = gym.make("CLEVR-Robot-v0", goal_split="train+rephrase+heldout+compose")  # levels; compose: 2 goal slots
+    env = gym.make("CLEVR-Robot-v0", goal_split="hard", success_test="kalm")  # 3 relations, KALM's test; 3 slots
 
 The episode limit of the registered id is gymnasium's TimeLimit wrapper (`max_episode_steps`
 of `gym.make`, default 50); the env's own counter (`ClevrRobotEnv(max_episode_steps=...)`,
 used when the class is built directly) is switched off there, so the two never disagree.
+`success_test` is "original" (the default: the original relation test) or "kalm" (KALM's 90-degree sector
+and 0.39 distance); see `envs.clevr_robot`.
 """
 
 from gymnasium.envs.registration import register, registry

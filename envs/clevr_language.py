@@ -25,7 +25,7 @@ Train / held-out split (deterministic, no randomness involved)
     The two intermediate combinations (unseen phrasing of a seen goal, seen phrasing of an
     unseen goal) are part of "all" only.
 
-Instruction levels (after KALM's evaluation): `LEVELS` = ("train", "heldout", "rephrase", "compose")
+Instruction levels (after KALM's evaluation): `LEVELS` = ("train", "heldout", "rephrase", "compose", "hard")
       goal_split="rephrase": all 80 programs x 8 `REPHRASE_TEMPLATES` (640 instructions) in words
         no other instruction uses: colour synonyms `COLOR_SYNONYMS` (red: crimson / scarlet, blue:
         azure / navy, green: emerald / lime, purple: violet / lilac, cyan: turquoise / teal),
@@ -37,6 +37,14 @@ Instruction levels (after KALM's evaluation): `LEVELS` = ("train", "heldout", "r
         (p1 < p2) of TRAIN programs about two different pairs of spheres (so never contradictory
         or equivalent). Text (`COMPOSE_FRAMES`, 16): a train imperative phrasing (templates 3, 4,
         5, 9) of p1 and one of p2 joined by " and " (29,440 instructions).
+      goal_split="hard": three relations at once (KALM's hard level has two or three). Goals `HARD_GOALS`:
+        the 28,400 unordered triples (p1 < p2 < p3) of TRAIN programs about three different pairs of
+        spheres, without a cycle (no triangle: "red left_of blue", "blue left_of green", "green left_of
+        red" is impossible) and without three spheres on the same side of a fourth (barely feasible
+        under KALM's success test: three spheres in one 90-degree sector within 0.39). Text
+        (`HARD_FRAMES`, 64): three train imperative phrasings, "A, b and c." (1,817,600 instructions;
+        `level_instructions("hard")` lists them all: slow, ~2 s).
+    `LEVEL_RELATIONS[level]`: relations per goal (compose 2, hard 3, the others 1).
     A mixture is "+"-joined distinct LEVELS, e.g. goal_split="train+rephrase+heldout+compose"
     (`parse_goal_split`). `level_instructions(level)` lists a level's instructions in a fixed order.
 """
@@ -99,8 +107,9 @@ def instruction_text(program: int | str, template: int) -> str:
 # ---------------------------------------------------------------------------------------
 # Instruction levels beyond train / heldout (after KALM's evaluation): "rephrase", "compose"
 # ---------------------------------------------------------------------------------------
-LEVELS = ("train", "heldout", "rephrase", "compose")
-SPLIT_NAMES = ("train", "heldout", "all", "rephrase", "compose")  # what goal_split accepts alone
+LEVELS = ("train", "heldout", "rephrase", "compose", "hard")
+SPLIT_NAMES = ("train", "heldout", "all", "rephrase", "compose", "hard")  # what goal_split accepts alone
+LEVEL_RELATIONS = {"train": 1, "heldout": 1, "all": 1, "rephrase": 1, "compose": 2, "hard": 3}
 
 # rephrase: every program in words no train/held-out instruction uses (fixed by hand from ordinary
 # English, not tuned to any model). Compass words follow the top-down view: right = +x = east,
@@ -145,6 +154,44 @@ COMPOSE_GOALS = tuple(
 )
 
 
+# hard: three train programs at once; see the module docstring for which triples are left out.
+def _hard_goals() -> tuple[tuple[int, int, int], ...]:
+    pairs = {p: frozenset((PROGRAMS[p][0], PROGRAMS[p][2])) for p in TRAIN_PROGRAMS}
+    out = []
+    for i, a in enumerate(TRAIN_PROGRAMS):
+        for j in range(i + 1, len(TRAIN_PROGRAMS)):
+            b = TRAIN_PROGRAMS[j]
+            if pairs[a] == pairs[b]:
+                continue
+            for c in TRAIN_PROGRAMS[j + 1 :]:
+                if pairs[c] != pairs[a] and pairs[c] != pairs[b] and _hard_ok((a, b, c)):
+                    out.append((a, b, c))
+    return tuple(out)
+
+
+def _hard_ok(goal) -> bool:
+    """A triple of programs about three different pairs of spheres is a hard goal unless its pairs form a
+    triangle or one sphere has the three others of its relations on the same side ("x R of c", or "c R' of x"
+    with R' the opposite of R)."""
+    spheres = [s for p in goal for s in (PROGRAMS[p][0], PROGRAMS[p][2])]
+    if len(set(spheres)) == 3:  # three pairs over three spheres: a triangle
+        return False
+    for c in set(spheres):
+        if spheres.count(c) == 3:  # a star around c: the side of each other sphere
+            sides = {r if f == c else r ^ 1 for t, r, f in (PROGRAMS[p] for p in goal)}  # r ^ 1: the opposite
+            return len(sides) > 1
+    return True
+
+
+HARD_GOALS = _hard_goals()
+HARD_FRAMES = tuple(
+    (a, b, c)
+    for a in _IMPERATIVE_TRAIN_TEMPLATES
+    for b in _IMPERATIVE_TRAIN_TEMPLATES
+    for c in _IMPERATIVE_TRAIN_TEMPLATES
+)
+
+
 def rephrase_text(program: int | str, template: int) -> str:
     """The "rephrase" instruction of `program` in frame `template` of REPHRASE_TEMPLATES."""
     p = parse_goal(program)
@@ -168,8 +215,19 @@ def compose_text(goal, template: int) -> str:
     return instruction_text(a, ka).rstrip(".") + " and " + second[0].lower() + second[1:]
 
 
+def hard_text(goal, template: int) -> str:
+    """The "hard" instruction of a three-program goal in frame `template` of HARD_FRAMES: "A, b and c."."""
+    g = parse_goals(goal)
+    if len(g) != 3:
+        raise ValueError(f"a hard goal has three relations ('A and B and C'), got {goal!r}")
+    if not isinstance(template, (int, np.integer)) or not 0 <= template < len(HARD_FRAMES):
+        raise ValueError(f"hard template must be an integer in [0, {len(HARD_FRAMES)}), got {template!r}")
+    a, b, c = (instruction_text(p, k).rstrip(".") for p, k in zip(g, HARD_FRAMES[template]))
+    return f"{a}, {b[0].lower() + b[1:]} and {c[0].lower() + c[1:]}."
+
+
 def goal_string(goal) -> str:
-    """Program string of a goal: 'red left_of blue', or 'red left_of blue and green front_of cyan'."""
+    """Program string of a goal: 'red left_of blue', 'red left_of blue and green front_of cyan' (and a third)."""
     return " and ".join(PROGRAM_STRINGS[p] for p in parse_goals(goal))
 
 
@@ -179,6 +237,8 @@ def level_text(level: str, goal, template: int) -> str:
         return rephrase_text(goal, template)
     if level == "compose":
         return compose_text(goal, template)
+    if level == "hard":
+        return hard_text(goal, template)
     _check_split_name(level)
     return instruction_text(goal, template)
 
@@ -216,8 +276,8 @@ def parse_goal_split(goal_split: str) -> tuple[str, ...]:
 def goal_pool(goal_split: str) -> tuple[tuple, tuple[int, ...]]:
     """(goals, template indices) of one level / split (not a mixture); see the module docstring.
 
-    goals are program indices, except for "compose" where they are (program, program) pairs
-    (COMPOSE_GOALS). Template indices index TEMPLATES, REPHRASE_TEMPLATES or COMPOSE_FRAMES."""
+    goals are program indices, except for "compose" (COMPOSE_GOALS, pairs) and "hard" (HARD_GOALS, triples).
+    Template indices index TEMPLATES, REPHRASE_TEMPLATES, COMPOSE_FRAMES or HARD_FRAMES."""
     if goal_split == "train":
         return TRAIN_PROGRAMS, TRAIN_TEMPLATES
     if goal_split == "heldout":
@@ -228,6 +288,8 @@ def goal_pool(goal_split: str) -> tuple[tuple, tuple[int, ...]]:
         return tuple(range(len(PROGRAMS))), tuple(range(len(REPHRASE_TEMPLATES)))
     if goal_split == "compose":
         return COMPOSE_GOALS, tuple(range(len(COMPOSE_FRAMES)))
+    if goal_split == "hard":
+        return HARD_GOALS, tuple(range(len(HARD_FRAMES)))
     if isinstance(goal_split, str) and "+" in goal_split:
         parse_goal_split(goal_split)  # raises on a bad mixture
         raise ValueError(f"goal_pool takes one level, got the mixture {goal_split!r}; call it for each level")
@@ -267,26 +329,28 @@ def parse_goal(goal: int | str | tuple) -> int:
 
 
 def parse_goals(goal) -> tuple[int, ...]:
-    """Program indices of a one- or two-relation goal: anything `parse_goal` takes -> (p,); a string
-    "red left_of blue and green front_of cyan" or a pair (list / tuple of two goals) -> (p1, p2).
-    The two programs of a pair must be about two different pairs of spheres."""
+    """Program indices of a goal of one to three relations: anything `parse_goal` takes -> (p,); a string
+    "red left_of blue and green front_of cyan" or a list / tuple of two goals -> (p1, p2); three -> (p1, p2, p3).
+    The programs of a goal must be about different pairs of spheres."""
+    names = isinstance(goal, tuple) and len(goal) == 3 and all(isinstance(g, str) and " " not in g for g in goal)
     if isinstance(goal, str) and " and " in goal:
-        parts = [s for s in goal.split(" and ")]
-    elif isinstance(goal, (tuple, list)) and len(goal) == 2:
+        parts = goal.split(" and ")
+    elif isinstance(goal, (tuple, list)) and not names:  # a sequence of goals (a tuple of 3 names is one goal)
+        if len(goal) == 1:
+            return (parse_goal(goal[0]),)
         parts = list(goal)
-    elif isinstance(goal, (tuple, list)) and len(goal) == 1:
-        return (parse_goal(goal[0]),)
     else:
         return (parse_goal(goal),)
-    if len(parts) != 2:
-        raise ValueError(f"a goal has one or two relations ('A' or 'A and B'), got {goal!r}")
-    a, b = (parse_goal(p) for p in parts)
-    if {PROGRAMS[a][0], PROGRAMS[a][2]} == {PROGRAMS[b][0], PROGRAMS[b][2]}:
+    if len(parts) not in (2, 3):
+        raise ValueError(f"a goal has one to three relations ('A', 'A and B', 'A and B and C'), got {goal!r}")
+    g = tuple(parse_goal(p) for p in parts)
+    pairs = [{PROGRAMS[p][0], PROGRAMS[p][2]} for p in g]
+    if any(pairs[i] == pairs[j] for i in range(len(g)) for j in range(i)):
         raise ValueError(
-            f"the two relations of goal {goal!r} are about the same two spheres; a two-relation goal needs "
-            f"two different pairs of spheres, e.g. 'red left_of blue and green front_of cyan'"
+            f"two relations of goal {goal!r} are about the same two spheres; a goal of several relations needs "
+            f"different pairs of spheres, e.g. 'red left_of blue and green front_of cyan'"
         )
-    return (a, b)
+    return g
 
 
 def _parse_pair(goal) -> tuple[int, int]:

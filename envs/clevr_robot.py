@@ -41,12 +41,28 @@ Observation: `Box(float32, (OBS_DIM,) = (24,))`
     (`STATE_DIM` = 10, the original's "direct" observation), goal encoding = one-hot target
     colour (5) + one-hot relation (4) + one-hot reference colour (5) (`GOAL_DIM` = 14).
     With `goal_slots=2` the goal encoding has two such slots, (10 + 2 * 14,) = (38,): a
-    one-relation goal fills slot 1 and leaves slot 2 zeros, a "compose" goal fills both.
+    one-relation goal fills slot 1 and leaves slot 2 zeros, a "compose" goal fills both. With
+    `goal_slots=3`, (10 + 3 * 14,) = (52,): a "hard" goal fills all three, smaller goals leave zeros.
 
 Relations (`relation_holds(pos_a, pos_b, relation)`): with u = (B - A) / |B - A|,
     "B is R of A" iff u . dir_R > 0.6 and |B - A| < 0.7 (both strict), where
     left = (-1, 0), right = (+1, 0), behind = (0, -1), front = (0, +1) on the table plane
     (the original's camera at azimuth 90 / elevation -45 gives exactly these vectors).
+
+Success tests (`success_test`, one keyword of the env, `goal_holds` and `relation_holds`):
+    "original" (default): the relation test above.
+    "kalm": KALM's test (CharlieBrown-v1/KALM, `src/envs/utils/clevr_utils.py`, `_success`), applied
+    to every relation of every level: "B is R of A" iff the angle of (B - A) lies in the 90-degree
+    sector of dir_R and |B - A| < 0.39 + 0.001 (KALM's 0.13 * 2 + 0.13 plus its EPS = 1e-3, strict):
+    the centres nearly touch (0.26 apart when the spheres touch). Boundaries, as KALM's code: with the
+    angle theta of (B - A) counted counter-clockwise from +x (x right, y front) and phi_R that of
+    dir_R, the sector is the half-open [phi_R - 45, phi_R + 45) degrees: the edge at phi_R - 45 counts,
+    the one at phi_R + 45 does not, so at a distance below 0.391 exactly one of the four relations
+    holds (the sectors tile the plane; B = A: none). Computed without trigonometry: with a = (B - A) .
+    dir_R and b = (B - A) . (dir_R turned +90 degrees), the angle test is -a <= b < a. Not copied:
+    KALM zeroes components of (B - A) below 1e-3 and adds 1e-6 to a norm before its arccos; for spheres
+    that do not overlap (|B - A| >= 0.26) that moves a sector edge by less than 0.001 degree. KALM names +y
+    "behind" where we (and SPEC) name it "front": the sectors follow our relation vectors.
 
 Goals at reset: the goal programs, their wordings, the train / held-out split and the
     instruction levels are defined in `envs.clevr_language`. At reset a (goal, template) pair is
@@ -54,16 +70,17 @@ Goals at reset: the goal programs, their wordings, the train / held-out split an
     scene is redrawn if none is), so an episode never starts solved; a "compose" goal (two
     relations) needs both false and succeeds iff both hold. A mixture ("+"-joined levels) draws
     the level of each episode uniformly with `np_random` (then the goal among the level's false
-    goals); a single level or split draws no level. `reset(options={"goal": "red left_of blue"})`
+    goals, false under the env's `success_test`); a "hard" goal (three relations) needs all three
+    false and succeeds iff all three hold at the same step; a single level or split draws no level. `reset(options={"goal": "red left_of blue"})`
     fixes the program (any of the 80, whatever the split; the scene is redrawn until it is false;
-    "A and B" or a pair for a compose goal), `options={"template": k}` the paraphrase (an index
+    "A and B" or a pair for a compose goal, "A and B and C" or a triple for a hard one), `options={"template": k}` the paraphrase (an index
     into the level's templates or frames) and `options={"level": ...}` the level. Unknown
     programs / templates / levels raise ValueError.
-    `goal_slots` (goal encodings in the observation): 1 or 2; None (default) is 2 when "compose"
-    is among the levels of `goal_split`, else 1.
+    `goal_slots` (goal encodings in the observation): 1, 2 or 3; None (default) is 3 when "hard" is
+    among the levels of `goal_split`, else 2 when "compose" is, else 1.
 
 Reward, termination, truncation
-    info["success"] is True iff the goal program holds after the step. Reward is 1.0 and
+    info["success"] is True iff the goal program holds after the step (under `success_test`). Reward is 1.0 and
     `terminated` is True on that step, 0.0 / False otherwise. `truncated` is True once
     `max_episode_steps` steps have been taken (default 50). The original runs 100 steps
     without termination (it was built for goal relabelling); KALM uses 50, and so do we: the
@@ -73,7 +90,7 @@ Reward, termination, truncation
     `max_episode_steps=50`, so `gymnasium.make(..., max_episode_steps=N)` works as usual)
     and the env's own counter is off; `ClevrRobotEnv(max_episode_steps=N)` truncates itself.
     info at reset and every step: "success" (bool), "instruction" (str), "goal" (str, "A and B"
-    for a compose goal), "level" (str, e.g. "train", "rephrase").
+    for a compose goal, "A and B and C" for a hard one), "level" (str, e.g. "train", "rephrase").
 
 Seeding: all randomness (scene, goal, paraphrase) comes from `self.np_random`, so
     `reset(seed=s)` followed by the same actions gives identical episodes; physics state
@@ -102,6 +119,8 @@ from envs.clevr_language import (
     COLORS,
     COMPOSE_GOALS,
     GOAL_DIM,
+    HARD_GOALS,
+    LEVEL_RELATIONS,
     PROGRAM_STRINGS,
     PROGRAMS,
     RELATIONS,
@@ -135,6 +154,9 @@ Y_MIN = WALLS["y_min"] + SPHERE_RADIUS  # -0.17
 Y_MAX = WALLS["y_max"] - SPHERE_RADIUS  # 0.57
 RELATION_COS = 0.6  # u . dir_R must exceed this
 RELATION_MAX_DIST = 0.7  # |B - A| must be below this
+SUCCESS_TESTS = ("original", "kalm")
+KALM_MAX_DIST = 2 * SPHERE_RADIUS + SPHERE_RADIUS + 1e-3  # KALM's SUCC_DIST_THRESHOLD + EPS: 0.391
+RELATION_NORMALS = RELATION_VECTORS[:, ::-1] * [-1.0, 1.0]  # dir_R turned +90 degrees: (-dy, dx)
 PUSH_OFFSET = 0.15  # the pusher starts this far behind the sphere centre
 PUSH_PHYSICS_STEPS = 40  # 2 * frame_skip(20) physics steps of 0.01 s
 PUSHER_HOME = (0.0, -0.45)
@@ -146,40 +168,62 @@ _GOAL_ENCODINGS = np.stack([goal_encoding(i) for i in range(len(PROGRAMS))])
 _PROGRAM_T = np.array([t for t, _, _ in PROGRAMS])
 _PROGRAM_F = np.array([f for _, _, f in PROGRAMS])
 _PROGRAM_DIR = RELATION_VECTORS[[r for _, r, _ in PROGRAMS]]
-_COMPOSE_FIRST = np.array([a for a, _ in COMPOSE_GOALS])
-_COMPOSE_SECOND = np.array([b for _, b in COMPOSE_GOALS])
+_PROGRAM_NORMAL = RELATION_NORMALS[[r for _, r, _ in PROGRAMS]]
+_GOAL_COLUMNS = {"compose": np.array(COMPOSE_GOALS), "hard": np.array(HARD_GOALS)}  # goals of several relations
 
 
 # ---------------------------------------------------------------------------------------
 # Relations
 # ---------------------------------------------------------------------------------------
-def relation_holds(pos_a, pos_b, relation: str) -> bool:
-    """True iff "B is <relation> of A": u = (B - A)/|B - A|, u . dir > 0.6 and |B - A| < 0.7.
+def relation_holds(pos_a, pos_b, relation: str, success_test: str = "original") -> bool:
+    """True iff "B is <relation> of A": u = (B - A)/|B - A|, u . dir > 0.6 and |B - A| < 0.7 ("original"),
+    or KALM's sector test ("kalm", see the module docstring).
 
     pos_a is the reference, pos_b the target: "red left_of blue" is relation_holds(blue, red, "left").
     """
     try:
-        d = RELATION_VECTORS[RELATIONS.index(relation)]
+        r = RELATIONS.index(relation)
     except ValueError:
         raise ValueError(f"unknown relation {relation!r}; accepted: {RELATIONS}") from None
-    return _holds(float(pos_b[0]) - float(pos_a[0]), float(pos_b[1]) - float(pos_a[1]), d[0], d[1])
+    holds = _HOLDS[_check_success_test(success_test)]
+    return holds(float(pos_b[0]) - float(pos_a[0]), float(pos_b[1]) - float(pos_a[1]), r)
 
 
-def _holds(dx: float, dy: float, ux: float, uy: float) -> bool:
+def _holds(dx: float, dy: float, r: int) -> bool:
+    """The original test of relation r for B - A = (dx, dy)."""
+    ux, uy = RELATION_VECTORS[r]
     dist2 = dx * dx + dy * dy
     if dist2 >= RELATION_MAX_DIST * RELATION_MAX_DIST:
         return False
     return bool(dx * ux + dy * uy > RELATION_COS * math.sqrt(dist2))
 
 
-def goal_holds(positions, program) -> bool:
-    """Whether a goal holds for sphere positions (5, 2) (or a flat 10-vector); a two-relation goal
-    ("A and B", see `parse_goals`) holds iff both relations hold."""
+def _holds_kalm(dx: float, dy: float, r: int) -> bool:
+    """KALM's test of relation r for B - A = (dx, dy): |B - A| < 0.391 and -a <= b < a (module docstring)."""
+    if dx * dx + dy * dy >= KALM_MAX_DIST * KALM_MAX_DIST:
+        return False
+    (ux, uy), (nx, ny) = RELATION_VECTORS[r], RELATION_NORMALS[r]
+    a, b = dx * ux + dy * uy, dx * nx + dy * ny
+    return bool(-a <= b < a)
+
+
+_HOLDS = {"original": _holds, "kalm": _holds_kalm}
+
+
+def _check_success_test(success_test) -> str:
+    if success_test not in SUCCESS_TESTS:
+        raise ValueError(f"unknown success_test {success_test!r}; accepted: {', '.join(map(repr, SUCCESS_TESTS))}")
+    return success_test
+
+
+def goal_holds(positions, program, success_test: str = "original") -> bool:
+    """Whether a goal holds for sphere positions (5, 2) (or a flat 10-vector) under `success_test`; a goal
+    of several relations ("A and B", "A and B and C", see `parse_goals`) holds iff all its relations hold."""
     pos = np.asarray(positions, dtype=np.float64).reshape(NUM_OBJECTS, 2)
+    holds = _HOLDS[_check_success_test(success_test)]
     for p in parse_goals(program):
         t, r, f = PROGRAMS[p]
-        d = RELATION_VECTORS[r]
-        if not _holds(pos[t, 0] - pos[f, 0], pos[t, 1] - pos[f, 1], d[0], d[1]):
+        if not holds(pos[t, 0] - pos[f, 0], pos[t, 1] - pos[f, 1], r):
             return False
     return True
 
@@ -249,17 +293,21 @@ class ClevrRobotEnv(gym.Env):
         goal_split: str = "train",
         render_mode: str | None = None,
         goal_slots: int | None = None,
+        success_test: str = "original",
     ):
         levels = parse_goal_split(goal_split)  # validates
-        if goal_slots is None:  # automatic: two slots when a level has two-relation goals
-            goal_slots = 2 if "compose" in levels else 1
-        if not isinstance(goal_slots, (int, np.integer)) or isinstance(goal_slots, bool) or goal_slots not in (1, 2):
-            raise ValueError(f"goal_slots must be 1 or 2 (goal encodings in the observation), got {goal_slots!r}")
-        if "compose" in levels and goal_slots != 2:
+        self.success_test = _check_success_test(success_test)
+        needed = max(LEVEL_RELATIONS[lv] for lv in levels)  # relations per goal: compose 2, hard 3
+        if goal_slots is None:  # automatic: as many slots as the largest goal of the levels
+            goal_slots = needed
+        if not isinstance(goal_slots, (int, np.integer)) or isinstance(goal_slots, bool) or goal_slots not in (1, 2, 3):
+            raise ValueError(f"goal_slots must be 1, 2 or 3 (goal encodings in the observation), got {goal_slots!r}")
+        if goal_slots < needed:
+            big = max(levels, key=LEVEL_RELATIONS.get)
             raise ValueError(
-                f"goal_split {goal_split!r} has the 'compose' level (two relations at once), whose goal encoding needs "
-                f"two slots: pass goal_slots=2 (observation of {STATE_DIM} + 2 * {GOAL_DIM} = "
-                f"{STATE_DIM + 2 * GOAL_DIM} dims) or leave goal_slots=None (automatic), e.g. "
+                f"goal_split {goal_split!r} has the {big!r} level ({needed} relations at once), whose goal encoding "
+                f"needs {needed} slots: pass goal_slots={needed} (observation of {STATE_DIM} + {needed} * {GOAL_DIM} = "
+                f"{STATE_DIM + needed * GOAL_DIM} dims) or leave goal_slots=None (automatic), e.g. "
                 f"gym.make('CLEVR-Robot-v0', goal_split={goal_split!r})"
             )
         if max_episode_steps is not None and (
@@ -342,31 +390,38 @@ class ClevrRobotEnv(gym.Env):
         self._place(xy)
 
     def set_goal(self, goal, template: int | None = None, level: str | None = None) -> None:
-        """Set the goal (program string, tuple or index; 'A and B' or a pair for a compose goal), its
-        wording level (None: the current level if it fits the goal, else 'compose' for a pair and the
-        env's first one-relation level otherwise) and template (None: the level's first template)."""
+        """Set the goal (program string, tuple or index; 'A and B' or a pair for a compose goal, 'A and B
+        and C' or a triple for a hard goal), its wording level (None: the current level if it fits the goal,
+        else the env's first level that fits, else 'compose' for a pair, 'hard' for a triple) and template (None: the level's first template)."""
         g = parse_goals(goal)
         if level is None:
-            level = self._level if (self._level == "compose") == (len(g) == 2) else self._level_for(g, None)
+            level = self._level if LEVEL_RELATIONS[self._level] == len(g) else self._level_for(g, None)
         level = self._check_level(level, g)
         pool_templates = self._pools[level][1] if level in self._pools else goal_pool(level)[1]
         self._set_goal(g, pool_templates[0] if template is None else self._check_template(template, level), level)
 
     def goal_holds(self) -> bool:
-        """Whether the current goal (both relations of a compose goal) holds in the current scene."""
-        return goal_holds(self.positions(), self._goal)
+        """Whether the current goal (all relations of a compose / hard goal) holds in the current scene,
+        under the env's success_test."""
+        return goal_holds(self.positions(), self._goal, self.success_test)
 
     def programs_holding(self) -> np.ndarray:
-        """bool (80,): which of the 80 programs hold in the current scene.
+        """bool (80,): which of the 80 programs hold in the current scene, under the env's success_test.
 
-        The same test as `goal_holds(self.positions(), p)` for every program p, vectorised so that
-        reset's compose level checks its 1840 pairs with one call (it compares sqrt(dist^2) < 0.7 where
-        `_holds` compares dist^2 < 0.7^2: the two can differ only within a rounding error of the
-        threshold; tests/test_clevr_robot.py checks that they agree on random scenes)."""
+        The same test as `goal_holds(self.positions(), p, self.success_test)` for every program p,
+        vectorised so that reset's compose / hard levels check their pairs / triples with one call (the
+        original test compares sqrt(dist^2) < 0.7 where `_holds` compares dist^2 < 0.7^2: the two can
+        differ only within a rounding error of the threshold; tests/test_clevr_robot.py checks that they
+        agree on random scenes)."""
         pos = self.positions()
         diff = pos[_PROGRAM_T] - pos[_PROGRAM_F]
-        dist = np.sqrt(np.einsum("ij,ij->i", diff, diff))
-        return (dist < RELATION_MAX_DIST) & (np.einsum("ij,ij->i", diff, _PROGRAM_DIR) > RELATION_COS * dist)
+        dist2 = np.einsum("ij,ij->i", diff, diff)
+        a = np.einsum("ij,ij->i", diff, _PROGRAM_DIR)
+        if self.success_test == "kalm":
+            b = np.einsum("ij,ij->i", diff, _PROGRAM_NORMAL)
+            return (dist2 < KALM_MAX_DIST * KALM_MAX_DIST) & (-a <= b) & (b < a)
+        dist = np.sqrt(dist2)
+        return (dist < RELATION_MAX_DIST) & (a > RELATION_COS * dist)
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -390,18 +445,18 @@ class ClevrRobotEnv(gym.Env):
             self._place(self._sample_positions())
             pos = self.positions()
             if fixed is not None:
-                if not any(goal_holds(pos, p) for p in fixed):
+                if not any(goal_holds(pos, p, self.success_test) for p in fixed):
                     goal = fixed
                     break
                 continue
-            if level == "compose":
+            if level in _GOAL_COLUMNS:  # compose / hard: every relation of the goal false
                 holding = self.programs_holding()
-                false = np.flatnonzero(~(holding[_COMPOSE_FIRST] | holding[_COMPOSE_SECOND]))
+                false = np.flatnonzero(~holding[_GOAL_COLUMNS[level]].any(axis=1))
                 if false.size:
                     goal = goals[int(false[int(rng.integers(false.size))])]
                     break
                 continue
-            false = [p for p in goals if not goal_holds(pos, p)]
+            false = [p for p in goals if not goal_holds(pos, p, self.success_test)]
             if false:
                 goal = (false[int(rng.integers(len(false)))],)
                 break
@@ -455,7 +510,7 @@ class ClevrRobotEnv(gym.Env):
         mujoco.mj_step(self.model, data, PUSH_PHYSICS_STEPS)
 
     def _check_template(self, template, level: str = "train") -> int:
-        n = len(goal_pool(level)[1]) if level in ("rephrase", "compose") else len(TEMPLATES)
+        n = len(goal_pool(level)[1]) if level in ("rephrase", "compose", "hard") else len(TEMPLATES)
         if isinstance(template, (int, np.integer)) and not isinstance(template, bool) and 0 <= template < n:
             return int(template)
         what = "template" if n == len(TEMPLATES) else f"template of level {level!r}"
@@ -465,12 +520,13 @@ class ClevrRobotEnv(gym.Env):
         """Validate an explicitly asked level (any of SPLIT_NAMES) against goal_slots and the goal."""
         if level not in SPLIT_NAMES:
             raise ValueError(f"unknown level {level!r}; accepted: {', '.join(repr(s) for s in SPLIT_NAMES)}")
-        if level == "compose" and self.goal_slots != 2:
-            raise ValueError("level 'compose' (two relations at once) needs an env made with goal_slots=2")
-        if goal is not None and (level == "compose") != (len(goal) == 2):
+        n = LEVEL_RELATIONS[level]
+        if n > self.goal_slots:
+            raise ValueError(f"level {level!r} ({n} relations at once) needs an env made with goal_slots={n} or more")
+        if goal is not None and n != len(goal):
             raise ValueError(
                 f"level {level!r} does not fit goal {goal_string(goal)!r}: 'compose' words two-relation goals "
-                f"('A and B'), the other levels one-relation goals"
+                f"('A and B'), 'hard' three-relation goals ('A and B and C'), the other levels one-relation goals"
             )
         return level
 
@@ -479,13 +535,14 @@ class ClevrRobotEnv(gym.Env):
         several) that fits `goal` (None: any)."""
         levels = self.levels
         if goal is not None:
-            levels = tuple(lv for lv in levels if (lv == "compose") == (len(goal) == 2))
+            levels = tuple(lv for lv in levels if LEVEL_RELATIONS[lv] == len(goal))
             if not levels:
-                if len(goal) == 2:
-                    return self._check_level("compose", goal)
+                if len(goal) > 1:
+                    return self._check_level("compose" if len(goal) == 2 else "hard", goal)
                 raise ValueError(
                     f"goal {goal_string(goal)!r} has one relation but this env's goal_split {self.goal_split!r} "
-                    f"words two-relation goals only: pass options={{'level': 'train'}} (or another one-relation level)"
+                    f"words goals of several relations only: pass options={{'level': 'train'}} (or another "
+                    f"one-relation level)"
                 )
         if len(levels) == 1 or rng is None:
             return levels[0]
@@ -493,13 +550,13 @@ class ClevrRobotEnv(gym.Env):
 
     def _set_goal(self, goal: tuple[int, ...], template: int, level: str) -> None:
         self._goal, self._program, self._template, self._level = goal, goal[0], template, level
-        if len(goal) == 2 and self.goal_slots != 2:
-            raise ValueError("a two-relation goal needs an env made with goal_slots=2")
+        if len(goal) > self.goal_slots:
+            raise ValueError(f"a {len(goal)}-relation goal needs an env made with goal_slots={len(goal)} or more")
         enc = np.zeros(self.goal_slots * GOAL_DIM, dtype=np.float32)
         for i, p in enumerate(goal):
             enc[i * GOAL_DIM : (i + 1) * GOAL_DIM] = _GOAL_ENCODINGS[p]
         self._goal_enc = enc
-        self._instruction = level_text(level, goal if len(goal) == 2 else goal[0], template)
+        self._instruction = level_text(level, goal if len(goal) > 1 else goal[0], template)
         self._goal_str = " and ".join(PROGRAM_STRINGS[p] for p in goal)
 
     def _info(self, success: bool) -> dict:
