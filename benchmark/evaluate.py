@@ -1,5 +1,5 @@
-"""Evaluate an agent saved by the PPO scripts (`--save-model`): the evaluation they ran after training before they
-became CleanRL-style single files (it lives here now, with the harness that reads it).
+"""Evaluate an agent saved by the PPO scripts (`--save-model`) on each CLEVR-Robot level or Meta-World task: the
+benchmark's evaluation (the scripts stay CleanRL-plain and only log training episodes).
 
     python -m benchmark.evaluate runs/RUN/lago_ppo_discrete.cleanrl_model --levels train,heldout --episodes 100
     python -m benchmark.evaluate runs/RUN/lago_ppo_continuous.cleanrl_model --env-id reach-v3 --episodes 20 \\
@@ -40,7 +40,7 @@ if str(REPO) not in sys.path:  # the scripts and envs/ live at the repository ro
     sys.path.insert(0, str(REPO))
 
 EVAL_SEED_OFFSET = 100_000
-"""the evaluation's seeds are the run's seed + this (the scripts' old final evaluation): never a training seed"""
+"""the evaluation's seeds are the run's seed + this: never a training seed"""
 DEFAULT_LEVELS = ("train", "heldout")
 NOT_THREAD_SAFE = threading.Lock()
 """held for what parallel in-process evaluations (the harness's threads) must not do at once: build Meta-World envs

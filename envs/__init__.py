@@ -16,17 +16,20 @@ The episode limit of the registered id is gymnasium's TimeLimit wrapper (`max_ep
 of `gym.make`, default 50); the env's own counter (`ClevrRobotEnv(max_episode_steps=...)`,
 used when the class is built directly) is switched off there, so the two never disagree.
 `success_test` is "original" (the default: the original relation test) or "kalm" (KALM's 90-degree sector
-and 0.39 distance); see `envs.clevr_robot`.
+and 0.39 distance); see `envs.clevr_robot`. "CLEVR-Robot-KALM-v0" is the same env with `success_test="kalm"`, so
+that a script's `--env-id` can choose it.
 """
 
 from gymnasium.envs.registration import register, registry
 
 CLEVR_ROBOT_ID = "CLEVR-Robot-v0"
+CLEVR_ROBOT_KALM_ID = "CLEVR-Robot-KALM-v0"
 
-if CLEVR_ROBOT_ID not in registry:
-    register(
-        id=CLEVR_ROBOT_ID,
-        entry_point="envs.clevr_robot:ClevrRobotEnv",
-        max_episode_steps=50,
-        kwargs={"max_episode_steps": None},
-    )
+for env_id, success_test in ((CLEVR_ROBOT_ID, "original"), (CLEVR_ROBOT_KALM_ID, "kalm")):
+    if env_id not in registry:
+        register(
+            id=env_id,
+            entry_point="envs.clevr_robot:ClevrRobotEnv",
+            max_episode_steps=50,
+            kwargs={"max_episode_steps": None, "success_test": success_test},
+        )
