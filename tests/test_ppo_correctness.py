@@ -225,7 +225,11 @@ def test_truncated_prior_files_are_refused(broken, tiny_clevr_prior, tmp_path):
 def interrupt_after(cmd, cwd, marker):
     """Start cmd, send Ctrl-C (SIGINT) once a line containing `marker` is printed; (returncode, stdout, stderr)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # SIGINT back to its default in the child: a test run started in the background inherits it ignored
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=restore
+    )
     lines = []
     for line in proc.stdout:
         lines.append(line)
