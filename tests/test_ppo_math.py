@@ -414,6 +414,8 @@ def test_guidance_lowers_the_kl_to_the_prior(kind, request, tmp_path, monkeypatc
         "64",
         "--learning-rate",
         "1e-3",
+        "--prior-fraction",
+        "1",
         "--llm",
         "tiny-random",
         "--prior-path",
