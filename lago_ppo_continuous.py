@@ -161,7 +161,7 @@ def normalize_obs(obs_rms, obs):  # LaGO: CleanRL's NormalizeObservation + clip 
     return np.clip((obs - obs_rms.mean) / np.sqrt(obs_rms.var + 1e-8), -10, 10)
 
 
-def prior_kl(policy, prior, direction="reverse"):  # LaGO: exact over the actions, at each state
+def prior_kl(policy, prior, direction="reverse"):  # LaGO: closed form between Gaussians, at each state
     return kl_divergence(policy, prior) if direction == "reverse" else kl_divergence(prior, policy)
 
 
