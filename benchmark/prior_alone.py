@@ -22,13 +22,16 @@ def evaluate_prior(
     levels: tuple[str, ...] = ("train", "heldout"),
     goal_slots: int = 1,
     sample: bool = False,
+    policy=None,
 ) -> dict:
     """Success and return of the prior acting alone: greedily (argmax logits / Gaussian mean, clipped) or, with
     `sample`, drawing its actions from its distribution (the policy LaGO's KL pulls towards).
 
     Runs `episodes` environments in lockstep so that the prior sees one batch per step.
     CLEVR: on each of `levels` (envs with `goal_slots` goal encodings, as the RL runs); Meta-World: on `task`.
-    Success = the episode's `info["success"]` was true at some step (CLEVR terminates there)."""
+    Success = the episode's `info["success"]` was true at some step (CLEVR terminates there).
+    `policy`: a loaded prior, or any module with the same call (observations, instructions) -> logits / (mean, std),
+    used instead of loading `prior_path`."""
     import gymnasium as gym
     import torch
 
@@ -36,8 +39,11 @@ def evaluate_prior(
     from lago_prior import load_prior
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # as the scripts (their --cuda default)
-    with _NOT_THREAD_SAFE:  # loading sets torch's default dtype for a while (bf16 on CUDA)
-        prior = load_prior(str(prior_path), device=device)
+    if policy is not None:
+        prior, device = policy, next(policy.parameters()).device
+    else:
+        with _NOT_THREAD_SAFE:  # loading sets torch's default dtype for a while (bf16 on CUDA)
+            prior = load_prior(str(prior_path), device=device)
     generator = torch.Generator(device=device).manual_seed(seed)
     splits = levels if env == "clevr" else (task,)
     success, returns = {}, []

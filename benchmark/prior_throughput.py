@@ -141,7 +141,9 @@ def main(argv=None) -> int:
     n = max(batch_sizes)
     episodes = args.num_episodes
     while True:  # enough distinct states for the largest batch (CLEVR's expert episodes are 2-3 steps long)
-        demos = collect_expert_demos(env, episodes, noise=0.0, goal_split="train", seed=0, max_steps=None)
+        demos = collect_expert_demos(
+            env, episodes, noise=0.0, labels="expert", goal_split="train", seed=0, max_steps=None
+        )
         if len(demos["actions"]) >= n or episodes >= 4096:
             break
         episodes *= 4

@@ -198,6 +198,7 @@ def collect_demos(
     max_episode_steps: int = 50,
     goal_slots: int | None = None,
     success_test: str = "original",
+    labels: str = "executed",
 ) -> dict:
     """Roll out the scripted expert; returns the project's demonstration dict.
 
@@ -205,7 +206,8 @@ def collect_demos(
     "train+compose"). goal_slots: of the env (None: 3 with the 'hard' level, else 2 with 'compose', else
     1). success_test: of the env ("original" or "kalm").
     observations float32 [N, 10 + goal_slots * 14] (24 with one slot; full env observation before
-    each action), actions int64 [N] (the executed, possibly noisy, actions), instructions unicode
+    each action), actions int64 [N] (labels="executed": the executed, possibly noisy, actions;
+    labels="expert": the noise-free expert's action at each visited state, the trajectory unchanged), instructions unicode
     [N], episode_ids int64 [N], episode_success bool [E], env_id "CLEVR-Robot-v0", state_dim 10;
     for a mixture also levels unicode [N] (the level of each step's episode). Failed episodes are
     kept (episode_success False). Deterministic given the arguments: the env is seeded once with
@@ -213,6 +215,8 @@ def collect_demos(
     """
     if num_episodes < 1:
         raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
+    if labels not in ("executed", "expert"):
+        raise ValueError(f"labels is 'executed' or 'expert', got {labels!r}")
     env = ClevrRobotEnv(
         max_episode_steps=max_episode_steps, goal_split=goal_split, goal_slots=goal_slots, success_test=success_test
     )
@@ -223,9 +227,13 @@ def collect_demos(
         done = False
         success = False
         while not done:
-            a = expert_action(env, noise=noise, rng=rng)
+            if labels == "expert":  # the same coin and random action as expert_action(noise=...) draws
+                label = expert_action(env)
+                a = int(rng.integers(NUM_ACTIONS)) if noise > 0 and rng.random() < noise else label
+            else:
+                a = label = expert_action(env, noise=noise, rng=rng)
             obs_l.append(obs)
-            act_l.append(a)
+            act_l.append(label)
             ins_l.append(info["instruction"])
             lev_l.append(info["level"])
             ep_l.append(ep)

@@ -325,12 +325,14 @@ def collect_demos(
     seed: int = 0,
     max_episode_steps: int = 500,
     steps_after_success: int | None = 10,
+    labels: str = "executed",
 ) -> dict:
     """Demonstrations of Meta-World's scripted experts, in the contract's demo format.
 
     Each task gets its own env (seed + index of the task); each episode has a new goal. The expert's action plus
     Gaussian noise N(0, noise_std) (one numpy Generator seeded with `seed`) is clipped to [-1, 1], executed, and
-    recorded with the observation it answered (as the env returned it).
+    recorded with the observation it answered (as the env returned it); labels="expert" records the noise-free expert
+    action (clipped) instead, the trajectory unchanged.
     An episode ends at truncation, or `steps_after_success` steps after the first successful step (default 10:
     the expert holding the goal is kept a little, 450 steps of it are not; None keeps the full episode).
 
@@ -342,6 +344,8 @@ def collect_demos(
         raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
     if noise_std < 0:
         raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+    if labels not in ("executed", "expert"):
+        raise ValueError(f"labels is 'executed' or 'expert', got {labels!r}")
     rng = np.random.default_rng(seed)
     observations, actions, instructions, episode_ids, episode_success = [], [], [], [], []
     with warnings.catch_warnings():
@@ -357,12 +361,11 @@ def collect_demos(
                 t = 0
                 while True:
                     # a copy: the door-open and door-close experts modify the observation they are given
-                    action = np.asarray(policy.get_action(obs.copy()), dtype=np.float64)
-                    if noise_std > 0:
-                        action = action + rng.normal(0.0, noise_std, size=action.shape)
+                    expert = np.asarray(policy.get_action(obs.copy()), dtype=np.float64)
+                    action = expert + rng.normal(0.0, noise_std, size=expert.shape) if noise_std > 0 else expert
                     action = np.clip(action, -1.0, 1.0).astype(np.float32)
                     observations.append(obs.astype(np.float32))
-                    actions.append(action)
+                    actions.append(np.clip(expert, -1.0, 1.0).astype(np.float32) if labels == "expert" else action)
                     episode_ids.append(episode)
                     obs, _, terminated, truncated, info = env.step(action)
                     if info["success"] and first_success is None:

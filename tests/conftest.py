@@ -53,14 +53,13 @@ def _train(workdir: Path, **kwargs) -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_clevr_run(tmp_path_factory) -> dict:
-    """CLEVR-Robot-v0: 150 expert episodes (~400 steps), 16 epochs of tiny-random (~10 s alone on 2 cores)."""
+    """CLEVR-Robot-v0: 300 expert episodes (~1,100 steps), at most 16 epochs of tiny-random (~10 s on 2 cores)."""
     return _train(
         tmp_path_factory.mktemp("tiny_clevr"),
         env_id="CLEVR-Robot-v0",
-        num_episodes=150,
+        num_episodes=300,
         epochs=16,
         batch_size=32,
-        learning_rate=3e-3,
     )
 
 

@@ -84,6 +84,16 @@ def test_clevr_noise_is_the_probability_of_a_random_action(noise):
         assert (counts > 0).sum() >= 30 and counts.max() <= 5 * n / NUM_ACTIONS, counts
 
 
+def test_clevr_expert_labels_keep_the_noisy_trajectory():
+    """labels="expert": the states the noisy expert visits, each labelled with the noise-free expert's action."""
+    executed = clevr_collect_demos(20, noise=0.3, seed=5, max_episode_steps=20)
+    labelled = clevr_collect_demos(20, noise=0.3, seed=5, max_episode_steps=20, labels="expert")
+    np.testing.assert_array_equal(labelled["observations"], executed["observations"])
+    expert = clevr_expert_choices(executed, seed=5, max_episode_steps=20)  # replayed with the executed actions
+    np.testing.assert_array_equal(labelled["actions"], expert)
+    assert (executed["actions"] != expert).mean() > 0.15  # the noise was there
+
+
 # ------------------------------------------------------------------ Meta-World: std of Gaussian action noise
 def test_metaworld_noise_free_demos_are_the_expert():
     demos = mw.collect_demos("reach-v3", 2, noise_std=0.0, seed=3, max_episode_steps=100)
@@ -102,6 +112,9 @@ def test_metaworld_noise_std_is_the_std_of_the_action_noise(task):
     assert abs(mean) < 0.02 and 0.85 * std < sd < 1.15 * std, (mean, sd)
     unclipped = np.abs(demos["actions"]) < 1.0
     assert (demos["actions"] == expert)[unclipped].mean() < 0.01
+    labelled = mw.collect_demos(task, 3, noise_std=std, seed=6, max_episode_steps=120, labels="expert")
+    np.testing.assert_array_equal(labelled["observations"], demos["observations"])
+    np.testing.assert_array_equal(labelled["actions"], expert)  # the same states, labelled by the noise-free expert
 
 
 # ------------------------------------------------------------------ finetune_prior.py --demo-noise reaches both
@@ -115,17 +128,23 @@ def stage1_demos(tmp_path, **kwargs):
 
 
 def test_finetune_prior_demo_noise_reaches_clevr_robot(tmp_path):
-    demos = stage1_demos(tmp_path, env_id="CLEVR-Robot-v0", demo_noise=1.0, num_episodes=10, max_episode_steps=8)
+    kw = {"env_id": "CLEVR-Robot-v0", "demo_labels": "executed"}
+    demos = stage1_demos(tmp_path, demo_noise=1.0, num_episodes=10, max_episode_steps=8, **kw)
     expert = clevr_expert_choices(demos, seed=1, max_episode_steps=8)  # Args' default seed
     n, differ = len(expert), int((demos["actions"] != expert).sum())
     assert binomial_close(differ, n, (NUM_ACTIONS - 1) / NUM_ACTIONS), (differ, n)
-    quiet = stage1_demos(tmp_path, env_id="CLEVR-Robot-v0", demo_noise=0.0, num_episodes=4)
+    quiet = stage1_demos(tmp_path, demo_noise=0.0, num_episodes=4, **kw)
     np.testing.assert_array_equal(quiet["actions"], clevr_expert_choices(quiet, seed=1))
+    labelled = stage1_demos(tmp_path, env_id="CLEVR-Robot-v0", num_episodes=10, max_episode_steps=8)  # the defaults
+    executed = clevr_collect_demos(10, noise=0.3, seed=1, max_episode_steps=8)
+    np.testing.assert_array_equal(labelled["actions"], clevr_expert_choices(executed, seed=1, max_episode_steps=8))
 
 
 def test_finetune_prior_demo_noise_reaches_metaworld(tmp_path):
     std = 0.2
-    demos = stage1_demos(tmp_path, env_id="reach-v3", demo_noise=std, num_episodes=3, max_episode_steps=100)
+    demos = stage1_demos(
+        tmp_path, env_id="reach-v3", demo_noise=std, demo_labels="executed", num_episodes=3, max_episode_steps=100
+    )
     expert = metaworld_expert_choices(demos, "reach-v3", 1, 100)
     mean, sd = gaussian_residual(demos["actions"], expert, std)  # reach's gripper effort (always 0) at least
     assert abs(mean) < 0.04 and 0.85 * std < sd < 1.15 * std, (mean, sd)

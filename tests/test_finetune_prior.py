@@ -88,7 +88,7 @@ def test_clevr_prior_learns_and_agrees_with_expert(tiny_clevr_run):
     summary = tiny_clevr_run["summary"]
     assert summary["final_train_loss"] < summary["first_train_loss"] - 0.3, summary
     history = summary["history"]
-    assert history[-1]["eval"]["nll"] < history[0]["eval"]["nll"]
+    assert summary["eval_nll"] == min(h["eval"]["nll"] for h in history) < history[0]["eval"]["nll"]
     assert os.path.isfile(tiny_clevr_run["demos"])
     from envs.clevr_expert import collect_demos
 
@@ -147,13 +147,84 @@ def test_forward_contract(tiny_clevr_prior):
             prior(obs, instr[:2])
 
 
+def count_llm_calls(prior) -> list:
+    """A list that grows by the batch size of every forward of the prior's LLM."""
+    calls = []
+    prior.llm.register_forward_hook(
+        lambda module, args, kwargs, out: calls.append(len(kwargs["inputs_embeds"])), with_kwargs=True
+    )
+    return calls
+
+
+def test_fused_prior_reads_each_instruction_once(tiny_clevr_prior):
+    """The default encoding (fused): the LLM reads the instructions, not the states, so at inference it runs once per
+    distinct instruction, ever; the cached answers equal the uncached ones, and train() forgets the cache."""
+    prior = load_prior(tiny_clevr_prior)
+    assert prior.config["state_encoding"] == "fused" and prior.config["prompt_template"] == "{instruction}"
+    calls = count_llm_calls(prior)
+    demos = np.load(os.path.join(os.path.dirname(tiny_clevr_prior), "demos.npz"))
+    obs, instr = torch.from_numpy(demos["observations"][:64]), demos["instructions"][:64].tolist()
+    with torch.inference_mode():
+        cached = prior(obs, instr)
+        assert calls == [len(set(instr))]  # one batch of the distinct instructions
+        assert torch.equal(prior(obs.flip(0), instr[::-1]), cached.flip(0)) and len(calls) == 1  # nothing new to read
+    prior.llm.requires_grad_(True)  # as in stage 1 with LoRA: no cache, the LLM runs on the distinct instructions
+    with torch.enable_grad():
+        torch.testing.assert_close(prior(obs, instr), cached, rtol=1e-5, atol=1e-5)
+    assert calls[1:] == [len(set(instr))]
+    prior.train()
+    prior.eval()
+    with torch.inference_mode():
+        prior(obs[:1], instr[:1])
+    assert calls[2:] == [1]  # train() emptied the cache
+
+
+def test_frozen_llm_prior(tiny_clevr_run, tmp_path, monkeypatch):
+    """--lora-rank 0: no adapter, the LLM's weights untouched (only the fusion and head train), its token states
+    computed once per instruction for the whole of training; saved without an adapter and reloaded exactly."""
+    monkeypatch.chdir(tmp_path)
+    args = fp.Args(
+        llm="tiny-random",
+        demos_path=tiny_clevr_run["demos"],
+        lora_rank=0,
+        epochs=3,
+        patience=0,
+        output_dir=str(tmp_path / "p"),
+        progress_bar=False,
+        time_forward=False,
+    )
+    fresh, _, _ = lp.load_llm("tiny-random", torch.float32)
+    trained, summary = fp.train(args)
+    assert lp.weights_fingerprint(trained.llm) == lp.weights_fingerprint(fresh)
+    assert summary["trainable_params"] == sum(
+        p.numel() for n, p in trained.named_parameters() if not n.startswith("llm")
+    )
+    assert not (tmp_path / "p" / "adapter").exists()
+    reloaded = load_prior(str(tmp_path / "p"))
+    demos = np.load(tiny_clevr_run["demos"])
+    obs, instr = torch.from_numpy(demos["observations"][:32]), demos["instructions"][:32].tolist()
+    with torch.inference_mode():
+        assert torch.equal(reloaded(obs, instr), trained(obs, instr))
+
+
+def test_early_stopping_keeps_the_best_epoch(tiny_clevr_run, tmp_path):
+    """The saved prior is the epoch with the lowest held-out NLL, not the last one: its NLL on the held-out episodes,
+    recomputed here, is the history's minimum."""
+    summary = tiny_clevr_run["summary"]
+    nlls = [h["eval"]["nll"] for h in summary["history"]]
+    assert summary["best_epoch"] == int(np.argmin(nlls)) and summary["epochs_run"] == len(nlls) - 1
+    demos = fp.load_demos(tiny_clevr_run["demos"], fp.resolve_env("CLEVR-Robot-v0"))
+    _, held = fp.split_by_episode(demos, 0.1, seed=1)
+    again = fp.evaluate(load_prior(tiny_clevr_run["prior"], merge_lora=False), held, batch_size=64)
+    assert abs(again["nll"] - min(nlls)) < 1e-5
+
+
 def test_bf16_base_model(tiny_clevr_prior):
     """The CUDA configuration (bf16 base, fp32 LoRA/projection/head), run on CPU: same answers up to bf16 rounding."""
     fp32 = load_prior(tiny_clevr_prior, merge_lora=False)
     config = dict(fp32.config)
     bf16 = lp.build_prior(config, "cpu", adapter_dir=os.path.join(tiny_clevr_prior, "adapter"), dtype=torch.bfloat16)
-    bf16.head.load_state_dict(fp32.head.state_dict())
-    bf16.state_proj.load_state_dict(fp32.state_proj.state_dict())
+    bf16.load_state_dict({k: v for k, v in fp32.state_dict().items() if not k.startswith("llm.")}, strict=False)
     assert bf16.llm.get_input_embeddings().weight.dtype == torch.bfloat16 and bf16.head.weight.dtype == torch.float32
     demos = np.load(os.path.join(os.path.dirname(tiny_clevr_prior), "demos.npz"))
     obs, instr = torch.from_numpy(demos["observations"][:16]), demos["instructions"][:16].tolist()
@@ -205,8 +276,10 @@ def test_saved_prior_reloads_identically_and_moves(tiny_clevr_run, tmp_path, mon
     assert cfg["lora"]["target_modules"] == "all-linear" and cfg["pooling"] == "last"
 
 
-def test_text_encoding_round_trip(tiny_clevr_run, tmp_path, monkeypatch):
-    """--state-encoding text: the state is written as numbers in the prompt; trains and reloads exactly."""
+@pytest.mark.parametrize("encoding", ["text", "embed"])
+def test_state_in_the_prompt_round_trip(encoding, tiny_clevr_run, tmp_path, monkeypatch):
+    """--state-encoding text (the state written as numbers in the prompt) and embed (k state tokens, the paper's
+    reading): train and reload exactly."""
     monkeypatch.chdir(tmp_path)
     demos = fp.load_demos(tiny_clevr_run["demos"], fp.resolve_env("CLEVR-Robot-v0"))
     small = fp.select_steps(demos, demos["episode_ids"] < 20)
@@ -214,8 +287,9 @@ def test_text_encoding_round_trip(tiny_clevr_run, tmp_path, monkeypatch):
     args = fp.Args(
         llm="tiny-random",
         demos_path=str(tmp_path / "small.npz"),
-        state_encoding="text",
+        state_encoding=encoding,
         epochs=2,
+        patience=0,
         batch_size=8,
         gradient_accumulation_steps=2,
         lr_schedule="linear",
@@ -225,7 +299,9 @@ def test_text_encoding_round_trip(tiny_clevr_run, tmp_path, monkeypatch):
         time_forward=False,
     )
     trained, summary = fp.train(args)
-    assert trained.state_proj is None and trained.config["num_state_tokens"] == 0
+    assert (trained.state_proj is None) == (encoding == "text")
+    assert trained.config["num_state_tokens"] == (4 if encoding == "embed" else 0)
+    assert trained.config["prompt_template"] == fp.DEFAULT_PROMPT_TEMPLATE
     batches = -(-summary["train_samples"] // 8)
     assert summary["optimizer_steps"] == 2 * -(-batches // 2)  # one optimizer step per 2 micro-batches
     obs, instr = torch.from_numpy(small["observations"][:8]), small["instructions"][:8].tolist()
@@ -373,7 +449,19 @@ def test_cli_errors_in_process(tmp_path, capsys, monkeypatch):
         (["--env-id", "reach-v9"], "unknown --env-id 'reach-v9'"),
         (["--env-id", "clevr-robot-v0"], "Did you mean 'CLEVR-Robot-v0'?"),
         (["--demos-path", str(tmp_path / "good.npz"), "--llm", "Qwen2.5-05B"], "Did you mean 'Qwen2.5-0.5B'?"),
-        (["--demos-path", str(tmp_path / "good.npz"), "--prompt-template", "no placeholders"], "exactly one {state}"),
+        (["--demos-path", str(tmp_path / "good.npz"), "--prompt-template", "no placeholders"], "exactly one {instr"),
+        (
+            [
+                "--demos-path",
+                str(tmp_path / "good.npz"),
+                "--state-encoding",
+                "embed",
+                "--prompt-template",
+                "{instruction}",
+            ],
+            "and one {state} with --state-encoding embed",
+        ),
+        (["--demos-path", str(tmp_path / "good.npz"), "--lora-rank", "-1"], "--lora-rank must be >= 0"),
         (["--env-id", "reach-v3", "--eval-goal-split", "heldout"], "apply to CLEVR-Robot-v0 only"),
     ]
     for argv, message in cases:

@@ -259,7 +259,7 @@ def test_ctrl_c_during_fine_tuning_saves_nothing(tmp_path):
     assert "interrupted: no prior was saved to priors/CLEVR-Robot-v0__tiny-random" in err
     assert not (tmp_path / "priors").exists()
     assert [p.name for p in (tmp_path / "demos").iterdir()] == [
-        "CLEVR-Robot-v0__30ep__noise0__train__seed1__Tdefault.npz"
+        "CLEVR-Robot-v0__30ep__noise0.3__expertlabels__train__seed1__Tdefault.npz"
     ]
 
 
