@@ -1,9 +1,14 @@
 """The latent action prior of LaGO, p(a | state, instruction): one nn.Module, saved as a movable directory.
 
-The state and the task instruction go into a pretrained LLM; a small head on its hidden state (the "latent") gives a
-Categorical over discrete actions (CLEVR-Robot) or a diagonal Gaussian with a floor on the std (Meta-World). The state
-enters as k "state tokens" projected into the input embeddings (KALM style) or as text. LoRA adapters (peft), the state
-projection and the head are what stage 1 (finetune_prior.py) trains; the base model stays frozen. Load one with
+A pretrained LLM reads the task instruction; a head gives a Categorical over discrete actions (CLEVR-Robot) or a diagonal
+Gaussian with a floor on the std (Meta-World). Where the state enters (config["state_encoding"]):
+  fused (default): after the LLM. Learned queries attend over the instruction's token states; an MLP reads what they
+         pick with the normalised state. The LLM runs once per distinct instruction, not per state.
+  embed: k "state tokens" projected into the LLM's input embeddings (KALM style, the paper's reading); the head reads the
+         LLM's hidden state (the "latent").
+  text:  the state written as numbers in the prompt.
+LoRA adapters (peft; none with rank 0), the state projection or fusion, and the head are what stage 1
+(finetune_prior.py) trains; the base model stays frozen. Load one with
 
     from lago_prior import load_prior, default_prior_path
     prior = load_prior(default_prior_path("CLEVR-Robot-v0", "all-MiniLM-L6-v2"))

@@ -51,7 +51,7 @@ def evaluate_prior(
         if env == "clevr":
             kw = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
             kw.update({} if goal_slots == 1 else {"goal_slots": goal_slots})
-            vec = [gym.make(CLEVR_ENV_ID, goal_split=split, **kw) for _ in range(episodes)]
+            vec = [gym.make(task, goal_split=split, **kw) for _ in range(episodes)]  # task: the CLEVR-Robot id
         else:
             from envs.metaworld import make_env
 

@@ -27,18 +27,18 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-LEVELS = ("train", "heldout", "rephrase", "compose")
+LEVELS = "train,heldout,rephrase,compose"  # the default --levels
 EVAL_SEED_OFFSET = 10_000  # finetune_prior.py collects its --eval-goal-split sets with seed + 10_000
 
 
-def level_demos_path(results: Path, level: str, seed: int, episodes: int) -> Path:
+def level_demos_path(results: Path, args, level: str, seed: int) -> Path:
     """The noise-free expert episodes of `level` that finetune_prior.py --eval-goal-split collects (and reuses)."""
     from finetune_prior import demo_file
 
-    return results / demo_file("CLEVR-Robot-v0", episodes, 0.0, level, seed + EVAL_SEED_OFFSET, None, "expert")
+    return results / demo_file(args.env_id, args.eval_episodes, 0.0, level, seed + EVAL_SEED_OFFSET, None, "expert")
 
 
-def rollouts(policy_or_path, seed: int, episodes: int) -> dict:
+def rollouts(policy_or_path, seed: int, args) -> dict:
     """Success of a prior (directory) or a module acting alone on every level: {"greedy": {level: s}, "sampled": ...}."""
     from benchmark.prior_alone import evaluate_prior
 
@@ -46,7 +46,7 @@ def rollouts(policy_or_path, seed: int, episodes: int) -> dict:
     path = policy_or_path if isinstance(policy_or_path, Path) else None
     return {
         mode: evaluate_prior(
-            path, "clevr", "CLEVR-Robot-v0", seed, episodes, levels=LEVELS, sample=mode == "sampled", **kw
+            path, "clevr", args.env_id, seed, args.rollouts, levels=args.levels, sample=mode == "sampled", **kw
         )["success"]
         for mode in ("greedy", "sampled")
     }
@@ -56,10 +56,10 @@ def run_prior(results: Path, rung: str, seed: int, args, demos: Path) -> dict:
     """Fine-tune one prior (finetune_prior.py, its defaults but the flags below) and score it."""
     llm, _, encoding = rung.partition(":")
     prior = results / "priors" / f"{rung.replace(':', '__')}__{args.num_episodes}ep__seed{seed}"
-    cmd = [sys.executable, str(REPO / "finetune_prior.py"), "--env-id", "CLEVR-Robot-v0", "--llm", llm]
+    cmd = [sys.executable, str(REPO / "finetune_prior.py"), "--env-id", args.env_id, "--llm", llm]
     cmd += ["--seed", str(seed), "--num-episodes", str(args.num_episodes), "--demo-noise", str(args.demo_noise)]
     cmd += ["--demo-labels", args.demo_labels] + args.finetune_args.split()
-    cmd += ["--eval-goal-split", ",".join(LEVELS), "--eval-num-episodes", str(args.eval_episodes)]
+    cmd += ["--eval-goal-split", ",".join(args.levels), "--eval-num-episodes", str(args.eval_episodes)]
     cmd += ["--output-dir", str(prior), "--no-progress-bar", "--no-time-forward"]
     cmd += ["--state-encoding", encoding] if encoding else []
     cmd += ["--demos-path", str(demos)] if demos.exists() else ["--save-demos-path", str(demos)]
@@ -72,12 +72,12 @@ def run_prior(results: Path, rung: str, seed: int, args, demos: Path) -> dict:
         "train_time_s": summary["train_time_s"],
         "optimizer_steps": summary["optimizer_steps"],
         "best_epoch": summary["best_epoch"],
-        "top1": {level: summary[f"{level}_goals_top1"] for level in LEVELS},
+        "top1": {level: summary[f"{level}_goals_top1"] for level in args.levels},
         "heldout_nll": summary["eval_nll"],
         "history": [
             {name: m["nll" if name == "eval" else "top1"] for name, m in h.items()} for h in summary["history"]
         ],
-        "success": rollouts(prior, seed, args.rollouts),
+        "success": rollouts(prior, seed, args),
     }
 
 
@@ -89,7 +89,7 @@ def run_bc_mlp(results: Path, seed: int, args, demos: Path) -> dict:
 
     from finetune_prior import load_demos, resolve_env, split_by_episode
 
-    env = resolve_env("CLEVR-Robot-v0")
+    env = resolve_env(args.env_id)
     train, held = split_by_episode(load_demos(str(demos), env), 0.1, seed)
     obs_dim = env["obs_dim"]
     x = torch.from_numpy(train["observations"][:, :obs_dim])
@@ -130,8 +130,8 @@ def run_bc_mlp(results: Path, seed: int, args, demos: Path) -> dict:
     model.eval()
     top1 = {}
     with torch.no_grad():
-        for level in LEVELS:
-            d = np.load(level_demos_path(results, level, seed, args.eval_episodes))
+        for level in args.levels:
+            d = np.load(level_demos_path(results, args, level, seed))
             top1[level] = float((model(d["observations"]).argmax(-1).numpy() == d["actions"]).mean())
     return {
         "train_time_s": time.time() - t0,
@@ -140,7 +140,7 @@ def run_bc_mlp(results: Path, seed: int, args, demos: Path) -> dict:
         "top1": top1,
         "heldout_nll": best,
         "history": history,
-        "success": rollouts(model, seed, args.rollouts),
+        "success": rollouts(model, seed, args),
     }
 
 
@@ -151,10 +151,10 @@ def run(results: Path, rung: str, seed: int, args) -> dict:
     demos = (
         results
         / "demos"
-        / f"train__{args.num_episodes}ep__noise{args.demo_noise:g}__{args.demo_labels}__seed{seed}.npz"
+        / f"{args.env_id}__train__{args.num_episodes}ep__noise{args.demo_noise:g}__{args.demo_labels}__seed{seed}.npz"
     )
     if rung == "bc-mlp":
-        if not demos.exists() or not level_demos_path(results, LEVELS[0], seed, args.eval_episodes).exists():
+        if not demos.exists() or not level_demos_path(results, args, args.levels[0], seed).exists():
             raise SystemExit("bc-mlp trains on the demos a prior rung collected: list a prior rung before it")
         result = run_bc_mlp(results, seed, args, demos)
     else:
@@ -166,9 +166,9 @@ def run(results: Path, rung: str, seed: int, args) -> dict:
     tmp.replace(out)
     print(
         f"{rung} {args.num_episodes} ep seed {seed}: top-1 "
-        + " ".join(f"{lv} {result['top1'][lv]:.3f}" for lv in LEVELS)
+        + " ".join(f"{lv} {result['top1'][lv]:.3f}" for lv in args.levels)
         + " | sampled success "
-        + " ".join(f"{lv} {result['success']['sampled'][lv]:.2f}" for lv in LEVELS)
+        + " ".join(f"{lv} {result['success']['sampled'][lv]:.2f}" for lv in args.levels)
         + f" ({result['train_time_s']:.0f}s, best epoch {result['best_epoch']})",
         flush=True,
     )
@@ -181,8 +181,9 @@ def cell(values) -> str:
 
 def write_table(results: Path) -> str:
     done = [json.loads(p.read_text()) for p in sorted((results / "stage1").glob("*.json"))]
-    header = "| rung | demo episodes | seeds | metric | " + " | ".join(LEVELS) + " | held-out NLL | time |"
-    lines = [header, "|---|---|---|---|" + "---|" * (len(LEVELS) + 2)]
+    levels = list(done[0]["top1"]) if done else []
+    header = "| rung | demo episodes | seeds | metric | " + " | ".join(levels) + " | held-out NLL | time |"
+    lines = [header, "|---|---|---|---|" + "---|" * (len(levels) + 2)]
     for rung, eps in dict.fromkeys((r["rung"], r["num_episodes"]) for r in done):
         mine = [r for r in done if r["rung"] == rung and r["num_episodes"] == eps]
         for i, (metric, get) in enumerate(
@@ -199,7 +200,7 @@ def write_table(results: Path) -> str:
             )
             lines.append(
                 f"| {rung if i == 0 else ''} | {eps if i == 0 else ''} | {len(mine) if i == 0 else ''} | {metric} | "
-                + " | ".join(cell([get(r, lv) for r in mine]) for lv in LEVELS)
+                + " | ".join(cell([get(r, lv) for r in mine]) for lv in levels)
                 + " |"
                 + extra
             )
@@ -249,6 +250,8 @@ def plot(results: Path) -> None:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env-id", default="CLEVR-Robot-v0", choices=("CLEVR-Robot-v0", "CLEVR-Robot-KALM-v0"))
+    parser.add_argument("--levels", default=LEVELS, help="the levels scored, a comma list (first: train)")
     parser.add_argument("--rungs", default="tiny-random,all-MiniLM-L6-v2-random,all-MiniLM-L6-v2,bc-mlp")
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--num-episodes", type=int, default=2000, help="train-level expert episodes per seed")
@@ -261,6 +264,7 @@ def main():
     parser.add_argument("--results-dir", default=str(REPO / "benchmark" / "results" / "stage1_levels"))
     parser.add_argument("--table-only", action="store_true", help="only write table.md and curves.png")
     args = parser.parse_args()
+    args.levels = args.levels.split(",")
     results = Path(args.results_dir).resolve()
     results.mkdir(parents=True, exist_ok=True)
     for seed in [] if args.table_only else [int(s) for s in args.seeds.split(",")]:

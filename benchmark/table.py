@@ -49,6 +49,7 @@ if str(REPO) not in sys.path:  # `python benchmark/table.py` as well as `python 
 # the table's parts: budgets, the prior without RL, the job runner
 from benchmark import plot  # noqa: E402
 from benchmark.evaluate import evaluate  # noqa: E402
+from envs.clevr_language import LEVEL_RELATIONS  # noqa: E402  (goal slots: relations of the hardest level)
 from benchmark.presets import CLEVR_ENV_ID, ENVS, OFFLINE_PRETRAINED, PRESETS, PRIOR_TWIN_ROW, ROWS  # noqa: E402
 from benchmark.presets import Preset  # noqa: E402
 from benchmark.prior_alone import evaluate_prior  # noqa: E402
@@ -57,7 +58,7 @@ from benchmark.scheduler import Job, check_time, kill_children, run_jobs, run_lo
 
 @dataclass
 class Args:
-    preset: Literal["cpu", "thesis", "smoke", "gpu", "offline"] = "cpu"
+    preset: Literal["cpu", "thesis", "kalm", "smoke", "gpu", "offline"] = "cpu"
     """budget preset: `cpu` (whole table on 2 cores in <= 3 h, 3 seeds), `thesis` (CLEVR-Robot on the mixture of
     instruction levels, 200k steps, 3 seeds), `smoke` (1 seed, a few hundred steps), `gpu` (Qwen2.5-1.5B prior,
     MT10, 5 seeds, 500k steps per run), `offline` (the thesis protocol at the gpu budget with MiniLM or mpnet)"""
@@ -165,12 +166,12 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 
 def tasks_of(env: str, p: Preset) -> tuple[str, ...]:
-    return (CLEVR_ENV_ID,) if env == "clevr" else p.metaworld_tasks
+    return (p.clevr_env_id,) if env == "clevr" else p.metaworld_tasks
 
 
 def prior_env_id(env: str, p: Preset) -> str:
     """The env id a prior is fine-tuned for: CLEVR, or the comma list of Meta-World tasks (one multi-task prior)."""
-    return CLEVR_ENV_ID if env == "clevr" else ",".join(p.metaworld_tasks)
+    return p.clevr_env_id if env == "clevr" else ",".join(p.metaworld_tasks)
 
 
 def prior_dir(results_dir: Path, env: str, llm: str) -> Path:
@@ -421,7 +422,7 @@ def prior_job(
                 episodes,
                 None if env == "clevr" else p.metaworld_max_episode_steps,
                 p.clevr_levels,
-                2 if "compose" in (*p.clevr_goal_split.split("+"), *p.clevr_levels) else 1,
+                max(LEVEL_RELATIONS[level] for level in (*p.clevr_goal_split.split("+"), *p.clevr_levels)),
                 sample=row.startswith("prior-sampled"),
             )
         except Exception as e:  # noqa: BLE001 - reported with the run's name, the other runs go on

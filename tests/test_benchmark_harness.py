@@ -240,7 +240,7 @@ def test_commands_carry_the_budget(preset):
             f = flag_values(table.finetune_command(env, llm, Path("/out"), p))
             assert f["--llm"] == llm and f["--output-dir"] == "/out"
             if env == "clevr":
-                assert f["--env-id"] == table.CLEVR_ENV_ID and f["--goal-split"] == "train"
+                assert f["--env-id"] == p.clevr_env_id and f["--goal-split"] == "train"
                 assert (f["--num-episodes"], f["--demo-noise"]) == (str(p.clevr_demo_episodes), str(p.clevr_demo_noise))
             else:  # one multi-task prior over all the tasks
                 assert f["--env-id"] == "push-v3,reach-v3"
