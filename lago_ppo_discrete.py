@@ -95,7 +95,7 @@ class Args:
     """the KL (nats per state) that the adaptive schedule holds"""
     kl_direction: Literal["reverse", "forward"] = "reverse"
     """reverse: KL(pi || prior), mode-seeking; forward: KL(prior || pi), covers every action the prior likes"""
-    prior_fraction: float = 0.125
+    prior_fraction: float = 1.0
     """fraction of the rollout's states, drawn at random, at which the prior is evaluated and the KL taken"""
     prior_batch_size: int = 256
     """states per prior forward pass over the rollout (lower it if GPU memory runs out)"""
