@@ -144,6 +144,28 @@ def run_bc_mlp(results: Path, seed: int, args, demos: Path) -> dict:
     }
 
 
+def collect_missing_demos(results: Path, seed: int, args, demos: Path) -> None:
+    """The training demos and the levels' evaluation sets, collected as finetune_prior.py collects them (same seeds and
+    settings, so the same data) where no prior rung has yet."""
+    from finetune_prior import collect_expert_demos, resolve_env, save_demos
+
+    env = resolve_env(args.env_id)
+    settings = {"noise": args.demo_noise, "labels": args.demo_labels, "max_steps": None}
+    if not demos.exists():
+        save_demos(collect_expert_demos(env, args.num_episodes, goal_split="train", seed=seed, **settings), str(demos))
+    settings = {"noise": 0.0, "labels": "expert", "max_steps": None}
+    for level in args.levels:
+        path = level_demos_path(results, args, level, seed)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_demos(
+                collect_expert_demos(
+                    env, args.eval_episodes, goal_split=level, seed=seed + EVAL_SEED_OFFSET, **settings
+                ),
+                str(path),
+            )
+
+
 def run(results: Path, rung: str, seed: int, args) -> dict:
     out = results / "stage1" / f"{rung.replace(':', '__')}__{args.num_episodes}ep__seed{seed}.json"
     if out.exists():
@@ -154,8 +176,7 @@ def run(results: Path, rung: str, seed: int, args) -> dict:
         / f"{args.env_id}__train__{args.num_episodes}ep__noise{args.demo_noise:g}__{args.demo_labels}__seed{seed}.npz"
     )
     if rung == "bc-mlp":
-        if not demos.exists() or not level_demos_path(results, args, args.levels[0], seed).exists():
-            raise SystemExit("bc-mlp trains on the demos a prior rung collected: list a prior rung before it")
+        collect_missing_demos(results, seed, args, demos)
         result = run_bc_mlp(results, seed, args, demos)
     else:
         result = run_prior(results, rung, seed, args, demos)
