@@ -555,3 +555,22 @@ def test_torchrun_two_processes(tiny_clevr_run, tmp_path):
     prior = load_prior(str(out))
     summary = prior.config["train_summary"]
     assert summary["processes"] == 2 and summary["final_train_loss"] < summary["first_train_loss"]
+
+
+def test_epoch_batches_group_instructions():
+    """Every sample once per epoch, in batches made of runs of --instruction-group samples sharing an instruction (so a
+    batch of 64 holds about 16 distinct instructions); a new order each epoch; under DDP disjoint shards of equal
+    length."""
+    rng = np.random.default_rng(0)
+    instructions = np.array([f"instruction {i}" for i in rng.integers(0, 50, size=1000)])
+    args = fp.Args(batch_size=64, instruction_group=4)
+    batches = fp.epoch_batches(instructions, args, epoch=1, rank=0, world=1)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    assert all(len(b) == 64 for b in batches[:-1])
+    assert np.mean([len(set(instructions[b])) for b in batches]) <= 17  # 16 groups (an instruction's last may be short)
+    assert not np.array_equal(np.concatenate(fp.epoch_batches(instructions, args, 2, 0, 1)), np.concatenate(batches))
+    plain = fp.epoch_batches(instructions, fp.Args(batch_size=64, instruction_group=1), 1, 0, 1)
+    assert np.mean([len(set(instructions[b])) for b in plain]) > 30  # plain shuffling: ~36 of the 50 per batch
+    shards = [fp.epoch_batches(instructions, args, 1, rank, 2) for rank in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == len(batches) // 2
+    assert not set(np.concatenate(shards[0]).tolist()) & set(np.concatenate(shards[1]).tolist())
