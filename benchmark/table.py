@@ -402,7 +402,7 @@ def prior_job(
 ) -> Job:
     """The `prior` (greedy) or `prior-sampled` row: the fine-tuned prior acting alone, no RL."""
     out = result_path(results_dir, env, row, task, seed)
-    path = prior_dir(results_dir, env, p.llm)
+    path = prior_dir(results_dir, env, llm_of_row(row, p))  # the twin's prior for the twin's row
 
     def fn() -> str:
         import torch

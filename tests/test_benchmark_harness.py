@@ -2,6 +2,7 @@
 tiny end-to-end run."""
 
 import dataclasses
+import shutil
 import json
 import subprocess
 import sys
@@ -521,6 +522,20 @@ def test_thesis_rows_include_the_twins_prior_alone():
     assert table.llm_of_row(table.PRIOR_TWIN_ROW, p) == p.random_llm
     assert table.llm_of_row("prior-sampled", p) == p.llm
     assert "rows" not in table.budget_fields(p)
+
+
+def test_the_twins_prior_row_reads_the_twins_prior(tmp_path, tiny_clevr_prior):
+    """prior-sampled-random acts with the twin's prior: with only the pretrained one on disk it has nothing to run."""
+    p = table.PRESETS["smoke"]
+    shutil.copytree(tiny_clevr_prior, table.prior_dir(tmp_path, "clevr", p.llm))
+    table.prior_job("clevr", table.CLEVR_ENV_ID, "prior-sampled", 1, p, tmp_path, 1, None).fn()
+    twin = table.prior_job("clevr", table.CLEVR_ENV_ID, table.PRIOR_TWIN_ROW, 1, p, tmp_path, 1, None)
+    with pytest.raises(RuntimeError, match=f"no prior at .*clevr__{p.random_llm}"):
+        twin.fn()
+    shutil.copytree(tiny_clevr_prior, table.prior_dir(tmp_path, "clevr", p.random_llm))
+    twin.fn()
+    result = json.loads(table.result_path(tmp_path, "clevr", table.PRIOR_TWIN_ROW, table.CLEVR_ENV_ID, 1).read_text())
+    assert result["llm"] == p.random_llm
 
 
 def test_no_job_starts_after_the_deadline(tmp_path, capsys):
