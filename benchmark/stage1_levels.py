@@ -231,17 +231,19 @@ def write_table(results: Path) -> str:
 
 
 def plot(results: Path) -> None:
-    """curves.png: held-out NLL and train/heldout top-1 against epochs (mean over seeds, default episodes), and top-1 /
-    sampled success against demonstration episodes."""
+    """curves.png: held-out NLL and train / held-out top-1 against epochs (mean over seeds, the fewest demo episodes),
+    and, where several demo budgets were run, sampled success on held-out goals against demo episodes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     done = [json.loads(p.read_text()) for p in sorted((results / "stage1").glob("*.json"))]
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
     rungs = list(dict.fromkeys(r["rung"] for r in done))
-    for rung in rungs:
+    budgets = len({r["num_episodes"] for r in done}) > 1
+    fig, axes = plt.subplots(1, 4 if budgets else 3, figsize=(20 if budgets else 15, 4))
+    for i, rung in enumerate(rungs):
+        color = f"C{i}"
         mine = [r for r in done if r["rung"] == rung]
         eps = min(r["num_episodes"] for r in mine)
         runs = [r for r in mine if r["num_episodes"] == eps]
@@ -249,20 +251,17 @@ def plot(results: Path) -> None:
             curves = [[h[key] for h in r["history"] if key in h] for r in runs]
             n = min(len(c) for c in curves)
             if n:
-                ax.plot(range(n), np.mean([c[:n] for c in curves], 0), label=f"{rung} ({eps} ep)")
-        sizes = sorted({r["num_episodes"] for r in mine})
-        axes[3].plot(
-            sizes,
-            [np.mean([r["success"]["sampled"]["heldout"] for r in mine if r["num_episodes"] == s]) for s in sizes],
-            marker="o",
-            label=rung,
-        )
-    for ax, title in zip(
-        axes,
-        ("held-out demo NLL", "top-1, train goals", "top-1, held-out goals", "sampled success, held-out goals"),
-    ):
+                ax.plot(range(n), np.mean([c[:n] for c in curves], 0), color=color, label=f"{rung} ({eps} ep)")
+        if budgets:
+            sizes = sorted({r["num_episodes"] for r in mine})
+            success = [
+                np.mean([r["success"]["sampled"]["heldout"] for r in mine if r["num_episodes"] == s]) for s in sizes
+            ]
+            axes[3].plot(sizes, success, marker="o", color=color, label=rung)
+    titles = ("held-out demo NLL", "top-1, train goals", "top-1, held-out goals", "sampled success, held-out goals")
+    for ax, title in zip(axes, titles):
         ax.set_title(title)
-        ax.set_xlabel("demo episodes" if ax is axes[3] else "epoch")
+        ax.set_xlabel("demo episodes" if title.startswith("sampled") else "epoch")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
