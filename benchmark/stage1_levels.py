@@ -231,8 +231,9 @@ def write_table(results: Path) -> str:
 
 
 def plot(results: Path) -> None:
-    """curves.png: held-out NLL and train / held-out top-1 against epochs (mean over seeds, the fewest demo episodes),
-    and, where several demo budgets were run, sampled success on held-out goals against demo episodes."""
+    """curves.png: held-out NLL and train / held-out top-1 against epochs (mean over seeds, the most demo episodes),
+    and, where several demo budgets were run, sampled success on held-out goals against demo episodes (the seeds run
+    at every budget)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -245,7 +246,7 @@ def plot(results: Path) -> None:
     for i, rung in enumerate(rungs):
         color = f"C{i}"
         mine = [r for r in done if r["rung"] == rung]
-        eps = min(r["num_episodes"] for r in mine)
+        eps = max(r["num_episodes"] for r in mine)
         runs = [r for r in mine if r["num_episodes"] == eps]
         for ax, key in zip(axes[:3], ("eval", "train_goals", "heldout_goals")):
             curves = [[h[key] for h in r["history"] if key in h] for r in runs]
@@ -254,8 +255,10 @@ def plot(results: Path) -> None:
                 ax.plot(range(n), np.mean([c[:n] for c in curves], 0), color=color, label=f"{rung} ({eps} ep)")
         if budgets:
             sizes = sorted({r["num_episodes"] for r in mine})
+            seeds = set.intersection(*({r["seed"] for r in mine if r["num_episodes"] == n} for n in sizes))
+            ok = [r for r in mine if r["seed"] in seeds]  # the seeds run at every budget
             success = [
-                np.mean([r["success"]["sampled"]["heldout"] for r in mine if r["num_episodes"] == s]) for s in sizes
+                np.mean([r["success"]["sampled"]["heldout"] for r in ok if r["num_episodes"] == n]) for n in sizes
             ]
             axes[3].plot(sizes, success, marker="o", color=color, label=rung)
     titles = ("held-out demo NLL", "top-1, train goals", "top-1, held-out goals", "sampled success, held-out goals")
