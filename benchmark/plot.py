@@ -224,10 +224,32 @@ def plot_levels(results: list[dict], out_png: str | os.PathLike) -> Optional[Pat
     return out_png
 
 
-def metaworld_table(results: list[dict]) -> str:
+def metaworld_levels_table(results: list[dict]) -> str:
+    """Meta-World with instruction levels (results with a "level"): each level's success is the mean over its tasks,
+    per seed; Mean is the mean over the levels."""
+    rows = _group(results, "metaworld")
+    levels = [lvl for lvl in ("demonstrated", "rephrase", "unseen") if any(r.get("level") == lvl for r in results)]
+    lines = ["| Method | Seeds | " + " | ".join(f"{lvl} (%)" for lvl in levels) + " | Mean (%) |"]
+    lines.append("|" + "---|" * (len(levels) + 3))
+
+    def level_mean(seed_runs, level):
+        vals = [r["success"].get(r["task"]) for r in seed_runs if r.get("level") == level]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    for row, runs in rows.items():
+        cells = [_label(runs[0]), str(len({r["seed"] for r in runs}))]
+        cells += [_fmt(_per_seed(runs, lambda rs, lvl=lvl: level_mean(rs, lvl)), 100) for lvl in levels]
+        cells.append(_fmt(_per_seed(runs, lambda rs: float(np.mean([level_mean(rs, lvl) for lvl in levels]))), 100))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\nPer task:\n\n" + metaworld_table(results, levels=False)
+
+
+def metaworld_table(results: list[dict], levels: bool = True) -> str:
     rows = _group(results, "metaworld")
     if not rows:
         return ""
+    if levels and any("level" in r for r in rows.get(next(iter(rows)), [])):
+        return metaworld_levels_table(results)
     tasks = _tasks(results, "metaworld")
     header = (
         "| Method | Seeds | " + " | ".join(f"{t} (%)" for t in tasks) + " | Mean (%) | Return | Wall time / run (min) |"
@@ -323,7 +345,9 @@ def plot_curves(results: list[dict], env: str, out_png: str | os.PathLike, bins:
     import matplotlib.pyplot as plt
 
     rows = _group(results, env)
-    tasks = _tasks(results, env)
+    tasks = _tasks(results, env)  # the panels: tasks, or the Meta-World instruction levels (mean over their tasks)
+    panel = (lambda r: r["task"]) if not any("level" in r for r in results) else (lambda r: r["level"])
+    tasks = list(dict.fromkeys(panel(r) for r in results if r["env"] == env and r["task"] in tasks))
     curves = [r for r in results if r["env"] == env and r.get("curve", {}).get("steps")]
     if not curves:
         return None
@@ -335,7 +359,7 @@ def plot_curves(results: list[dict], env: str, out_png: str | os.PathLike, bins:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, task in zip(axes[0], tasks):
         for i, (row, runs) in enumerate(rows.items()):
-            runs = [r for r in runs if r["task"] == task]
+            runs = [r for r in runs if panel(r) == task]
             color = colors[i % len(colors)]
             if not runs:
                 continue
@@ -344,7 +368,7 @@ def plot_curves(results: list[dict], env: str, out_png: str | os.PathLike, bins:
                 if env == "clevr":  # the training episodes draw every level: the mean over the levels
                     mean, std = _mean_std([float(np.mean(list(r["success"].values()))) for r in runs])
                 else:
-                    mean, std = _mean_std([r["success"].get(task) for r in runs])
+                    mean, std = _mean_std([r["success"].get(r["task"]) for r in runs])
                 if not math.isnan(mean):
                     ax.axhline(mean, color=color, linestyle="--", label=_label(runs[0]))
                 continue

@@ -50,6 +50,7 @@ if str(REPO) not in sys.path:  # `python benchmark/table.py` as well as `python 
 from benchmark import plot  # noqa: E402
 from benchmark.evaluate import evaluate  # noqa: E402
 from envs.clevr_language import LEVEL_RELATIONS  # noqa: E402  (goal slots: relations of the hardest level)
+from envs.metaworld import level_of  # noqa: E402
 from benchmark.presets import CLEVR_ENV_ID, ENVS, OFFLINE_PRETRAINED, PRESETS, PRIOR_TWIN_ROW, ROWS  # noqa: E402
 from benchmark.presets import Preset  # noqa: E402
 from benchmark.prior_alone import evaluate_prior  # noqa: E402
@@ -58,10 +59,11 @@ from benchmark.scheduler import Job, check_time, kill_children, run_jobs, run_lo
 
 @dataclass
 class Args:
-    preset: Literal["cpu", "thesis", "kalm", "smoke", "gpu", "offline"] = "cpu"
+    preset: Literal["cpu", "thesis", "kalm", "metaworld-levels", "smoke", "gpu", "offline"] = "cpu"
     """budget preset: `cpu` (whole table on 2 cores in <= 3 h, 3 seeds), `thesis` (CLEVR-Robot on the mixture of
     instruction levels, 200k steps, 3 seeds), `smoke` (1 seed, a few hundred steps), `gpu` (Qwen2.5-1.5B prior,
-    MT10, 5 seeds, 500k steps per run), `offline` (the thesis protocol at the gpu budget with MiniLM or mpnet)"""
+    MT10, 5 seeds, 500k steps per run), `offline` (the thesis protocol at the gpu budget with MiniLM or mpnet), `kalm`
+    (the thesis protocol at KALM's CLEVR-Robot difficulty), `metaworld-levels` (Meta-World's instruction levels)"""
     envs: tuple[Literal["clevr", "metaworld"], ...] = ENVS
     """environments to run"""
     rows: (
@@ -133,6 +135,8 @@ def budget_fields(p: Preset) -> dict:
     d.pop("seeds")  # more seeds may be added later
     d.pop("rows")  # so may more rows
     d.pop("metaworld_tasks")  # so may more tasks
+    if not d["metaworld_demo_tasks"]:
+        d.pop("metaworld_demo_tasks")  # results dirs made before the field existed still resume
     return json.loads(json.dumps(d))  # tuples -> lists, as read back from JSON
 
 
@@ -171,7 +175,12 @@ def tasks_of(env: str, p: Preset) -> tuple[str, ...]:
 
 def prior_env_id(env: str, p: Preset) -> str:
     """The env id a prior is fine-tuned for: CLEVR, or the comma list of Meta-World tasks (one multi-task prior)."""
-    return p.clevr_env_id if env == "clevr" else ",".join(p.metaworld_tasks)
+    return p.clevr_env_id if env == "clevr" else ",".join(p.metaworld_demo_tasks or p.metaworld_tasks)
+
+
+def level_fields(env: str, task: str, p: Preset) -> dict:
+    """{"level": ...} of a Meta-World task when the preset has instruction levels (metaworld_demo_tasks), else {}."""
+    return {"level": level_of(task)} if env == "metaworld" and p.metaworld_demo_tasks else {}
 
 
 def prior_dir(results_dir: Path, env: str, llm: str) -> Path:
@@ -355,6 +364,7 @@ def ppo_job(
             "env": env,
             "task": task,
             "task_index": tasks_of(env, p).index(task),
+            **level_fields(env, task, p),
             "row": row,
             "seed": seed,
             "llm": llm,
@@ -433,6 +443,7 @@ def prior_job(
             "env": env,
             "task": task,
             "task_index": tasks_of(env, p).index(task),
+            **level_fields(env, task, p),
             "row": row,
             "seed": seed,
             "llm": llm_of_row(row, p),

@@ -97,6 +97,85 @@ INSTRUCTIONS: dict[str, str] = {
     "window-close-v3": "slide the window closed",
 }
 
+# Instruction levels (after KALM): stage 1 sees demonstrations of the DEMONSTRATED tasks only; RL and evaluation run
+# on each level. "task:rephrase" is the task with its instruction reworded (one of three phrasings per episode, drawn by
+# the env); the unseen tasks' own instructions share or oppose words with a demonstrated one (wall variants, opposite
+# skills). The phrasings were written before any model was measured on them.
+DEMONSTRATED: tuple[str, ...] = (
+    "reach-v3",
+    "push-v3",
+    "pick-place-v3",
+    "button-press-v3",
+    "door-unlock-v3",
+    "door-open-v3",
+    "window-open-v3",
+    "faucet-open-v3",
+    "coffee-push-v3",
+    "coffee-button-v3",
+)
+REPHRASED: dict[str, tuple[str, str, str]] = {
+    "reach-v3": (
+        "bring the hand to the target point",
+        "put the end effector on the target location",
+        "go to the marked position with the gripper",
+    ),
+    "push-v3": (
+        "slide the puck over to the target",
+        "shove the small disc to the goal spot",
+        "move the puck along the table to the target",
+    ),
+    "pick-place-v3": (
+        "grab the puck and set it down at the target",
+        "lift the puck and put it at the goal spot",
+        "take the disc and drop it at the target position",
+    ),
+    "button-press-v3": ("push the button from the front", "hit the button straight on", "press in the front button"),
+    "door-unlock-v3": (
+        "rotate the lock knob to unlock the door",
+        "twist the knob so the door is unlocked",
+        "unlock the door by turning its knob",
+    ),
+    "door-open-v3": ("open the door by pulling it", "swing the door open", "pull on the door until it is open"),
+    "window-open-v3": ("push the window open sideways", "open the window by sliding it", "slide the window pane open"),
+    "faucet-open-v3": (
+        "rotate the tap handle to turn the water on",
+        "open the tap",
+        "twist the faucet handle open",
+    ),
+    "coffee-push-v3": (
+        "slide the mug beneath the coffee machine",
+        "push the cup under the coffee maker",
+        "move the mug under the spout of the machine",
+    ),
+    "coffee-button-v3": (
+        "push the button of the coffee machine",
+        "hit the button on the coffee maker",
+        "press the coffee maker's button",
+    ),
+}
+UNSEEN: tuple[str, ...] = (
+    "reach-wall-v3",
+    "push-wall-v3",
+    "pick-place-wall-v3",
+    "button-press-wall-v3",
+    "door-lock-v3",
+    "door-close-v3",
+    "window-close-v3",
+    "faucet-close-v3",
+)
+LEVELS: dict[str, tuple[str, ...]] = {
+    "demonstrated": DEMONSTRATED,
+    "rephrase": tuple(f"{task}:rephrase" for task in DEMONSTRATED),
+    "unseen": UNSEEN,
+}
+"""The instruction levels: their env names (a task, or "task:rephrase")."""
+
+
+def level_of(name: str) -> str:
+    """The level of an env name: "rephrase" for "task:rephrase", "demonstrated" or "unseen" by the task."""
+    return "rephrase" if name.endswith(":rephrase") else "demonstrated" if name in DEMONSTRATED else "unseen"
+
+
 ALL_TASKS: tuple[str, ...] = tuple(metaworld.MT1.ENV_NAMES)
 """The 50 Meta-World v3 task names, in Meta-World's order (this is also MT50)."""
 MT50 = ALL_TASKS
@@ -116,7 +195,8 @@ BENCHMARKS: dict[str, tuple[str, ...]] = {"MT10": MT10, "MT50": MT50}
 
 
 def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
-    """Task names from a spec: one task ("reach-v3"), "MT10", "MT50", or a comma-separated mix of those.
+    """Task names from a spec: one task ("reach-v3"), "MT10", "MT50", or a comma-separated mix of those; a task of
+    DEMONSTRATED followed by ":rephrase" ("reach-v3:rephrase") is that task with its instructions of REPHRASED.
 
     A list of names is accepted too. Duplicates are dropped (first occurrence kept). Unknown names raise a
     ValueError that suggests the closest valid name and lists all of them.
@@ -129,7 +209,7 @@ def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
             continue
         if name.upper() in BENCHMARKS:
             names = BENCHMARKS[name.upper()]
-        elif name in INSTRUCTIONS:
+        elif name in INSTRUCTIONS or name.removesuffix(":rephrase") in REPHRASED:
             names = (name,)
         else:
             valid = list(BENCHMARKS) + list(ALL_TASKS)
@@ -139,7 +219,8 @@ def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ValueError(
                 f"Unknown Meta-World task {name!r} in {spec!r}.{hint} Valid: a task name, 'MT10', 'MT50', "
-                f"or a comma-separated list of them. Task names: {', '.join(ALL_TASKS)}"
+                f"'task:rephrase' (tasks of DEMONSTRATED), or a comma-separated list of them. "
+                f"Task names: {', '.join(ALL_TASKS)}"
             )
         tasks += [t for t in names if t not in tasks]
     if not tasks:
@@ -161,7 +242,9 @@ class MetaWorldTask(gym.Wrapper, gym.utils.RecordConstructorArgs):
     "success" there (True if success was reached at any step of the episode) and, with the sparse reward,
     make "r" the sparse return.
 
-    `env` is `gym.make("Meta-World/MT1", env_name=task, seed=seed)`; `seed` is that seed (None: unknown).
+    `env` is `gym.make("Meta-World/MT1", env_name=task, seed=seed)`; `seed` is that seed (None: unknown). `task` may be
+    "task:rephrase": each episode then draws one of its REPHRASED instructions (from a numpy Generator of `seed`,
+    re-seeded by reset(seed=)).
     `reset(seed=s)` re-seeds the env as `gym.make(seed=s)` does (see the module docstring): the goals of seed s
     are drawn once (~0.7 s, numpy's global RNG seeded and restored, so not thread-safe) and kept for a few seeds.
     `max_episode_steps` (None: Meta-World's 500) is set in both places the step limit lives: the Sawyer env, which
@@ -185,7 +268,10 @@ class MetaWorldTask(gym.Wrapper, gym.utils.RecordConstructorArgs):
         )
         gym.Wrapper.__init__(self, env)
         self.task = task
-        self.instruction = INSTRUCTIONS[task]
+        rephrased = task.endswith(":rephrase")
+        self.instructions = REPHRASED[task.removesuffix(":rephrase")] if rephrased else (INSTRUCTIONS[task],)
+        self.instruction = self.instructions[0]
+        self._instruction_rng = np.random.default_rng(seed)
         self.sparse = reward_type == "sparse"
         # Meta-World declares the goal (last 3 numbers) as always 0; it is the goal position. Unbounded, like the
         # object numbers, so that all 50 tasks share one observation space (a multi-task SyncVectorEnv needs that).
@@ -222,11 +308,14 @@ class MetaWorldTask(gym.Wrapper, gym.utils.RecordConstructorArgs):
             self._goal_sets[seed] = metaworld.MT1(self.task, seed=seed).train_tasks
         self._task_select.tasks = list(self._goal_sets[seed])
         self.env.unwrapped.seed(seed)
+        self._instruction_rng = np.random.default_rng(seed)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         if seed is not None:  # before the inner reset: Meta-World picks the episode's goal first, then resets
             self._reseed(seed)
         obs, info = self.env.reset(options=options)
+        if len(self.instructions) > 1:
+            self.instruction = self.instructions[self._instruction_rng.integers(len(self.instructions))]
         self._ever_success = False
         self._sparse_return = 0.0
         info["success"] = False
@@ -263,7 +352,7 @@ def make_env(
     """One Meta-World task as a gymnasium env: obs Box(39,) float64, action Box(-1, 1, (4,)) float32.
 
     Args:
-        task: a Meta-World v3 task name, e.g. "reach-v3" (see ALL_TASKS).
+        task: a Meta-World v3 task name, e.g. "reach-v3" (see ALL_TASKS), or "task:rephrase" (see LEVELS).
         seed: seeds the 50 goals of the task and the env's RNG; `reset(seed=s)` later re-seeds both with s.
         max_episode_steps: truncation after this many steps (Meta-World's default is 500).
         reward_type: "dense" (Meta-World's shaped reward, 0 to 10 per step) or "sparse" (1.0 on steps where
@@ -279,7 +368,7 @@ def make_env(
         raise ValueError(f"max_episode_steps must be a positive integer, got {max_episode_steps!r}")
     env = gym.make(
         "Meta-World/MT1",
-        env_name=resolved[0],
+        env_name=resolved[0].removesuffix(":rephrase"),
         seed=seed,
         terminate_on_success=terminate_on_success,
         disable_env_checker=True,
@@ -315,7 +404,7 @@ def expert_policy(task: str):
     """Meta-World's scripted expert for a task: an object with get_action(obs) -> action (4,).
 
     Some experts (door-open-v3, door-close-v3) modify the observation they are given: pass a copy to keep it."""
-    return ENV_POLICY_MAP[resolve_tasks(task)[0]]()
+    return ENV_POLICY_MAP[resolve_tasks(task)[0].removesuffix(":rephrase")]()
 
 
 def collect_demos(
@@ -353,10 +442,11 @@ def collect_demos(
         warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
         for k, task in enumerate(names):
             env = make_env(task, seed + k, max_episode_steps=max_episode_steps)
-            policy = ENV_POLICY_MAP[task]()
+            policy = expert_policy(task)
             for _ in range(episodes_per_task):
                 episode = len(episode_success)
                 obs, info = env.reset()
+                instruction = info["instruction"]
                 first_success = None
                 t = 0
                 while True:
@@ -380,7 +470,7 @@ def collect_demos(
                     ):
                         break
                 episode_success.append(first_success is not None)
-                instructions += [INSTRUCTIONS[task]] * t
+                instructions += [instruction] * t
             env.close()
     return {
         "observations": np.stack(observations).astype(np.float32),

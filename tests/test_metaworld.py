@@ -364,3 +364,38 @@ def test_seeding_all_50_tasks():
         obs_a, obs_c = rollout_obs(a, actions), rollout_obs(c, actions)
         np.testing.assert_array_equal(obs_a, rollout_obs(b, actions), err_msg=task)
         assert not np.allclose(obs_a, obs_c), task
+
+
+def test_instruction_levels():
+    """The levels: 10 demonstrated tasks, each reworded three ways (distinct from every task's own instruction), and
+    8 unseen tasks; "task:rephrase" is the same task (the same episodes under a seed) with one rewording per episode."""
+    assert len(mw.DEMONSTRATED) == 10 and len(mw.UNSEEN) == 8 and not set(mw.DEMONSTRATED) & set(mw.UNSEEN)
+    assert set(mw.REPHRASED) == set(mw.DEMONSTRATED) and set(mw.UNSEEN) <= set(mw.INSTRUCTIONS)
+    own = {s.lower() for s in mw.INSTRUCTIONS.values()}
+    reworded = [s for phrasings in mw.REPHRASED.values() for s in phrasings]
+    assert len(set(reworded)) == 30 and not own & {s.lower() for s in reworded}
+    assert [mw.level_of(t) for t in ("push-v3", "push-v3:rephrase", "push-wall-v3")] == [
+        "demonstrated",
+        "rephrase",
+        "unseen",
+    ]
+    assert mw.resolve_tasks("reach-v3:rephrase,push-wall-v3") == ["reach-v3:rephrase", "push-wall-v3"]
+    with pytest.raises(ValueError, match="task:rephrase"):
+        mw.resolve_tasks("sweep-v3:rephrase")  # not a demonstrated task
+    plain, reworded_env = mw.make_env("push-v3", seed=3), mw.make_env("push-v3:rephrase", seed=3)
+    seen = []
+    for episode in range(12):
+        obs, info = plain.reset()
+        obs_r, info_r = reworded_env.reset()
+        np.testing.assert_array_equal(obs, obs_r)  # the same goals and episodes
+        assert info["instruction"] == mw.INSTRUCTIONS["push-v3"] and info_r["task"] == "push-v3:rephrase"
+        seen.append(info_r["instruction"])
+        _, _, _, _, step_info = reworded_env.step(np.zeros(4, dtype=np.float32))
+        assert step_info["instruction"] == info_r["instruction"]
+    assert set(seen) == set(mw.REPHRASED["push-v3"])  # all three, drawn per episode
+    again = mw.make_env("push-v3:rephrase", seed=3)
+    assert [again.reset()[1]["instruction"] for _ in range(12)] == seen  # drawn from the seed
+    assert again.reset(seed=3)[1]["instruction"] == seen[0]  # reset(seed=) restarts the draws
+    demos = mw.collect_demos("push-v3:rephrase", 2, seed=3, max_episode_steps=5)
+    assert set(demos["instructions"]) <= set(mw.REPHRASED["push-v3"])
+    assert mw.expert_policy("push-v3:rephrase").__class__ is mw.expert_policy("push-v3").__class__

@@ -281,19 +281,21 @@ def test_missing_prior_prints_the_finetune_command(monkeypatch, tmp_path):
     assert not (tmp_path / "priors").exists()
 
 
-def test_prior_of_other_tasks_or_spaces_is_refused(
-    two_task_prior, tiny_clevr_prior, tiny_reach_prior, monkeypatch, tmp_path
-):
-    message = run_main(
-        ["--env-id", "window-open-v3", "--prior-path", two_task_prior, "--llm", "tiny-random", *TINY],
-        monkeypatch,
-        tmp_path,
-    )
-    assert "lacks window-open-v3" in message and "python finetune_prior.py --env-id window-open-v3" in message
+def test_prior_guides_tasks_it_has_no_demonstrations_of(two_task_prior, monkeypatch, tmp_path, capsys):
+    """The instruction levels: a prior made on reach and push guides an unseen task and a reworded one, and says so."""
+    args = ["--env-id", "window-open-v3,push-v3:rephrase", "--prior-path", two_task_prior, "--llm", "tiny-random"]
+    script_runs.run_in_process(SCRIPT, [*args, "--total-timesteps", "64", *TINY], tmp_path, monkeypatch)
+    out = capsys.readouterr().out
+    assert "no demonstrations of window-open-v3, push-v3:rephrase: it guides from the words" in out
+    assert out.count("prior_kl=") == 2  # two iterations, guided
+
+
+def test_prior_of_other_spaces_is_refused(tiny_clevr_prior, tiny_reach_prior, monkeypatch, tmp_path):
     message = run_main(
         ["--env-id", "reach-v3", "--prior-path", tiny_clevr_prior, "--llm", "tiny-random", *TINY], monkeypatch, tmp_path
     )
-    assert "made for env 'CLEVR-Robot-v0'" in message and "python finetune_prior.py --env-id reach-v3" in message
+    assert "has action space {'type': 'discrete', 'n': 40}, but reach-v3 has Box(4,)" in message
+    assert "python finetune_prior.py --env-id reach-v3" in message
     # a reach prior whose config says it reads observations of another size
     other = copy_prior(tiny_reach_prior, tmp_path / "other_prior")
     config = json.loads((other / "prior_config.json").read_text())
