@@ -86,6 +86,8 @@ class Args:
     """override the CLEVR env-step budget of every RL run"""
     metaworld_timesteps: Optional[int] = None
     """override the Meta-World env-step budget of every RL run"""
+    metaworld_kl_coef: Optional[float] = None
+    """override beta of the Meta-World LaGO rows"""
     results_dir: Optional[str] = None
     """where result files, priors and run logs go (default: benchmark/results/{preset})"""
     jobs: int = 2
@@ -126,6 +128,8 @@ def resolve(args: Args) -> Preset:
         changes["clevr_timesteps"] = args.clevr_timesteps
     if args.metaworld_timesteps is not None:
         changes["metaworld_timesteps"] = args.metaworld_timesteps
+    if args.metaworld_kl_coef is not None:
+        changes["metaworld_kl_coef"] = args.metaworld_kl_coef
     return dataclasses.replace(p, **changes)
 
 

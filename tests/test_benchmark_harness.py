@@ -555,3 +555,32 @@ def test_no_job_starts_after_the_deadline(tmp_path, capsys):
     assert "1 job(s) not started before --stop-after-minutes" in out
     assert not list(results.glob("*/*/*.json")) and not (results / "runs").exists()
     assert not (results / "table.md").exists()
+
+
+def test_metaworld_levels_table_and_the_levels_preset(tmp_path):
+    """Meta-World with instruction levels: a level's success is the mean over its tasks per seed, Mean the mean over
+    levels; the per-task table follows; the curves have one panel per level. The preset's prior is made on the
+    demonstrated tasks only, and its RL tasks fall in the three levels."""
+    tasks = {"reach-v3": 0.2, "push-v3": 0.4, "reach-v3:rephrase": 0.1, "reach-wall-v3": 0.0}
+    for seed in (1, 2):
+        for i, (task, s) in enumerate(tasks.items()):
+            result = fake_result(tmp_path, "metaworld", "lago", task, seed, {task: s * seed}, curve=[(100, s)])
+            result["level"] = table.level_of(task)
+            result["task_index"] = i
+            table.write_json_atomic(table.result_path(tmp_path, "metaworld", "lago", task, seed), result)
+    table_path, pngs = plot.make_report(tmp_path)
+    lines = table_path.read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| Method"))
+    assert [c.strip() for c in header.split("|")[3:7]] == ["demonstrated (%)", "rephrase (%)", "unseen (%)", "Mean (%)"]
+    lago = [c.strip() for c in next(line for line in lines if line.startswith("| LaGO")).split("|")]
+    # demonstrated: seed 1 (20 + 40) / 2 = 30, seed 2 60; rephrase 10, 20; unseen 0, 0; mean (30+10+0)/3, (60+20)/3
+    assert lago[3:7] == ["45.0 ± 15.0", "15.0 ± 5.0", "0.0 ± 0.0", "20.0 ± 6.7"]
+    assert "reach-v3:rephrase (%)" in table_path.read_text()  # the per-task table
+    assert tmp_path / "curves_metaworld.png" in pngs
+    p = presets.PRESETS["metaworld-levels"]
+    demo_env = table.prior_env_id("metaworld", p).split(",")
+    assert demo_env == list(presets.DEMONSTRATED)
+    assert {table.level_of(t) for t in p.metaworld_tasks} == {"demonstrated", "rephrase", "unseen"}
+    assert not set(demo_env) & {t for t in p.metaworld_tasks if table.level_of(t) != "demonstrated"}
+    assert table.level_fields("metaworld", "push-wall-v3", p) == {"level": "unseen"}
+    assert table.level_fields("metaworld", "push-v3", presets.PRESETS["cpu"]) == {}
