@@ -349,7 +349,11 @@ class LatentActionPrior(nn.Module):
         return ids
 
     def train(self, mode: bool = True):
-        self.clear_prefix_cache()  # train() and eval() bracket every change of the weights (stage 1's optimiser steps)
+        # train() and eval() bracket every change of the LLM's weights (stage 1's optimiser steps); a frozen LLM's
+        # token states stay valid (its moves and casts are caught by _check_cache_owner)
+        token_states = dict(self._token_states) if not any(p.requires_grad for p in self.llm.parameters()) else {}
+        self.clear_prefix_cache()
+        self._token_states.update(token_states)
         return super().train(mode)
 
     def clear_prefix_cache(self) -> None:

@@ -3,6 +3,7 @@
     python -m benchmark.env_speed_metaworld            # steps/s of make_env and of gym.make, reach + pick-place
     python -m benchmark.env_speed_metaworld --experts  # expert success, 10 episodes on each MT10 task
     python -m benchmark.env_speed_metaworld --experts --tasks MT50 --episodes 5 --noise-std 0.1
+    python -m benchmark.env_speed_metaworld --experts --tasks reach-v3,reach-wall-v3 --max-episode-steps 100
 
 Speed: both envs step the same uniform-random actions (resetting at the end of each 500-step episode, so resets
 count too); measurements alternate between the two (bare first, then ours first, ...) so that load from other
@@ -54,20 +55,47 @@ def bench_speed(tasks: list[str], steps: int, repeats: int, seed: int) -> None:
         ours.close()
 
 
-def bench_experts(tasks: list[str], episodes: int, noise_std: float, seed: int) -> None:
-    print(f"expert success (success at any step), {episodes} episodes per task, noise_std={noise_std}, seed={seed}")
-    print(f"{'task':<30} {'success':>8} {'steps to success':>17} {'seconds':>8}")
-    rates = []
+def random_success(task: str, episodes: int, seed: int, max_episode_steps: int) -> float:
+    """Success (at any step) of uniform random actions."""
+    env = make_env(task, seed, max_episode_steps=max_episode_steps, terminate_on_success=True)
+    rng = np.random.default_rng(seed)
+    wins = 0
+    for _ in range(episodes):
+        env.reset()
+        while True:
+            _, _, terminated, truncated, info = env.step(rng.uniform(-1, 1, size=4).astype(np.float32))
+            if terminated or truncated:
+                break
+        wins += info["success"]
+    return wins / episodes
+
+
+def bench_experts(tasks: list[str], episodes: int, noise_std: float, seed: int, max_episode_steps: int) -> None:
+    print(
+        f"success (at any step) of the scripted expert and of uniform random actions, {episodes} episodes per task, "
+        f"{max_episode_steps}-step episodes, expert noise_std={noise_std}, seed={seed}"
+    )
+    print(f"{'task':<30} {'expert':>8} {'steps to success':>17} {'random':>8} {'seconds':>8}")
+    rates, random_rates = [], []
     for k, task in enumerate(tasks):
         start = time.perf_counter()
         # steps_after_success=0: an episode ends at its first success, its length is the steps to success
-        demos = collect_demos([task], episodes, noise_std=noise_std, seed=seed + k, steps_after_success=0)
+        demos = collect_demos(
+            [task],
+            episodes,
+            noise_std=noise_std,
+            seed=seed + k,
+            max_episode_steps=max_episode_steps,
+            steps_after_success=0,
+        )
         lengths = np.bincount(demos["episode_ids"] - demos["episode_ids"].min())
         ok = demos["episode_success"]
         rates.append(ok.mean())
+        random_rates.append(random_success(task, episodes, seed + k, max_episode_steps))
         mean_len = f"{lengths[ok].mean():.0f}" if ok.any() else "-"
-        print(f"{task:<30} {ok.mean():8.0%} {mean_len:>17} {time.perf_counter() - start:8.1f}", flush=True)
-    print(f"{'mean':<30} {np.mean(rates):8.0%}")
+        seconds = time.perf_counter() - start
+        print(f"{task:<30} {ok.mean():8.0%} {mean_len:>17} {random_rates[-1]:8.0%} {seconds:8.1f}", flush=True)
+    print(f"{'mean':<30} {np.mean(rates):8.0%} {'':>17} {np.mean(random_rates):8.0%}")
 
 
 if __name__ == "__main__":
@@ -80,9 +108,11 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=6, help="speed measurements per env (interleaved)")
     parser.add_argument("--episodes", type=int, default=10, help="expert episodes per task")
     parser.add_argument("--noise-std", type=float, default=0.0, help="Gaussian noise on the expert's actions")
+    parser.add_argument("--max-episode-steps", type=int, default=500, help="episode length of the expert runs")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.experts:
-        bench_experts(resolve_tasks(args.tasks or ",".join(MT10)), args.episodes, args.noise_std, args.seed)
+        tasks = resolve_tasks(args.tasks or ",".join(MT10))
+        bench_experts(tasks, args.episodes, args.noise_std, args.seed, args.max_episode_steps)
     else:
         bench_speed(resolve_tasks(args.tasks or "reach-v3,pick-place-v3"), args.steps, args.repeats, args.seed)

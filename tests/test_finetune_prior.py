@@ -194,7 +194,25 @@ def test_frozen_llm_prior(tiny_clevr_run, tmp_path, monkeypatch):
         time_forward=False,
     )
     fresh, _, _ = lp.load_llm("tiny-random", torch.float32)
+    forwards = []  # the LLM's calls during training: one per batch of instructions it has not read yet
+
+    def add_lora(llm, *a):
+        llm.register_forward_hook(lambda module, inputs, output: forwards.append(1))
+        return add_lora_as_is(llm, *a)
+
+    add_lora_as_is = lp._add_lora
+    monkeypatch.setattr(lp, "_add_lora", add_lora)
     trained, summary = fp.train(args)
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    three_epochs = len(forwards)
+    args.epochs, args.output_dir = 6, str(tmp_path / "p6")
+    forwards.clear()
+    monkeypatch.setattr(lp, "_add_lora", add_lora)
+    fp.train(args)
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    assert len(forwards) == three_epochs, "a frozen LLM reads each instruction once, whatever the number of epochs"
     assert lp.weights_fingerprint(trained.llm) == lp.weights_fingerprint(fresh)
     assert summary["trainable_params"] == sum(
         p.numel() for n, p in trained.named_parameters() if not n.startswith("llm")
