@@ -266,5 +266,6 @@ PRESETS["metaworld-levels"] = dataclasses.replace(
     metaworld_demo_episodes=25,
     metaworld_demo_noise=0.3,
     metaworld_finetune_args=(),
+    metaworld_kl_coef=1.0,  # measured against 0.1 (the script's default) and 10: benchmark/README.md
     rows=("ppo", "prior", "prior-sampled", "lago", "lago-random", PRIOR_TWIN_ROW),
 )
