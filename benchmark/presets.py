@@ -82,6 +82,8 @@ class Preset:
     clevr_goal_split: the agents read two goal slots only then)"""
     rows: tuple[str, ...] = ROWS
     """the rows run by default (--rows overrides)"""
+    metaworld_kl_schedule: str = "constant"
+    """beta's schedule of the Meta-World lago and lago-random rows (lago_ppo_continuous.py --kl-schedule)"""
     metaworld_demo_tasks: tuple[str, ...] = ()
     """Meta-World tasks of stage 1's demonstrations (empty: metaworld_tasks). When set, the results carry each task's
     instruction level (envs.metaworld.LEVELS) and the table shows the levels"""

@@ -88,6 +88,8 @@ class Args:
     """override the Meta-World env-step budget of every RL run"""
     metaworld_kl_coef: Optional[float] = None
     """override beta of the Meta-World LaGO rows"""
+    metaworld_kl_schedule: Optional[Literal["constant", "linear"]] = None
+    """override beta's schedule of the Meta-World lago and lago-random rows"""
     results_dir: Optional[str] = None
     """where result files, priors and run logs go (default: benchmark/results/{preset})"""
     jobs: int = 2
@@ -130,6 +132,8 @@ def resolve(args: Args) -> Preset:
         changes["metaworld_timesteps"] = args.metaworld_timesteps
     if args.metaworld_kl_coef is not None:
         changes["metaworld_kl_coef"] = args.metaworld_kl_coef
+    if args.metaworld_kl_schedule is not None:
+        changes["metaworld_kl_schedule"] = args.metaworld_kl_schedule
     return dataclasses.replace(p, **changes)
 
 
@@ -139,6 +143,8 @@ def budget_fields(p: Preset) -> dict:
     d.pop("seeds")  # more seeds may be added later
     d.pop("rows")  # so may more rows
     d.pop("metaworld_tasks")  # so may more tasks
+    if d["metaworld_kl_schedule"] == "constant":
+        d.pop("metaworld_kl_schedule")  # results dirs made before the field existed still resume
     if not d["metaworld_demo_tasks"]:
         d.pop("metaworld_demo_tasks")  # results dirs made before the field existed still resume
     return json.loads(json.dumps(d))  # tuples -> lists, as read back from JSON
@@ -283,7 +289,8 @@ def ppo_command(env: str, task: str, row: str, seed: int, prior_path: Optional[P
     else:
         cmd += ["--llm", llm_of_row(row, p), "--prior-path", str(prior_path)]
         cmd += [] if kl_coef is None else ["--kl-coef", str(kl_coef)]
-        cmd += ["--kl-schedule", "adaptive" if row == "lago-adaptive" else "constant"]
+        schedule = "constant" if env == "clevr" else p.metaworld_kl_schedule
+        cmd += ["--kl-schedule", "adaptive" if row == "lago-adaptive" else schedule]
         if row == "lago-adaptive" and kl_target is not None:
             cmd += ["--kl-target", str(kl_target)]
     if env == "metaworld":
