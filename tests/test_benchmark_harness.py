@@ -243,8 +243,8 @@ def test_commands_carry_the_budget(preset):
             if env == "clevr":
                 assert f["--env-id"] == p.clevr_env_id and f["--goal-split"] == "train"
                 assert (f["--num-episodes"], f["--demo-noise"]) == (str(p.clevr_demo_episodes), str(p.clevr_demo_noise))
-            else:  # one multi-task prior over all the tasks
-                assert f["--env-id"] == "push-v3,reach-v3"
+            else:  # one multi-task prior over all the tasks (with levels: over the demonstrated ones)
+                assert f["--env-id"] == ",".join(p.metaworld_demo_tasks or ("push-v3", "reach-v3"))
                 assert f["--max-episode-steps"] == str(p.metaworld_max_episode_steps)
                 assert (f["--num-episodes"], f["--demo-noise"]) == (
                     str(p.metaworld_demo_episodes),
