@@ -248,7 +248,7 @@ def metaworld_table(results: list[dict], levels: bool = True) -> str:
     rows = _group(results, "metaworld")
     if not rows:
         return ""
-    if levels and any("level" in r for r in rows.get(next(iter(rows)), [])):
+    if levels and any("level" in r for runs in rows.values() for r in runs):
         return metaworld_levels_table(results)
     tasks = _tasks(results, "metaworld")
     header = (
@@ -345,9 +345,11 @@ def plot_curves(results: list[dict], env: str, out_png: str | os.PathLike, bins:
     import matplotlib.pyplot as plt
 
     rows = _group(results, env)
-    tasks = _tasks(results, env)  # the panels: tasks, or the Meta-World instruction levels (mean over their tasks)
-    panel = (lambda r: r["task"]) if not any("level" in r for r in results) else (lambda r: r["level"])
-    tasks = list(dict.fromkeys(panel(r) for r in results if r["env"] == env and r["task"] in tasks))
+    # the panels: tasks, or the Meta-World instruction levels (their tasks' runs together)
+    levels = any("level" in r for r in results if r["env"] == env)
+    panel = (lambda r: r["level"]) if levels else (lambda r: r["task"])
+    first = {r["task"]: r for r in results if r["env"] == env}
+    tasks = list(dict.fromkeys(panel(first[task]) for task in _tasks(results, env)))
     curves = [r for r in results if r["env"] == env and r.get("curve", {}).get("steps")]
     if not curves:
         return None
