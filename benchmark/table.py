@@ -397,6 +397,34 @@ def ppo_job(
     return Job(f"{env} {row} {task} seed {seed}", fn, f"{env}-{'ppo' if row == 'ppo' else 'guided'}")
 
 
+def ppo_run_reused(env: str, task: str, row: str, p: Preset) -> Optional[str]:
+    """The task whose PPO run stands for this one, or None. PPO never reads the instruction, and "task:rephrase" is
+    "task" with other words (the same episodes under a seed): its run would repeat that of "task" byte for byte, so
+    the harness copies that result instead of training again."""
+    base = task.removesuffix(":rephrase")
+    return base if row == "ppo" and env == "metaworld" and base != task and base in p.metaworld_tasks else None
+
+
+def copy_ppo_result(results_dir: Path, env: str, task: str, seed: int, p: Preset) -> bool:
+    """Write PPO's result on `task` from its run on ppo_run_reused(...) (False if that run has no result yet)."""
+    base = ppo_run_reused(env, task, "ppo", p)
+    source = result_path(results_dir, env, "ppo", base, seed)
+    if not source.exists():
+        return False
+    result = json.loads(source.read_text())
+    result.update(
+        task=task,
+        task_index=tasks_of(env, p).index(task),
+        **level_fields(env, task, p),
+        success={task: result["success"][base]},
+        reused_run_of=base,
+    )
+    if "eval" in result:
+        result["eval"] = {task: result["eval"][base]}
+    write_json_atomic(result_path(results_dir, env, "ppo", task, seed), result)
+    return True
+
+
 def eval_success(env: str, task: str, ev: dict, p: Preset) -> dict:
     """Success rates of an evaluation (benchmark/evaluate.py): {level} (CLEVR: the preset's levels) or {task}."""
     splits = p.clevr_levels if env == "clevr" else (task,)
@@ -481,13 +509,16 @@ def main(args: Args) -> int:
         raise SystemExit("error: no Meta-World tasks selected (--metaworld-tasks is empty)")
 
     # stage 2 (the runs still to do), in seed-major order so that an interrupted benchmark has whole seeds
-    stage2, skipped, needed = [], 0, set()
+    stage2, skipped, needed, reused = [], 0, set(), []
     for seed in p.seeds:
         for env in args.envs:
             for task in tasks_of(env, p):
                 for row in rows:
                     if result_path(results_dir, env, row, task, seed).exists():
                         skipped += 1
+                        continue
+                    if ppo_run_reused(env, task, row, p):
+                        reused.append((env, task, seed))  # copied once its source run has finished
                         continue
                     if llm_of_row(row, p):
                         needed.add((env, llm_of_row(row, p)))
@@ -516,6 +547,7 @@ def main(args: Args) -> int:
     print(
         f"  stage 1: {len(stage1)} priors to fine-tune; stage 2: {len(stage2)} runs to do, "
         f"{skipped} finished already (skipped)"
+        + (f"; {len(reused)} PPO results to copy from the same task's run (reworded tasks)" if reused else "")
     )
     if args.dry_run:
         for env, llm in sorted(needed):
@@ -524,7 +556,10 @@ def main(args: Args) -> int:
             for env in args.envs:
                 for task in tasks_of(env, p):
                     for row in rows:
-                        if row.startswith("prior"):
+                        if ppo_run_reused(env, task, row, p):
+                            base = ppo_run_reused(env, task, row, p)
+                            print(f"  (copied) ppo on {task}: its run on {base}, seed {seed}")
+                        elif row.startswith("prior"):
                             print(
                                 f"  (in-process) {row}: prior {prior_dir(results_dir, env, llm_of_row(row, p)).name}"
                                 f" on {task}, seed {seed}"
@@ -542,6 +577,7 @@ def main(args: Args) -> int:
     failures, deferred = run_jobs(stage1, args.jobs)
     failures2, deferred2 = run_jobs(stage2, args.jobs)
     failures, deferred = failures + failures2, deferred + deferred2
+    deferred += sum(not copy_ppo_result(results_dir, env, task, seed, p) for env, task, seed in reused)
     print(f"benchmark done in {(time.time() - start) / 60:.1f} min")
     if args.plot and not deferred and any(results_dir.glob("*/*/*__seed*.json")):
         table, pngs = plot.make_report(results_dir)

@@ -592,3 +592,28 @@ def test_metaworld_levels_table_and_the_levels_preset(tmp_path):
     assert clevr[clevr.index("--kl-schedule") + 1] == "constant"
     assert "metaworld_kl_schedule" not in table.budget_fields(p)  # the default: old results dirs still resume
     assert table.budget_fields(linear)["metaworld_kl_schedule"] == "linear"
+
+
+def test_ppo_on_a_reworded_task_reuses_the_run_of_its_task(tmp_path, capsys):
+    """PPO never reads the instruction, so its run on "task:rephrase" is not trained again: the harness copies its
+    run on "task". The premise is checked too: PPO trained on the reworded task gives the same result."""
+    kw = dict(preset="smoke", envs=("metaworld",), metaworld_tasks="reach-v3,reach-v3:rephrase", rows=("ppo",))
+    _, plan = dry_run(capsys, tmp_path / "copied", **kw)
+    assert plan.strip() == (
+        "stage 1: 0 priors to fine-tune; stage 2: 1 runs to do, 0 finished already (skipped); "
+        "1 PPO results to copy from the same task's run (reworded tasks)"
+    )
+    assert table.main(table.Args(results_dir=str(tmp_path / "copied"), plot=False, **kw)) == 0
+    assert [d.name for d in (tmp_path / "copied" / "runs" / "metaworld" / "ppo").iterdir()] == ["reach-v3__seed1"]
+    source = json.loads(table.result_path(tmp_path / "copied", "metaworld", "ppo", "reach-v3", 1).read_text())
+    copied = json.loads(table.result_path(tmp_path / "copied", "metaworld", "ppo", "reach-v3:rephrase", 1).read_text())
+    assert copied["reused_run_of"] == "reach-v3" and copied["task_index"] == 1
+    assert copied["success"] == {"reach-v3:rephrase": source["success"]["reach-v3"]}
+
+    p = table.resolve(table.Args(**kw))
+    job = table.ppo_job("metaworld", "reach-v3:rephrase", "ppo", 1, p, tmp_path / "trained", 1, None)
+    job.fn()
+    trained = json.loads(table.result_path(tmp_path / "trained", "metaworld", "ppo", "reach-v3:rephrase", 1).read_text())
+    for key in ("success", "return", "eval"):
+        assert trained[key] == copied[key], key
+    assert trained["curve"]["values"] == copied["curve"]["values"] and trained["curve"]["values"]
