@@ -556,8 +556,7 @@ def main(args: Args) -> int:
             for env in args.envs:
                 for task in tasks_of(env, p):
                     for row in rows:
-                        if ppo_run_reused(env, task, row, p):
-                            base = ppo_run_reused(env, task, row, p)
+                        if base := ppo_run_reused(env, task, row, p):
                             print(f"  (copied) ppo on {task}: its run on {base}, seed {seed}")
                         elif row.startswith("prior"):
                             print(
