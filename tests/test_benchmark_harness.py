@@ -611,9 +611,9 @@ def test_ppo_on_a_reworded_task_reuses_the_run_of_its_task(tmp_path, capsys):
     assert copied["success"] == {"reach-v3:rephrase": source["success"]["reach-v3"]}
 
     p = table.resolve(table.Args(**kw))
-    job = table.ppo_job("metaworld", "reach-v3:rephrase", "ppo", 1, p, tmp_path / "trained", 1, None)
-    job.fn()
-    trained = json.loads(table.result_path(tmp_path / "trained", "metaworld", "ppo", "reach-v3:rephrase", 1).read_text())
+    table.ppo_job("metaworld", "reach-v3:rephrase", "ppo", 1, p, tmp_path / "trained", 1, None).fn()
+    trained_path = table.result_path(tmp_path / "trained", "metaworld", "ppo", "reach-v3:rephrase", 1)
+    trained = json.loads(trained_path.read_text())
     for key in ("success", "return", "eval"):
         assert trained[key] == copied[key], key
     assert trained["curve"]["values"] == copied["curve"]["values"] and trained["curve"]["values"]
