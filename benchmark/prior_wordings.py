@@ -1,0 +1,92 @@
+"""What a Meta-World prior does with each wording of a task: for the task's own instruction and each of its
+rewordings (envs.metaworld.REPHRASED), the prior acting alone with that wording fixed in every episode (greedy and
+sampled success, as the table's prior rows), and the demonstrated task whose own instruction makes the prior act most
+alike at the task's expert states (the mean squared difference of the Gaussian means).
+
+A LaGO policy reads the state, not the words: on a `task:rephrase` env, whose episodes draw one wording each, its KL
+pulls toward the prior of every wording at once. Where the wordings send the prior to different skills, that target is
+none of them.
+
+    python -m benchmark.prior_wordings PRIOR_DIR --task reach-v3
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmark.prior_alone import evaluate_prior  # noqa: E402
+from envs.metaworld import DEMONSTRATED, INSTRUCTIONS, REPHRASED, collect_demos  # noqa: E402
+
+
+class FixedWording(torch.nn.Module):
+    """The prior, reading `wording` instead of the env's instruction."""
+
+    def __init__(self, prior, wording: str):
+        super().__init__()
+        self.prior, self.wording = prior, wording
+
+    def forward(self, observations, instructions):
+        return self.prior(observations, [self.wording] * len(instructions))
+
+
+@torch.inference_mode()
+def nearest_tasks(prior, observations: torch.Tensor, wording: str, tasks=DEMONSTRATED) -> list[tuple[str, float]]:
+    """The tasks ordered by how alike the prior acts under their own instruction and under `wording` at
+    `observations`: [(task, mean squared difference of the means)], nearest first."""
+    mean = prior(observations, [wording] * len(observations))[0].float()
+    gaps = {
+        t: float(((prior(observations, [INSTRUCTIONS[t]] * len(observations))[0].float() - mean) ** 2).mean())
+        for t in tasks
+    }
+    return sorted(gaps.items(), key=lambda item: item[1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("prior_dir", help="a Meta-World prior made by finetune_prior.py")
+    parser.add_argument("--task", default="reach-v3", choices=sorted(REPHRASED), help="a demonstrated task")
+    parser.add_argument("--episodes", type=int, default=20, help="episodes per wording (the table's 20)")
+    parser.add_argument("--max-episode-steps", type=int, default=100, help="the metaworld-levels preset's 100")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.episodes < 1 or args.max_episode_steps < 1:
+        parser.error("--episodes and --max-episode-steps must be >= 1")
+    if not (Path(args.prior_dir) / "prior_config.json").is_file():
+        parser.error(f"{args.prior_dir} holds no prior_config.json: give a directory made by finetune_prior.py")
+    from lago_prior import load_prior
+
+    prior = load_prior(args.prior_dir)
+    if prior.config["action_space"]["type"] != "continuous":
+        parser.error(f"{args.prior_dir} is a discrete (CLEVR-Robot) prior: give a Meta-World one")
+    demos = collect_demos(args.task, 5, seed=args.seed, max_episode_steps=args.max_episode_steps)
+    states = torch.as_tensor(np.asarray(demos["observations"]), dtype=torch.float32)
+    print(f"{args.task}, {args.episodes} episodes of {args.max_episode_steps} steps per wording, seed {args.seed}")
+    print("| wording | greedy success % | sampled success % | acts most like (mean sq. diff.) |\n|---|---|---|---|")
+    for wording in (INSTRUCTIONS[args.task],) + REPHRASED[args.task]:
+        policy = FixedWording(prior, wording)
+        success = [
+            100
+            * evaluate_prior(
+                None,
+                "metaworld",
+                args.task,
+                args.seed,
+                args.episodes,
+                args.max_episode_steps,
+                sample=sample,
+                policy=policy,
+            )["success"][args.task]
+            for sample in (False, True)
+        ]
+        near = ", ".join(f"{t} ({gap:.3f})" for t, gap in nearest_tasks(prior, states, wording)[:2])
+        print(f"| {wording} | {success[0]:.0f} | {success[1]:.0f} | {near} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

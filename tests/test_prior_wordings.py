@@ -1,0 +1,43 @@
+"""benchmark/prior_wordings.py: the prior with each wording of a Meta-World task fixed, and the task it acts like."""
+
+import pytest
+import torch
+
+from benchmark import prior_wordings
+from envs.metaworld import DEMONSTRATED, INSTRUCTIONS, REPHRASED
+
+
+class ByWords(torch.nn.Module):
+    """A stand-in prior whose Gaussian mean depends on the words only: a task's instruction -> its index on every
+    action dimension, anything else -> 2.4 (nearest: task 2, then 3)."""
+
+    def forward(self, observations, instructions):
+        index = {INSTRUCTIONS[t]: float(i) for i, t in enumerate(DEMONSTRATED)}
+        mean = torch.tensor([index.get(s, 2.4) for s in instructions])[:, None].expand(-1, 4)
+        return mean + 0 * observations[:, :1], torch.ones(len(instructions), 4)
+
+
+def test_nearest_tasks_ranks_by_mean_squared_difference():
+    ranked = prior_wordings.nearest_tasks(ByWords(), torch.zeros(3, 39), "an unknown wording")
+    assert [t for t, _ in ranked[:3]] == [DEMONSTRATED[2], DEMONSTRATED[3], DEMONSTRATED[1]]
+    assert [round(gap, 6) for _, gap in ranked[:3]] == [0.16, 0.36, 1.96]
+    assert prior_wordings.nearest_tasks(ByWords(), torch.zeros(3, 39), INSTRUCTIONS["push-v3"])[0] == ("push-v3", 0.0)
+
+
+def test_fixed_wording_replaces_every_instruction():
+    mean, _ = prior_wordings.FixedWording(ByWords(), INSTRUCTIONS[DEMONSTRATED[5]])(torch.zeros(2, 39), ["a", "b"])
+    assert mean.tolist() == [[5.0] * 4] * 2
+
+
+def test_table_of_the_wordings_of_reach(tiny_reach_prior, capsys):
+    argv = [tiny_reach_prior, "--task", "reach-v3", "--episodes", "1", "--max-episode-steps", "5"]
+    assert prior_wordings.main(argv) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "%" not in line]
+    assert [row.split(" | ")[0][2:] for row in rows] == [INSTRUCTIONS["reach-v3"], *REPHRASED["reach-v3"]]
+    assert rows[0].endswith("| reach-v3 (0.000), " + rows[0].split(", ")[-1])  # its own words: itself, gap 0
+
+
+def test_a_discrete_prior_is_refused_in_one_line(tiny_clevr_prior, capsys):
+    with pytest.raises(SystemExit):
+        prior_wordings.main([tiny_clevr_prior])
+    assert "is a discrete (CLEVR-Robot) prior: give a Meta-World one" in capsys.readouterr().err
