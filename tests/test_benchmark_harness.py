@@ -584,13 +584,14 @@ def test_metaworld_levels_table_and_the_levels_preset(tmp_path):
     assert not set(demo_env) & {t for t in p.metaworld_tasks if table.level_of(t) != "demonstrated"}
     assert table.level_fields("metaworld", "push-wall-v3", p) == {"level": "unseen"}
     assert table.level_fields("metaworld", "push-v3", presets.PRESETS["cpu"]) == {}
-    linear = dataclasses.replace(p, metaworld_kl_schedule="linear")
+    assert (p.metaworld_timesteps, p.metaworld_kl_schedule) == (60_000, "linear")
+    linear, constant = p, dataclasses.replace(p, metaworld_kl_schedule="constant")
     lago = table.ppo_command("metaworld", "push-v3", "lago", 1, Path("prior"), linear)
     assert lago[lago.index("--kl-schedule") + 1] == "linear" and "--kl-coef" in lago
     assert "--kl-schedule" not in table.ppo_command("metaworld", "push-v3", "ppo", 1, None, linear)
     clevr = table.ppo_command("clevr", "CLEVR-Robot-v0", "lago", 1, Path("prior"), linear)
     assert clevr[clevr.index("--kl-schedule") + 1] == "constant"
-    assert "metaworld_kl_schedule" not in table.budget_fields(p)  # the default: old results dirs still resume
+    assert "metaworld_kl_schedule" not in table.budget_fields(constant)  # old results dirs still resume
     assert table.budget_fields(linear)["metaworld_kl_schedule"] == "linear"
 
 
