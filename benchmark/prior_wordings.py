@@ -5,9 +5,12 @@ alike at the task's expert states (the mean squared difference of the Gaussian m
 
 A LaGO policy reads the state, not the words: on a `task:rephrase` env, whose episodes draw one wording each, its KL
 pulls toward the prior of every wording at once. Where the wordings send the prior to different skills, that target is
-none of them.
+none of them. With --agents (models saved by lago_ppo_continuous.py --save-model), how far each agent's mean action is
+from the prior's under each wording and from the average over the rewordings, at the states of the agent's own
+episodes on the task.
 
     python -m benchmark.prior_wordings PRIOR_DIR --task reach-v3
+    python -m benchmark.prior_wordings PRIOR_DIR --task reach-v3 --agents runs/RUN/lago_ppo_continuous.cleanrl_model
 """
 
 import argparse
@@ -46,6 +49,43 @@ def nearest_tasks(prior, observations: torch.Tensor, wording: str, tasks=DEMONST
     return sorted(gaps.items(), key=lambda item: item[1])
 
 
+@torch.inference_mode()
+def agent_gaps(model_path, prior, task: str, seed: int, episodes: int, max_episode_steps: int) -> dict[str, float]:
+    """Mean squared difference between a saved agent's mean action and the prior's under each wording of `task` (and
+    "average of the rewordings": their mean), at the states of `episodes` greedy episodes of the agent on `task`."""
+    from types import SimpleNamespace
+
+    import lago_ppo_continuous
+    from benchmark.evaluate import _spaces, load_model
+    from envs.metaworld import make_env
+
+    kind, state_dict, obs_rms = load_model(model_path)
+    if kind != "continuous":
+        raise SystemExit(f"error: {model_path} holds a lago_ppo_discrete.py agent: give a lago_ppo_continuous.py one")
+    obs_rms = SimpleNamespace(mean=np.asarray(obs_rms["mean"]), var=np.asarray(obs_rms["var"]))
+    env = make_env(task, seed=seed, max_episode_steps=max_episode_steps)
+    agent = lago_ppo_continuous.Agent(_spaces(env.observation_space, env.action_space))
+    agent.load_state_dict(state_dict)
+
+    def act(obs):
+        x = torch.tensor(lago_ppo_continuous.normalize_obs(obs_rms, obs), dtype=torch.float32)
+        return agent.actor_mean(x).numpy()
+
+    states = []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        done = False
+        while not done:
+            states.append(obs)
+            obs, _, terminated, truncated, _ = env.step(np.clip(act(obs[None])[0], -1, 1))
+            done = terminated or truncated
+    states = np.stack(states)
+    actions, x = act(states), torch.as_tensor(states, dtype=torch.float32)
+    means = {w: prior(x, [w] * len(x))[0].float().numpy() for w in (INSTRUCTIONS[task],) + REPHRASED[task]}
+    means["average of the rewordings"] = np.mean([means[w] for w in REPHRASED[task]], axis=0)
+    return {w: float(np.mean((actions - mean) ** 2)) for w, mean in means.items()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("prior_dir", help="a Meta-World prior made by finetune_prior.py")
@@ -53,9 +93,13 @@ def main(argv=None) -> int:
     parser.add_argument("--episodes", type=int, default=20, help="episodes per wording (the table's 20)")
     parser.add_argument("--max-episode-steps", type=int, default=100, help="the metaworld-levels preset's 100")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--agents", nargs="*", default=[], help="models saved by lago_ppo_continuous.py --save-model")
+    parser.add_argument("--agent-episodes", type=int, default=5, help="episodes of each agent whose states are used")
     args = parser.parse_args(argv)
-    if args.episodes < 1 or args.max_episode_steps < 1:
-        parser.error("--episodes and --max-episode-steps must be >= 1")
+    if min(args.episodes, args.max_episode_steps, args.agent_episodes) < 1:
+        parser.error("--episodes, --max-episode-steps and --agent-episodes must be >= 1")
+    for path in [p for p in args.agents if not Path(p).is_file()]:
+        parser.error(f"no agent file {path}: give models saved by lago_ppo_continuous.py --save-model")
     if not (Path(args.prior_dir) / "prior_config.json").is_file():
         parser.error(f"{args.prior_dir} holds no prior_config.json: give a directory made by finetune_prior.py")
     from lago_prior import load_prior
@@ -85,6 +129,13 @@ def main(argv=None) -> int:
         ]
         near = ", ".join(f"{t} ({gap:.3f})" for t, gap in nearest_tasks(prior, states, wording)[:2])
         print(f"| {wording} | {success[0]:.0f} | {success[1]:.0f} | {near} |")
+    if args.agents:
+        wordings = (INSTRUCTIONS[args.task],) + REPHRASED[args.task] + ("average of the rewordings",)
+        print("\nMean squared difference of the agent's mean action from the prior's, under each wording:\n")
+        print("| agent | " + " | ".join(wordings) + " |\n|---|" + "---|" * len(wordings))
+        for path in args.agents:
+            gaps = agent_gaps(path, prior, args.task, args.seed, args.agent_episodes, args.max_episode_steps)
+            print(f"| {path} | " + " | ".join(f"{gaps[w]:.3f}" for w in wordings) + " |")
     return 0
 
 

@@ -41,3 +41,28 @@ def test_a_discrete_prior_is_refused_in_one_line(tiny_clevr_prior, capsys):
     with pytest.raises(SystemExit):
         prior_wordings.main([tiny_clevr_prior])
     assert "is a discrete (CLEVR-Robot) prior: give a Meta-World one" in capsys.readouterr().err
+
+
+def save_constant_agent(path, value: float):
+    """A lago_ppo_continuous.py agent file whose mean action is `value` on every dimension at every state."""
+    import gymnasium as gym
+    import numpy as np
+
+    import lago_ppo_continuous
+    from benchmark.evaluate import _spaces
+
+    space = _spaces(gym.spaces.Box(-np.inf, np.inf, (39,)), gym.spaces.Box(-1, 1, (4,)))
+    agent = lago_ppo_continuous.Agent(space)
+    torch.nn.init.zeros_(agent.actor_mean[-1].weight)
+    torch.nn.init.constant_(agent.actor_mean[-1].bias, value)
+    obs_rms = {"mean": torch.zeros(39, dtype=torch.float64), "var": torch.ones(39, dtype=torch.float64), "count": 1.0}
+    torch.save({"agent": agent.state_dict(), "obs_rms": obs_rms}, path)
+
+
+def test_agent_gaps_to_each_wording_and_to_their_average(tmp_path):
+    save_constant_agent(tmp_path / "agent.cleanrl_model", 0.5)
+    gaps = prior_wordings.agent_gaps(tmp_path / "agent.cleanrl_model", ByWords(), "push-v3", 1, 1, 5)
+    # push-v3's own words -> its index 1: (0.5 - 1)^2; every rewording and their average -> 2.4: (0.5 - 2.4)^2
+    assert gaps[INSTRUCTIONS["push-v3"]] == pytest.approx(0.25)
+    assert [gaps[w] for w in REPHRASED["push-v3"]] == pytest.approx([3.61] * 3)
+    assert gaps["average of the rewordings"] == pytest.approx(3.61)
