@@ -160,6 +160,18 @@ def evaluate_discrete(
     return results
 
 
+def load_continuous_agent(model_path: str | Path, observation_space, action_space):
+    """(agent, its observation statistics as .mean / .var) of a lago_ppo_continuous.py --save-model file."""
+    import lago_ppo_continuous
+
+    kind, state_dict, obs_rms = load_model(model_path)
+    if kind != "continuous":
+        raise ValueError(f"{model_path} holds a lago_ppo_discrete.py agent, not a lago_ppo_continuous.py one")
+    agent = lago_ppo_continuous.Agent(_spaces(observation_space, action_space))
+    agent.load_state_dict(state_dict)
+    return agent, SimpleNamespace(mean=np.asarray(obs_rms["mean"]), var=np.asarray(obs_rms["var"]))
+
+
 def evaluate_continuous(
     model_path: str | Path, env_id: str, episodes: int, seed: int, max_episode_steps: int = 500
 ) -> dict:
@@ -170,21 +182,16 @@ def evaluate_continuous(
     import lago_ppo_continuous
     from envs.metaworld import make_env, resolve_tasks
 
-    kind, state_dict, obs_rms = load_model(model_path)
-    if kind != "continuous":
-        raise ValueError(f"{model_path} holds a lago_ppo_discrete.py agent: evaluate it with evaluate_discrete")
-    obs_rms = SimpleNamespace(mean=np.asarray(obs_rms["mean"]), var=np.asarray(obs_rms["var"]))
     results = {}
     for i, task in enumerate(resolve_tasks(env_id)):
         env_seed = seed + EVAL_SEED_OFFSET + i
         with NOT_THREAD_SAFE:  # and the agent built with torch's default dtype, as above
             env = gym.wrappers.ClipAction(make_env(task, seed=env_seed, max_episode_steps=max_episode_steps))
-            agent = lago_ppo_continuous.Agent(_spaces(env.observation_space, env.action_space))
-            agent.load_state_dict(state_dict)
+            agent, obs_rms = load_continuous_agent(model_path, env.observation_space, env.action_space)
         generator = torch.Generator().manual_seed(env_seed)
         dummy = torch.zeros((1, *env.action_space.shape))
 
-        def policy(obs, agent=agent, generator=generator, dummy=dummy):
+        def policy(obs, agent=agent, obs_rms=obs_rms, generator=generator, dummy=dummy):
             x = torch.tensor(lago_ppo_continuous.normalize_obs(obs_rms, obs), dtype=torch.float32)[None]
             with torch.inference_mode():
                 return _sample(agent.get_action_and_value(x, dummy)[4], generator)[0].numpy()

@@ -53,19 +53,15 @@ def nearest_tasks(prior, observations: torch.Tensor, wording: str, tasks=DEMONST
 def agent_gaps(model_path, prior, task: str, seed: int, episodes: int, max_episode_steps: int) -> dict[str, float]:
     """Mean squared difference between a saved agent's mean action and the prior's under each wording of `task` (and
     "average of the rewordings": their mean), at the states of `episodes` greedy episodes of the agent on `task`."""
-    from types import SimpleNamespace
-
     import lago_ppo_continuous
-    from benchmark.evaluate import _spaces, load_model
+    from benchmark.evaluate import load_continuous_agent
     from envs.metaworld import make_env
 
-    kind, state_dict, obs_rms = load_model(model_path)
-    if kind != "continuous":
-        raise SystemExit(f"error: {model_path} holds a lago_ppo_discrete.py agent: give a lago_ppo_continuous.py one")
-    obs_rms = SimpleNamespace(mean=np.asarray(obs_rms["mean"]), var=np.asarray(obs_rms["var"]))
     env = make_env(task, seed=seed, max_episode_steps=max_episode_steps)
-    agent = lago_ppo_continuous.Agent(_spaces(env.observation_space, env.action_space))
-    agent.load_state_dict(state_dict)
+    try:
+        agent, obs_rms = load_continuous_agent(model_path, env.observation_space, env.action_space)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
 
     def act(obs):
         x = torch.tensor(lago_ppo_continuous.normalize_obs(obs_rms, obs), dtype=torch.float32)
@@ -113,20 +109,9 @@ def main(argv=None) -> int:
     print("| wording | greedy success % | sampled success % | acts most like (mean sq. diff.) |\n|---|---|---|---|")
     for wording in (INSTRUCTIONS[args.task],) + REPHRASED[args.task]:
         policy = FixedWording(prior, wording)
-        success = [
-            100
-            * evaluate_prior(
-                None,
-                "metaworld",
-                args.task,
-                args.seed,
-                args.episodes,
-                args.max_episode_steps,
-                sample=sample,
-                policy=policy,
-            )["success"][args.task]
-            for sample in (False, True)
-        ]
+        kw = dict(max_episode_steps=args.max_episode_steps, policy=policy)
+        runs = [evaluate_prior(None, "metaworld", args.task, args.seed, args.episodes, sample=s, **kw) for s in (0, 1)]
+        success = [100 * run["success"][args.task] for run in runs]
         near = ", ".join(f"{t} ({gap:.3f})" for t, gap in nearest_tasks(prior, states, wording)[:2])
         print(f"| {wording} | {success[0]:.0f} | {success[1]:.0f} | {near} |")
     if args.agents:
