@@ -39,6 +39,8 @@ class Args:
     """the wandb's project name"""
     wandb_entity: Optional[str] = None
     """the entity (team) of wandb's project"""
+    capture_video: bool = False
+    """whether to capture videos of the agent performances (check out `videos` folder)"""
     save_model: bool = False
     """whether to save model (and its observation statistics) into the `runs/{run_name}` folder"""
 
@@ -107,9 +109,13 @@ class Args:
     """the number of iterations (computed in runtime)"""
 
 
-def make_env(env_id, seed, max_episode_steps, gamma):
+def make_env(env_id, idx, capture_video, run_name, seed, max_episode_steps, gamma):
     def thunk():
-        env = make_metaworld_env(env_id, seed=seed, max_episode_steps=max_episode_steps)  # with episode statistics
+        if capture_video and idx == 0:
+            env = make_metaworld_env(env_id, seed=seed, max_episode_steps=max_episode_steps, render_mode="rgb_array")
+            env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
+        else:
+            env = make_metaworld_env(env_id, seed=seed, max_episode_steps=max_episode_steps)  # with episode statistics
         env = gym.wrappers.ClipAction(env)
         # LaGO: the prior reads raw observations: the policy normalises them itself (obs_rms), not a wrapper
         env = gym.wrappers.NormalizeReward(env, gamma=gamma)
@@ -225,7 +231,15 @@ if __name__ == "__main__":
         raise SystemExit(f"error: {e}")
     envs = gym.vector.SyncVectorEnv(
         [
-            make_env(tasks[i % len(tasks)], args.seed + i, args.max_episode_steps, args.gamma)
+            make_env(
+                tasks[i % len(tasks)],
+                i,
+                args.capture_video,
+                run_name,
+                args.seed + i,
+                args.max_episode_steps,
+                args.gamma,
+            )
             for i in range(args.num_envs)
         ],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,

@@ -29,6 +29,7 @@ This file imports no torch. `python -m benchmark.env_speed_metaworld` measures i
 from __future__ import annotations
 
 import difflib
+import os
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -348,6 +349,8 @@ def make_env(
     max_episode_steps: int = 500,
     reward_type: str = "dense",
     terminate_on_success: bool = False,
+    render_mode: str | None = None,
+    camera_name: str | None = None,
 ) -> gym.Env:
     """One Meta-World task as a gymnasium env: obs Box(39,) float64, action Box(-1, 1, (4,)) float32.
 
@@ -358,6 +361,11 @@ def make_env(
         reward_type: "dense" (Meta-World's shaped reward, 0 to 10 per step) or "sparse" (1.0 on steps where
             info["success"], else 0.0).
         terminate_on_success: terminated=True on the first successful step (else episodes run to truncation).
+        render_mode: None, "rgb_array" (render() returns a 480x480 uint8 RGB frame; 80 frames per second of sim
+            time), "depth_array" or "human". Offscreen rendering needs an OpenGL backend: with MUJOCO_GL unset and
+            no display (where gymnasium's own choice of backend fails), MUJOCO_GL=egl is set for this process.
+        camera_name: Meta-World's camera to render from ("corner", "corner2", "corner3", "corner4", "topview",
+            "behindGripper", "gripperPOV"); None: MuJoCo's free camera, over the whole table.
     """
     resolved = resolve_tasks(task)
     if len(resolved) != 1:
@@ -372,8 +380,27 @@ def make_env(
         seed=seed,
         terminate_on_success=terminate_on_success,
         disable_env_checker=True,
+        **_render_kwargs(render_mode, camera_name),
     )
     return MetaWorldTask(env, resolved[0], reward_type, seed=seed, max_episode_steps=int(max_episode_steps))
+
+
+def _render_kwargs(render_mode: str | None, camera_name: str | None) -> dict:
+    """gym.make's rendering arguments (none without rendering); sets MUJOCO_GL=egl for offscreen rendering where it
+    is unset and there is no display (unset, gymnasium tries glfw, which needs one, and fails)."""
+    if render_mode is None:
+        if camera_name is not None:
+            raise ValueError("camera_name needs a render_mode")
+        return {}
+    if render_mode not in ("rgb_array", "depth_array", "human"):
+        raise ValueError(f"render_mode must be None, 'rgb_array', 'depth_array' or 'human', got {render_mode!r}")
+    if render_mode != "human" and "MUJOCO_GL" not in os.environ:
+        if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            os.environ["MUJOCO_GL"] = "egl"
+    kwargs = {"render_mode": render_mode}
+    if camera_name is not None:
+        kwargs["camera_name"] = camera_name
+    return kwargs
 
 
 def env_thunk(task: str, seed: int | None, **kwargs) -> Callable[[], gym.Env]:
