@@ -19,9 +19,6 @@ from torch.distributions import Independent, kl_divergence  # LaGO
 from torch.distributions.normal import Normal
 from torch.utils.tensorboard import SummaryWriter
 
-from envs.metaworld import make_env as make_metaworld_env
-from envs.metaworld import resolve_tasks
-
 
 @dataclass
 class Args:
@@ -46,9 +43,9 @@ class Args:
 
     # Algorithm specific arguments
     env_id: str = "reach-v3"
-    """a Meta-World v3 task, "MT10", "MT50" or a comma list of tasks (env i runs task i % len(tasks))"""
-    max_episode_steps: int = 500
-    """episode length before truncation (Meta-World's own: 500)"""
+    """a gymnasium id, or ours: a Meta-World v3 task, "MT10", "MT50" or a comma list of tasks (env i runs task i % n)"""
+    max_episode_steps: Optional[int] = None
+    """episode length before truncation (None: the env's own, 500 on Meta-World)"""
     total_timesteps: int = 1000000
     """total timesteps of the experiments"""
     learning_rate: float = 3e-4
@@ -111,11 +108,16 @@ class Args:
 
 def make_env(env_id, idx, capture_video, run_name, seed, max_episode_steps, gamma):
     def thunk():
-        if capture_video and idx == 0:
-            env = make_metaworld_env(env_id, seed=seed, max_episode_steps=max_episode_steps, render_mode="rgb_array")
+        render_mode = "rgb_array" if capture_video and idx == 0 else None
+        if env_id in gym.registry:  # a gymnasium env, e.g. Pendulum-v1
+            limit = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+            env = gym.wrappers.RecordEpisodeStatistics(gym.make(env_id, render_mode=render_mode, **limit))
+        else:  # a Meta-World task (ours), seeded through make, with episode statistics
+            from envs.metaworld import make_env as make_metaworld_env
+
+            env = make_metaworld_env(env_id, seed, max_episode_steps or 500, render_mode=render_mode)
+        if render_mode:
             env = gym.wrappers.RecordVideo(env, f"videos/{run_name}")
-        else:
-            env = make_metaworld_env(env_id, seed=seed, max_episode_steps=max_episode_steps)  # with episode statistics
         env = gym.wrappers.ClipAction(env)
         # LaGO: the prior reads raw observations: the policy normalises them itself (obs_rms), not a wrapper
         env = gym.wrappers.NormalizeReward(env, gamma=gamma)
@@ -184,10 +186,10 @@ def update_adaptive_kl_coef(kl_coef, measured_kl, kl_target, rate=0.1, low=1e-4,
 if __name__ == "__main__":
     args = tyro.cli(Args)
     counts = (args.num_envs, args.num_steps, args.num_minibatches, args.update_epochs)
-    if min(counts) < 1 or args.total_timesteps < args.num_envs * args.num_steps:  # one line, not a ZeroDivisionError
-        raise SystemExit(
+    if min(counts) < 1 or args.total_timesteps < args.num_envs * args.num_steps or counts[0] * counts[1] % counts[2]:
+        raise SystemExit(  # one line, not a ZeroDivisionError or a NaN advantage in a one-sample last minibatch
             "error: need --num-envs, --num-steps, --num-minibatches, --update-epochs >= 1, --total-timesteps"
-            " >= --num-envs x --num-steps"
+            " >= --num-envs x --num-steps, and --num-minibatches dividing --num-envs x --num-steps"
         )
     if args.kl_coef < 0 or args.kl_target <= 0 or args.prior_batch_size < 1 or not 0 < args.prior_fraction <= 1:  # LaGO
         raise SystemExit(
@@ -225,10 +227,14 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     # env setup
-    try:  # Meta-World: env i runs task i % len(tasks), seeded through make
-        tasks = resolve_tasks(args.env_id)
-    except ValueError as e:
-        raise SystemExit(f"error: {e}")
+    tasks = [args.env_id]
+    if args.env_id not in gym.registry:  # Meta-World (ours): env i runs task i % len(tasks)
+        from envs.metaworld import resolve_tasks
+
+        try:
+            tasks = resolve_tasks(args.env_id)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}")
     envs = gym.vector.SyncVectorEnv(
         [
             make_env(
@@ -249,12 +255,11 @@ if __name__ == "__main__":
 
     use_prior = args.kl_coef > 0  # LaGO: the prior p(a | s, instruction), loaded (made on the first run) if used
     if use_prior:  # LaGO
-        from lago_prior import PriorError, action_distribution, load_guidance_prior, preserved_random_state
+        from finetune_prior import PriorError, action_distribution, load_guidance_prior
 
         try:  # LaGO: loading draws nothing from this run's random streams, so seeds stay paired with vanilla PPO
-            with preserved_random_state():
-                prior, prior_path = load_guidance_prior(args.env_id, args.llm, args.prior_path, envs, device, args.cuda)
-        except (FileNotFoundError, PriorError) as e:
+            prior, prior_path = load_guidance_prior(args.env_id, args.llm, args.prior_path, envs, device, args.cuda)
+        except PriorError as e:
             raise SystemExit(f"error: {e}")
         print(f"LaGO prior: {prior_path} (llm {prior.config['llm']}), kl_coef={args.kl_coef} {args.kl_schedule}")
 
@@ -327,7 +332,8 @@ if __name__ == "__main__":
                 for i in np.nonzero(final_info["_episode"])[0]:
                     writer.add_scalar("charts/episodic_return", final_info["episode"]["r"][i], global_step)
                     writer.add_scalar("charts/episodic_length", final_info["episode"]["l"][i], global_step)
-                    successes.append(float(final_info["episode"]["success"][i]))  # Meta-World: at any step
+                    if "success" in final_info["episode"]:  # Meta-World: success at any step of the episode
+                        successes.append(float(final_info["episode"]["success"][i]))
 
         # bootstrap value if not done
         with torch.no_grad():

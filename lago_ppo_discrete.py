@@ -18,8 +18,6 @@ from torch.distributions import kl_divergence  # LaGO
 from torch.distributions.categorical import Categorical
 from torch.utils.tensorboard import SummaryWriter
 
-from envs import CLEVR_ROBOT_ID  # noqa: F401  (importing envs registers CLEVR-Robot-v0)
-
 
 @dataclass
 class Args:
@@ -46,7 +44,7 @@ class Args:
     env_id: str = "CLEVR-Robot-v0"
     """the id of the environment"""
     goal_split: str = "train"
-    """CLEVR-Robot's instruction levels of training: train, heldout, rephrase, compose, all, or a '+' mixture"""
+    """CLEVR-Robot's instruction levels of training: train, heldout, rephrase, compose, hard, all, or a '+' mixture"""
     max_episode_steps: Optional[int] = None
     """episode length before truncation (None: the env's own, 50 on CLEVR-Robot)"""
     total_timesteps: int = 400000
@@ -174,10 +172,10 @@ def update_adaptive_kl_coef(kl_coef, measured_kl, kl_target, rate=0.1, low=1e-4,
 if __name__ == "__main__":
     args = tyro.cli(Args)
     counts = (args.num_envs, args.num_steps, args.num_minibatches, args.update_epochs)
-    if min(counts) < 1 or args.total_timesteps < args.num_envs * args.num_steps:  # one line, not a ZeroDivisionError
-        raise SystemExit(
+    if min(counts) < 1 or args.total_timesteps < args.num_envs * args.num_steps or counts[0] * counts[1] % counts[2]:
+        raise SystemExit(  # one line, not a ZeroDivisionError or a NaN advantage in a one-sample last minibatch
             "error: need --num-envs, --num-steps, --num-minibatches, --update-epochs >= 1, --total-timesteps"
-            " >= --num-envs x --num-steps"
+            " >= --num-envs x --num-steps, and --num-minibatches dividing --num-envs x --num-steps"
         )
     if args.kl_coef < 0 or args.kl_target <= 0 or args.prior_batch_size < 1 or not 0 < args.prior_fraction <= 1:  # LaGO
         raise SystemExit(
@@ -216,7 +214,13 @@ if __name__ == "__main__":
 
     # env setup
     env_kwargs = {} if args.max_episode_steps is None else {"max_episode_steps": args.max_episode_steps}
-    if args.env_id.startswith("CLEVR-Robot"):
+    if args.env_id.startswith("CLEVR-Robot"):  # ours: importing envs registers CLEVR-Robot-v0 and -KALM-v0
+        from envs.clevr_language import parse_goal_split
+
+        try:
+            parse_goal_split(args.goal_split)
+        except ValueError as e:
+            raise SystemExit(f"error: --goal-split: {e}")
         env_kwargs["goal_split"] = args.goal_split
     envs = gym.vector.SyncVectorEnv(
         [make_env(args.env_id, i, args.capture_video, run_name, **env_kwargs) for i in range(args.num_envs)],
@@ -226,12 +230,11 @@ if __name__ == "__main__":
 
     use_prior = args.kl_coef > 0  # LaGO: the prior p(a | s, instruction), loaded (made on the first run) if used
     if use_prior:  # LaGO
-        from lago_prior import PriorError, action_distribution, load_guidance_prior, preserved_random_state
+        from finetune_prior import PriorError, action_distribution, load_guidance_prior
 
         try:  # LaGO: loading draws nothing from this run's random streams, so seeds stay paired with vanilla PPO
-            with preserved_random_state():
-                prior, prior_path = load_guidance_prior(args.env_id, args.llm, args.prior_path, envs, device, args.cuda)
-        except (FileNotFoundError, PriorError) as e:
+            prior, prior_path = load_guidance_prior(args.env_id, args.llm, args.prior_path, envs, device, args.cuda)
+        except PriorError as e:
             raise SystemExit(f"error: {e}")
         print(f"LaGO prior: {prior_path} (llm {prior.config['llm']}), kl_coef={args.kl_coef} {args.kl_schedule}")
 

@@ -81,7 +81,6 @@ def make_prior(results, task, noise, floor):
             str(floor),
             "--output-dir",
             str(path),
-            "--no-progress-bar",
             "--save-demos-path",
             str(results / "demos" / f"{task}__noise{noise:g}.npz"),
         ]
@@ -94,7 +93,7 @@ def init_kl(results, task, noise, floor):
     from torch.distributions import Independent, Normal, kl_divergence
 
     from envs.metaworld import make_env
-    from lago_prior import load_prior
+    from finetune_prior import load_prior
 
     prior = load_prior(str(prior_dir(results, task, noise, floor)))
     env = make_env(task, seed=0, max_episode_steps=200)

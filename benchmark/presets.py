@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
 
 from envs.metaworld import DEMONSTRATED, MT10
 
@@ -16,8 +15,7 @@ PRIOR_TWIN_ROW = "prior-sampled-random"  # the random twin's prior alone, sample
 ENVS = ("clevr", "metaworld")
 CLEVR_ENV_ID = "CLEVR-Robot-v0"
 PRETRAINED_LLM = "all-MiniLM-L6-v2"
-# the discrete script's PPO settings before its defaults became the ones that learn CLEVR-Robot: the presets measured
-# with them keep them
+# CleanRL's PPO settings for the presets that ran with them (the discrete script's defaults learn CLEVR-Robot better)
 CLEANRL_PPO = ("--learning-rate", "2.5e-4", "--update-epochs", "4", "--prior-fraction", "1")
 # stage 1 as the published cpu, thesis and gpu tables ran it (before the fused default): state tokens in the LLM, a fixed
 # number of epochs, the executed (noisy) actions as labels, plain shuffling
@@ -63,13 +61,13 @@ class Preset:
     """evaluation episodes of each trained agent (benchmark/evaluate.py) on each level, and of the prior alone"""
     metaworld_eval_episodes: int
     """evaluation episodes of each trained agent on its task, and of the prior alone"""
-    clevr_kl_coef: Optional[float] = None
+    clevr_kl_coef: float | None = None
     """beta of the CLEVR LaGO rows (the adaptive row's starting value); None = the script's default"""
-    metaworld_kl_coef: Optional[float] = None
+    metaworld_kl_coef: float | None = None
     """beta of the Meta-World LaGO rows; None = the script's default"""
-    clevr_kl_target: Optional[float] = None
+    clevr_kl_target: float | None = None
     """KL the adaptive row holds on CLEVR; None = the script's default"""
-    metaworld_kl_target: Optional[float] = None
+    metaworld_kl_target: float | None = None
     """KL the adaptive row holds on Meta-World; None = the script's default"""
     device_args: tuple[str, ...] = ()
     """flags given to every script (e.g. the device)"""
@@ -90,9 +88,9 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # The whole table on a 2-core CPU in <= 3 h with --jobs 2 (measured estimate in docs/performance.md).
+    # The whole table on a 2-core CPU within a few hours with --jobs 2 (docs/performance.md).
     # Tasks: easy / medium / hard of MT10 (reach, press, push an object), none solved by random actions.
-    # 8 envs: the prior's batch is 8 (its per-sample CPU cost is ~25% lower than at 4); rollout batches
+    # 8 envs: the prior's batch is 8 (cheaper per sample on the CPU than at 4); rollout batches
     # as the scripts' defaults (CLEVR 512); Meta-World 1024 in 16 minibatches of 64 (CleanRL's size) so
     # that 30k steps still make ~29 PPO updates.
     "cpu": Preset(
@@ -107,15 +105,7 @@ PRESETS: dict[str, Preset] = {
         clevr_demo_noise=0.3,
         metaworld_demo_episodes=10,
         metaworld_demo_noise=0.3,
-        clevr_finetune_args=(
-            "--epochs",
-            "5",
-            "--eval-goal-split",
-            "heldout",
-            "--eval-num-episodes",
-            "100",
-            *EMBED_STAGE1,
-        ),
+        clevr_finetune_args=("--epochs", "5", *EMBED_STAGE1),
         metaworld_finetune_args=("--epochs", "5", *EMBED_STAGE1),
         clevr_ppo_args=(
             "--num-envs",
@@ -128,9 +118,9 @@ PRESETS: dict[str, Preset] = {
         clevr_eval_episodes=100,
         metaworld_eval_episodes=20,
     ),
-    # The thesis protocol (issue 11): RL on the mixture of the four instruction levels, so the prior guides where it
+    # The thesis protocol: RL on the mixture of the four instruction levels, so the prior guides where it
     # has no demonstrations (stage 1 sees train goals only); each level evaluated separately, and their mean.
-    # PPO settings: those of the baseline that learns (benchmark/results/clevr_baseline: 45.0% vs 36.8% untrained).
+    # PPO settings: those of the baseline that learns (benchmark/results/clevr_baseline).
     # CLEVR-Robot only; one prior per language model (seed 1), shared by the RL seeds.
     "thesis": Preset(
         seeds=(1, 2, 3),
@@ -144,15 +134,7 @@ PRESETS: dict[str, Preset] = {
         clevr_demo_noise=0.3,
         metaworld_demo_episodes=10,
         metaworld_demo_noise=0.3,
-        clevr_finetune_args=(
-            "--epochs",
-            "5",
-            "--eval-goal-split",
-            "train,heldout,rephrase,compose",
-            "--eval-num-episodes",
-            "100",
-            *EMBED_STAGE1,
-        ),
+        clevr_finetune_args=("--epochs", "5", *EMBED_STAGE1),
         metaworld_finetune_args=("--epochs", "5", *EMBED_STAGE1),
         clevr_ppo_args=(
             *("--num-envs", "8", "--num-steps", "64", "--learning-rate", "1e-3", "--update-epochs", "8"),
@@ -206,7 +188,7 @@ PRESETS: dict[str, Preset] = {
         clevr_demo_noise=0.3,
         metaworld_demo_episodes=20,
         metaworld_demo_noise=0.3,
-        clevr_finetune_args=("--epochs", "10", "--eval-goal-split", "heldout", *EMBED_STAGE1),
+        clevr_finetune_args=("--epochs", "10", *EMBED_STAGE1),
         metaworld_finetune_args=("--epochs", "10", *EMBED_STAGE1),
         clevr_ppo_args=(
             "--num-envs",
@@ -222,7 +204,7 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
-# Full scale without network (issue 14): the thesis protocol at the gpu preset's budget with the offline models.
+# Full scale without network: the thesis protocol at the gpu preset's budget with the offline models.
 # MiniLM by default; mpnet with `--llm all-mpnet-base-v2` (its twin follows) into another --results-dir. Not run in
 # full anywhere yet: docs/performance.md gives the expected wall time from the rates measured on an H100 machine.
 PRESETS["offline"] = dataclasses.replace(
@@ -238,20 +220,20 @@ PRESETS["offline"] = dataclasses.replace(
     metaworld_eval_episodes=50,
 )
 
-# The thesis protocol at the paper's difficulty (issue 24): KALM's success test and five levels, hard (three relations)
-# among them; PPO's mean over the levels 25.6% here (benchmark/README.md). Stage 1 with finetune_prior.py's defaults
+# The thesis protocol at the paper's difficulty: KALM's success test and five levels, hard (three relations) among
+# them, where PPO learns little (benchmark/README.md). Stage 1 with finetune_prior.py's defaults
 # (2,000 noisy expert episodes, expert labels, early stopping) on the train goals of this env.
 PRESETS["kalm"] = dataclasses.replace(
     PRESETS["thesis"],
     seeds=(1, 2, 3),
     clevr_env_id="CLEVR-Robot-KALM-v0",
     clevr_demo_episodes=2000,
-    clevr_finetune_args=("--eval-goal-split", "train,heldout", "--eval-num-episodes", "100"),
+    clevr_finetune_args=(),
     clevr_goal_split="train+heldout+rephrase+compose+hard",
     clevr_levels=("train", "heldout", "rephrase", "compose", "hard"),
 )
 
-# Meta-World instruction levels (issue 27, after KALM): stage 1 on the 10 demonstrated tasks; RL and evaluation on four
+# Meta-World instruction levels (after KALM): stage 1 on the 10 demonstrated tasks; RL and evaluation on four
 # of them, the same four reworded, and their four unseen counterparts (wall variant, opposite skill); 100-step episodes
 # as KALM's. Budget, beta and task set chosen by measurement (20,000 steps with a constant beta leaves LaGO far below its
 # prior; 60,000 with beta decaying linearly puts it above): benchmark/README.md#meta-world-instruction-levels.

@@ -36,7 +36,7 @@ def evaluate_prior(
     import torch
 
     import envs  # noqa: F401  (registers CLEVR-Robot-v0)
-    from lago_prior import load_prior
+    from finetune_prior import load_prior
 
     device = "cuda" if torch.cuda.is_available() else "cpu"  # as the scripts (their --cuda default)
     if policy is not None:

@@ -1,26 +1,20 @@
-"""How fast a prior runs per state, at several batch sizes: what to set --prior-batch-size to, the floor of the
-guidance cost on this machine, and what the decoder's prompt-prefix cache saves.
+"""How fast a prior runs per state, at several batch sizes: what to set --prior-batch-size to, and the floor of the
+guidance cost on this machine.
 
-    python -m benchmark.prior_throughput --prior-path benchmark/results/cpu/priors/clevr__all-MiniLM-L6-v2
+    python -m benchmark.prior_throughput --prior-path priors/CLEVR-Robot-v0__all-MiniLM-L6-v2
     python -m benchmark.prior_throughput --prior-path priors/CLEVR-Robot-v0__Qwen2.5-1.5B --device cuda \\
         --batch-sizes 16,64,256,1024
-    python -m benchmark.prior_throughput --llm SmolLM2-135M --prefix-cache compare --prompt-template \\
-        $'Instruction: {instruction}\\nState: {state}\\nAction:'
-    python -m benchmark.prior_throughput --random-shape Qwen2.5-1.5B --prefix-cache compare --batch-sizes 8 \\
-        --min-time 0
+    python -m benchmark.prior_throughput --llm all-MiniLM-L6-v2 --state-encoding embed
+    python -m benchmark.prior_throughput --random-shape Qwen2.5-1.5B --batch-sizes 8 --min-time 0
 
 The states are real: expert episodes of the prior's own environment, with their instructions. Per batch size it
 prints the wall time per state, the floating-point work per state (torch's FlopCounterMode: matmuls and attention)
 and the rate achieved. On CPU it also measures this core's float32 matmul rate on a large square matmul, the most a
-transformer forward can reach here, and so the least time a state can cost.
-
-A decoder prior (causal model, last-token latent) runs with its prompt-prefix cache, as in the PPO scripts, in the
-steady state: every instruction's key/values already cached. --prefix-cache off times it without, compare both (and
-the first call, which fills the cache, apart as "fill"); --repeats alternates them and keeps the fastest of each.
-Without a trained prior, --llm builds an untrained one (fresh LoRA, merged as load_prior does on CPU: the speed does
-not depend on the weights) and --random-shape a base model of a Qwen2.5 size with random weights (no download; Qwen's
-tokenizer is not offline, so SmolLM2's stands in for it where installed: a similar byte-level BPE, similar token
-counts on English).
+transformer forward can reach here, and so the least time a state can cost. A fused prior is timed in its steady
+state (every instruction already read by the LLM), as in the PPO scripts. Without a trained prior, --llm builds an
+untrained one (fresh LoRA, merged as load_prior does on CPU: the speed does not depend on the weights) and
+--random-shape an embed prior on a base model of a Qwen2.5 size with random weights (no download; Qwen's tokenizer is
+not offline, so SmolLM2's stands in for it where installed, else tiny-random's).
 """
 
 import argparse
@@ -35,9 +29,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
 
-import lago_prior as lp
-from finetune_prior import DEFAULT_PROMPT_TEMPLATE, Args, collect_expert_demos, prior_config, resolve_env
-from lago_prior import PriorError, load_prior
+from finetune_prior import Args, LatentActionPrior, PriorError, build_prior, collect_expert_demos, demo_recipe  # noqa: E402
+from finetune_prior import load_prior, prior_config, resolve_env, tiny_random_model  # noqa: E402
 
 # the Qwen2.5 base models' shapes (their config.json on the Hub), for --random-shape
 QWEN_SHAPES = {
@@ -73,7 +66,7 @@ def matmul_gflops(device, n=1024):
     return 2 * n**3 / seconds_per_call(lambda: a @ b, device) / 1e9
 
 
-def random_shape_prior(shape: str, env: dict, demos: dict, template: str, device: str) -> lp.LatentActionPrior:
+def random_shape_prior(shape: str, env: dict, demos: dict, device: str) -> LatentActionPrior:
     """A prior on a Qwen2.5-`shape` model with random weights (no LoRA: as merged), for timing only."""
     qwen = transformers.Qwen2Config(
         vocab_size=151_936,
@@ -87,12 +80,14 @@ def random_shape_prior(shape: str, env: dict, demos: dict, template: str, device
     torch.manual_seed(0)
     llm = transformers.AutoModel.from_config(qwen, dtype=dtype)
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(lp.smollm2_model_dir())
+        from benchmark.offline_models import smollm2_model_dir
+
+        tokenizer = transformers.AutoTokenizer.from_pretrained(smollm2_model_dir())
     except PriorError:
-        tokenizer = lp.build_tiny_tokenizer()
-    config = prior_config(Args(env_id=env["env_id"], prompt_template=template), env, demos)
-    config.update(llm=f"{shape}-shaped-random", pooling="last", hidden_size=qwen.hidden_size)
-    return lp.LatentActionPrior(config, llm, tokenizer).to(device).eval()
+        tokenizer = tiny_random_model()[1]
+    config = prior_config(Args(env_id=env["env_id"], state_encoding="embed"), env, demos)
+    config.update(llm=f"{shape}-shaped-random", pooling="last")
+    return LatentActionPrior(config, llm, tokenizer).to(device).eval()
 
 
 def main(argv=None) -> int:
@@ -102,24 +97,14 @@ def main(argv=None) -> int:
     which.add_argument("--llm", help="time an untrained prior of this --llm on --env-id (LoRA merged)")
     which.add_argument("--random-shape", choices=sorted(QWEN_SHAPES), help="time a random-weight model of this shape")
     parser.add_argument("--env-id", default="CLEVR-Robot-v0", help="with --llm / --random-shape: the env")
-    parser.add_argument(
-        "--prompt-template", default=DEFAULT_PROMPT_TEMPLATE, help="with --llm / --random-shape: the prompt"
-    )
+    parser.add_argument("--state-encoding", default="fused", choices=("fused", "embed"), help="with --llm")
     parser.add_argument("--batch-sizes", default="1,4,16,64,256", help="comma-separated states per forward pass")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--num-episodes", type=int, default=4, help="expert episodes to take the states from (more if needed)"
     )
-    parser.add_argument(
-        "--prefix-cache",
-        choices=("on", "off", "compare"),
-        default="on",
-        help="decoder priors: with the prompt-prefix cache (on: as the PPO scripts run them), without, or both (compare)",
-    )
     parser.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per measurement (>= 1)")
-    parser.add_argument(
-        "--repeats", type=int, default=1, help="time each mode this many times, alternating; report the fastest"
-    )
+    parser.add_argument("--repeats", type=int, default=1, help="time each batch size this many times; the fastest")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP count (one forward less per line)")
     args = parser.parse_args(argv)
     try:
@@ -141,23 +126,20 @@ def main(argv=None) -> int:
     n = max(batch_sizes)
     episodes = args.num_episodes
     while True:  # enough distinct states for the largest batch (CLEVR's expert episodes are 2-3 steps long)
-        demos = collect_expert_demos(
-            env, episodes, noise=0.0, labels="expert", goal_split="train", seed=0, max_steps=None
-        )
+        recipe = demo_recipe(Args(env_id=env["env_id"], num_episodes=episodes, demo_noise=0.0, seed=0), env)
+        demos = collect_expert_demos(env, recipe)
         if len(demos["actions"]) >= n or episodes >= 4096:
             break
         episodes *= 4
     t0 = time.perf_counter()
     try:
         if args.llm:
-            config = prior_config(
-                Args(env_id=env["env_id"], llm=args.llm, prompt_template=args.prompt_template), env, demos
-            )
-            prior = lp.build_prior(config, args.device)
+            config = prior_config(Args(env_id=env["env_id"], llm=args.llm, state_encoding=args.state_encoding), env, demos)
+            prior = build_prior(config, args.device)
             prior.llm = prior.llm.merge_and_unload()
             prior.eval()
         elif args.random_shape:
-            prior = random_shape_prior(args.random_shape, env, demos, args.prompt_template, args.device)
+            prior = random_shape_prior(args.random_shape, env, demos, args.device)
     except PriorError as e:
         parser.error(str(e))
     built = time.perf_counter() - t0
@@ -166,58 +148,30 @@ def main(argv=None) -> int:
     instructions = [str(s) for s in demos["instructions"][take]]
     lengths = [len(prior.tokenizer(s)["input_ids"]) for s in instructions]
     prompts = [sum(map(len, prior._prompt_ids(s))) for s in instructions]
-    modes = {"compare": (False, True), "on": (True,), "off": (False,)}[args.prefix_cache]
-    modes = modes if prior.prefix_cache else (False,)
-    compare = len(modes) == 2
     print(
         f"prior {args.prior_path or prior.config['llm']} (llm {prior.config['llm']}, {prior.config['state_encoding']} "
         f"state encoding, template {prior.config['prompt_template']!r}) on {args.device}, torch threads "
         f"{torch.get_num_threads()}, built in {built:.1f} s; {len(demos['actions'])} expert states of "
         f"{env['env_id']}, instructions of {min(lengths)}-{max(lengths)} tokens (prompts of {min(prompts)}-"
         f"{max(prompts)} besides the state)"
-        + ("" if prior.prefix_cache else "; no prompt-prefix cache (encoder, or mean pooling)")
     )
-    if compare:
-        print(f"{'batch':>6} {'cache':>5} {'ms/state':>9} {'fill ms/state':>13} {'GFLOP/state':>12} {'GFLOP/s':>8}")
-    else:
-        print(f"{'batch':>6} {'ms/state':>9} {'GFLOP/state':>12} {'GFLOP/s':>8}")
-    best_secs, least_gflop, per_mode = float("inf"), float("inf"), {}
+    print(f"{'batch':>6} {'ms/state':>9} {'GFLOP/state':>12} {'GFLOP/s':>8}")
+    best_secs, least_gflop = float("inf"), float("inf")
     with torch.inference_mode():
         for b in batch_sizes:
             obs, instr = observations[:b], instructions[:b]
-            fill, gflop, secs = {}, {}, {}
-            for cached in modes:
-                prior.prefix_cache = cached
-                prior.clear_prefix_cache()
-                t = time.perf_counter()
-                prior(obs, instr)  # the first call: fills the cache (on)
-                sync(args.device)
-                fill[cached] = (time.perf_counter() - t) / b
-                gflop[cached] = float("nan")
-                if not args.no_flops:
-                    with FlopCounterMode(display=False) as counter:
-                        prior(obs, instr)
-                    gflop[cached] = counter.get_total_flops() / 1e9 / b
-            for _ in range(args.repeats):  # off and on alternate: a machine shared with other jobs slows both alike
-                for cached in modes:
-                    prior.prefix_cache = cached
-                    s = seconds_per_call(lambda o=obs, i=instr: prior(o, i), args.device, args.min_time) / b
-                    secs[cached] = min(secs.get(cached, float("inf")), s)
-            for cached in modes:
-                per_mode[b, cached] = secs[cached]
-                rate = gflop[cached] / secs[cached]
-                if compare:
-                    fill_text = f"{1e3 * fill[cached]:.3f}" if cached else ""
-                    print(
-                        f"{b:>6} {'on' if cached else 'off':>5} {1e3 * secs[cached]:>9.3f} {fill_text:>13} "
-                        f"{gflop[cached]:>12.4f} {rate:>8.3g}",
-                        flush=True,
-                    )
-                else:
-                    print(f"{b:>6} {1e3 * secs[cached]:>9.3f} {gflop[cached]:>12.4f} {rate:>8.3g}", flush=True)
-                best_secs, least_gflop = min(best_secs, secs[cached]), min(least_gflop, gflop[cached])
-            if compare:
-                print(f"{b:>6} prompt-prefix cache: {per_mode[b, False] / per_mode[b, True]:.2f}x faster per state")
+            prior(obs, instr)  # a fused prior reads its instructions once: the steady state of a PPO run
+            gflop = float("nan")
+            if not args.no_flops:
+                with FlopCounterMode(display=False) as counter:
+                    prior(obs, instr)
+                gflop = counter.get_total_flops() / 1e9 / b
+            secs = min(
+                seconds_per_call(lambda o=obs, i=instr: prior(o, i), args.device, args.min_time) / b
+                for _ in range(args.repeats)
+            )
+            print(f"{b:>6} {1e3 * secs:>9.3f} {gflop:>12.4f} {gflop / secs:>8.3g}", flush=True)
+            best_secs, least_gflop = min(best_secs, secs), min(least_gflop, gflop)
     if not args.device.startswith("cuda") and not args.no_flops:
         rate = matmul_gflops(args.device)
         print(

@@ -98,7 +98,7 @@ def main(argv=None) -> int:
         parser.error(f"no agent file {path}: give models saved by lago_ppo_continuous.py --save-model")
     if not (Path(args.prior_dir) / "prior_config.json").is_file():
         parser.error(f"{args.prior_dir} holds no prior_config.json: give a directory made by finetune_prior.py")
-    from lago_prior import load_prior
+    from finetune_prior import load_prior
 
     prior = load_prior(args.prior_dir)
     if prior.config["action_space"]["type"] != "continuous":

@@ -17,8 +17,6 @@ seed) under --results-dir (a finished one is skipped on rerun); table.md and cur
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,14 +26,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 LEVELS = "train,heldout,rephrase,compose"  # the default --levels
-EVAL_SEED_OFFSET = 10_000  # finetune_prior.py collects its --eval-goal-split sets with seed + 10_000
+EVAL_SEED_OFFSET = 10_000  # the levels' noise-free expert episodes are collected with seed + 10_000
 
 
 def level_demos_path(results: Path, args, level: str, seed: int) -> Path:
-    """The noise-free expert episodes of `level` that finetune_prior.py --eval-goal-split collects (and reuses)."""
-    from finetune_prior import demo_file
-
-    return results / demo_file(args.env_id, args.eval_episodes, 0.0, level, seed + EVAL_SEED_OFFSET, None, "expert")
+    """The noise-free expert episodes of `level` on which every rung's top-1 is scored."""
+    return results / "demos" / f"{args.env_id}__{level}__{args.eval_episodes}ep__expert__seed{seed + EVAL_SEED_OFFSET}.npz"
 
 
 def rollouts(policy_or_path, seed: int, args) -> dict:
@@ -53,21 +49,25 @@ def rollouts(policy_or_path, seed: int, args) -> dict:
 
 
 def run_prior(results: Path, rung: str, seed: int, args, demos: Path) -> dict:
-    """Fine-tune one prior (finetune_prior.py, its defaults but the flags below) and score it."""
+    """Fine-tune one prior (finetune_prior.train: its defaults but the flags below, on one torch thread), evaluated on
+    each level's expert episodes after every epoch, and score it."""
+    import contextlib
+
+    import torch
+    import tyro
+
+    from benchmark.offline_models import llm_arg
+    from finetune_prior import Args, load_demos, resolve_env, train
+
     llm, _, encoding = rung.partition(":")
     prior = results / "priors" / f"{rung.replace(':', '__')}__{args.num_episodes}ep__seed{seed}"
-    cmd = [sys.executable, str(REPO / "finetune_prior.py"), "--env-id", args.env_id, "--llm", llm]
-    cmd += ["--seed", str(seed), "--num-episodes", str(args.num_episodes), "--demo-noise", str(args.demo_noise)]
-    cmd += ["--demo-labels", args.demo_labels] + args.finetune_args.split()
-    cmd += ["--eval-goal-split", ",".join(args.levels), "--eval-num-episodes", str(args.eval_episodes)]
-    cmd += ["--output-dir", str(prior), "--no-progress-bar", "--no-time-forward"]
-    cmd += ["--state-encoding", encoding] if encoding else []
-    cmd += ["--demos-path", str(demos)] if demos.exists() else ["--save-demos-path", str(demos)]
-    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
-    proc = subprocess.run(cmd, cwd=results, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    summary = json.loads((prior / "prior_config.json").read_text())["train_summary"]
+    flags = ["--env-id", args.env_id, "--llm", llm_arg(llm), "--seed", str(seed), "--demos-path", str(demos)]
+    flags += ["--output-dir", str(prior), *(["--state-encoding", encoding] if encoding else [])]
+    env = resolve_env(args.env_id)
+    levels = {f"{lv}_goals": load_demos(str(level_demos_path(results, args, lv, seed)), env) for lv in args.levels}
+    torch.set_num_threads(1)
+    with contextlib.chdir(results):  # its runs/ (tensorboard) under the results dir
+        _, summary = train(tyro.cli(Args, args=flags + args.finetune_args.split()), eval_sets=levels)
     return {
         "train_time_s": summary["train_time_s"],
         "optimizer_steps": summary["optimizer_steps"],
@@ -91,7 +91,7 @@ def run_bc_mlp(results: Path, seed: int, args, demos: Path) -> dict:
 
     env = resolve_env(args.env_id)
     train, held = split_by_episode(load_demos(str(demos), env), 0.1, seed)
-    obs_dim = env["obs_dim"]
+    obs_dim = env["obs_dims"][0]  # one goal slot: the 10 coordinates and the goal one-hots
     x = torch.from_numpy(train["observations"][:, :obs_dim])
     mean, std = x.mean(0), x.std(0).clamp_min(1e-3)
 
@@ -145,25 +145,21 @@ def run_bc_mlp(results: Path, seed: int, args, demos: Path) -> dict:
 
 
 def collect_missing_demos(results: Path, seed: int, args, demos: Path) -> None:
-    """The training demos and the levels' evaluation sets, collected as finetune_prior.py collects them (same seeds and
-    settings, so the same data) where no prior rung has yet."""
-    from finetune_prior import collect_expert_demos, resolve_env, save_demos
+    """The training demos (finetune_prior's recipe: the same data as its own collection) and the levels' evaluation
+    sets, collected where they are not on disk yet."""
+    from finetune_prior import Args, collect_expert_demos, demo_recipe, resolve_env, save_demos
 
     env = resolve_env(args.env_id)
-    settings = {"noise": args.demo_noise, "labels": args.demo_labels, "max_steps": None}
+    recipe = demo_recipe(Args(env_id=args.env_id, seed=seed, num_episodes=args.num_episodes,
+                              demo_noise=args.demo_noise, demo_labels=args.demo_labels), env)  # fmt: skip
     if not demos.exists():
-        save_demos(collect_expert_demos(env, args.num_episodes, goal_split="train", seed=seed, **settings), str(demos))
-    settings = {"noise": 0.0, "labels": "expert", "max_steps": None}
+        save_demos(collect_expert_demos(env, recipe), str(demos))
     for level in args.levels:
         path = level_demos_path(results, args, level, seed)
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_demos(
-                collect_expert_demos(
-                    env, args.eval_episodes, goal_split=level, seed=seed + EVAL_SEED_OFFSET, **settings
-                ),
-                str(path),
-            )
+            level_recipe = recipe | {"num_episodes": args.eval_episodes, "noise": 0.0, "labels": "expert"}
+            level_recipe |= {"goal_split": level, "seed": seed + EVAL_SEED_OFFSET}
+            save_demos(collect_expert_demos(env, level_recipe), str(path))
 
 
 def run(results: Path, rung: str, seed: int, args) -> dict:
@@ -175,8 +171,8 @@ def run(results: Path, rung: str, seed: int, args) -> dict:
         / "demos"
         / f"{args.env_id}__train__{args.num_episodes}ep__noise{args.demo_noise:g}__{args.demo_labels}__seed{seed}.npz"
     )
+    collect_missing_demos(results, seed, args, demos)
     if rung == "bc-mlp":
-        collect_missing_demos(results, seed, args, demos)
         result = run_bc_mlp(results, seed, args, demos)
     else:
         result = run_prior(results, rung, seed, args, demos)

@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from envs.clevr_language import COLOR_SYNONYMS, RELATION_PHRASES, RELATION_SYNONYMS  # noqa: E402
-from lago_prior import load_llm  # noqa: E402
+from finetune_prior import load_llm  # noqa: E402
 
 
 @torch.no_grad()

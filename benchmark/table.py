@@ -49,6 +49,7 @@ if str(REPO) not in sys.path:  # `python benchmark/table.py` as well as `python 
 # the table's parts: budgets, the prior without RL, the job runner
 from benchmark import plot  # noqa: E402
 from benchmark.evaluate import evaluate  # noqa: E402
+from benchmark.offline_models import llm_arg  # noqa: E402
 from envs.clevr_language import LEVEL_RELATIONS  # noqa: E402  (goal slots: relations of the hardest level)
 from envs.metaworld import level_of  # noqa: E402
 from benchmark.presets import CLEVR_ENV_ID, ENVS, OFFLINE_PRETRAINED, PRESETS, PRIOR_TWIN_ROW, ROWS  # noqa: E402
@@ -208,7 +209,7 @@ def check_cached_prior(results_dir: Path, env: str, llm: str, p: Preset) -> None
     path = prior_dir(results_dir, env, llm)
     if not prior_is_complete(path):
         return
-    from lago_prior import load_prior
+    from finetune_prior import load_prior
 
     try:
         load_prior(str(path))
@@ -237,12 +238,11 @@ def finetune_command(env: str, llm: str, out: Path, p: Preset) -> list[str]:
         "--env-id",
         prior_env_id(env, p),
         "--llm",
-        llm,
+        llm_arg(llm),
         "--output-dir",
         str(out),
         "--seed",
         "1",
-        "--no-progress-bar",
     ]
     if env == "clevr":
         cmd += [

@@ -199,6 +199,7 @@ def collect_demos(
     goal_slots: int | None = None,
     success_test: str = "original",
     labels: str = "executed",
+    progress=None,
 ) -> dict:
     """Roll out the scripted expert; returns the project's demonstration dict.
 
@@ -211,7 +212,7 @@ def collect_demos(
     [N], episode_ids int64 [N], episode_success bool [E], env_id "CLEVR-Robot-v0", state_dim 10;
     for a mixture also levels unicode [N] (the level of each step's episode). Failed episodes are
     kept (episode_success False). Deterministic given the arguments: the env is seeded once with
-    `seed` and the noise generator with `seed + 1`.
+    `seed` and the noise generator with `seed + 1`. progress: wraps the range of episodes (e.g. tqdm) to show it.
     """
     if num_episodes < 1:
         raise ValueError(f"num_episodes must be >= 1, got {num_episodes}")
@@ -222,7 +223,7 @@ def collect_demos(
     )
     rng = np.random.default_rng(seed + 1)
     obs_l, act_l, ins_l, ep_l, succ, lev_l = [], [], [], [], [], []
-    for ep in range(num_episodes):
+    for ep in (progress or iter)(range(num_episodes)):
         obs, info = env.reset(seed=seed if ep == 0 else None)
         done = False
         success = False

@@ -43,7 +43,7 @@ Instruction levels (after KALM's evaluation): `LEVELS` = ("train", "heldout", "r
         red" is impossible) and without three spheres on the same side of a fourth (barely feasible
         under KALM's success test: three spheres in one 90-degree sector within 0.39). Text
         (`HARD_FRAMES`, 64): three train imperative phrasings, "A, b and c." (1,817,600 instructions;
-        `level_instructions("hard")` lists them all: slow, ~2 s).
+        `level_instructions("hard")` lists them all, slowly).
     `LEVEL_RELATIONS[level]`: relations per goal (compose 2, hard 3, the others 1).
     A mixture is "+"-joined distinct LEVELS, e.g. goal_split="train+rephrase+heldout+compose"
     (`parse_goal_split`). `level_instructions(level)` lists a level's instructions in a fixed order.

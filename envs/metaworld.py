@@ -247,7 +247,7 @@ class MetaWorldTask(gym.Wrapper, gym.utils.RecordConstructorArgs):
     "task:rephrase": each episode then draws one of its REPHRASED instructions (from a numpy Generator of `seed`,
     re-seeded by reset(seed=)).
     `reset(seed=s)` re-seeds the env as `gym.make(seed=s)` does (see the module docstring): the goals of seed s
-    are drawn once (~0.7 s, numpy's global RNG seeded and restored, so not thread-safe) and kept for a few seeds.
+    are drawn once (numpy's global RNG seeded and restored, so not thread-safe) and kept for a few seeds.
     `max_episode_steps` (None: Meta-World's 500) is set in both places the step limit lives: the Sawyer env, which
     raises past it, and Meta-World's TimeLimit. The constructor's arguments go into `env.spec`, so that
     `env.spec.make()` rebuilds this env (gymnasium's check_env does).
@@ -442,8 +442,10 @@ def collect_demos(
     max_episode_steps: int = 500,
     steps_after_success: int | None = 10,
     labels: str = "executed",
+    progress=None,
 ) -> dict:
-    """Demonstrations of Meta-World's scripted experts, in the contract's demo format.
+    """Demonstrations of Meta-World's scripted experts, in the contract's demo format (progress: wraps the sequence of
+    episodes, e.g. tqdm, to show it).
 
     Each task gets its own env (seed + index of the task); each episode has a new goal. The expert's action plus
     Gaussian noise N(0, noise_std) (one numpy Generator seeded with `seed`) is clipped to [-1, 1], executed, and
@@ -467,38 +469,41 @@ def collect_demos(
     with warnings.catch_warnings():
         # the experts' `move` warns whenever a gain saturates the action: every few steps, harmless
         warnings.filterwarnings("ignore", message="Constant\\(s\\) may be too high")
-        for k, task in enumerate(names):
-            env = make_env(task, seed + k, max_episode_steps=max_episode_steps)
-            policy = expert_policy(task)
-            for _ in range(episodes_per_task):
-                episode = len(episode_success)
-                obs, info = env.reset()
-                instruction = info["instruction"]
-                first_success = None
-                t = 0
-                while True:
-                    # a copy: the door-open and door-close experts modify the observation they are given
-                    expert = np.asarray(policy.get_action(obs.copy()), dtype=np.float64)
-                    action = expert + rng.normal(0.0, noise_std, size=expert.shape) if noise_std > 0 else expert
-                    action = np.clip(action, -1.0, 1.0).astype(np.float32)
-                    observations.append(obs.astype(np.float32))
-                    actions.append(np.clip(expert, -1.0, 1.0).astype(np.float32) if labels == "expert" else action)
-                    episode_ids.append(episode)
-                    obs, _, terminated, truncated, info = env.step(action)
-                    if info["success"] and first_success is None:
-                        first_success = t
-                    t += 1
-                    if terminated or truncated:
-                        break
-                    if (
-                        first_success is not None
-                        and steps_after_success is not None
-                        and t - first_success > steps_after_success
-                    ):
-                        break
-                episode_success.append(first_success is not None)
-                instructions += [instruction] * t
-            env.close()
+        env, current = None, None
+        for k in (progress or iter)([k for k in range(len(names)) for _ in range(episodes_per_task)]):
+            if k != current:  # the first episode of task k (the previous task's env is done)
+                if env is not None:
+                    env.close()
+                env = make_env(names[k], seed + k, max_episode_steps=max_episode_steps)
+                policy, current = expert_policy(names[k]), k
+            episode = len(episode_success)
+            obs, info = env.reset()
+            instruction = info["instruction"]
+            first_success = None
+            t = 0
+            while True:
+                # a copy: the door-open and door-close experts modify the observation they are given
+                expert = np.asarray(policy.get_action(obs.copy()), dtype=np.float64)
+                action = expert + rng.normal(0.0, noise_std, size=expert.shape) if noise_std > 0 else expert
+                action = np.clip(action, -1.0, 1.0).astype(np.float32)
+                observations.append(obs.astype(np.float32))
+                actions.append(np.clip(expert, -1.0, 1.0).astype(np.float32) if labels == "expert" else action)
+                episode_ids.append(episode)
+                obs, _, terminated, truncated, info = env.step(action)
+                if info["success"] and first_success is None:
+                    first_success = t
+                t += 1
+                if terminated or truncated:
+                    break
+                if (
+                    first_success is not None
+                    and steps_after_success is not None
+                    and t - first_success > steps_after_success
+                ):
+                    break
+            episode_success.append(first_success is not None)
+            instructions += [instruction] * t
+        env.close()
     return {
         "observations": np.stack(observations).astype(np.float32),
         "actions": np.stack(actions).astype(np.float32),

@@ -3,7 +3,7 @@
     tiny_clevr_prior  path of a CLEVR-Robot-v0 prior (Categorical over 40 actions)
     tiny_reach_prior  path of a reach-v3 prior (Gaussian over 4 action dims)
     tiny_clevr_run / tiny_reach_run: dicts with "prior", "demos" (the saved .npz) and "summary" (train()'s)
-Load them with `lago_prior.load_prior(path)`. They are real fine-tuning runs of finetune_prior.py
+Load them with `finetune_prior.load_prior(path)`. They are real fine-tuning runs of finetune_prior.py
 (tiny budgets), so their outputs are above chance but far from good policies.
 """
 
@@ -41,7 +41,6 @@ def _train(workdir: Path, **kwargs) -> dict:
 
     args = finetune_prior.Args(
         llm="tiny-random",
-        progress_bar=False,
         output_dir=str(workdir / "prior"),
         save_demos_path=str(workdir / "demos.npz"),
         **kwargs,

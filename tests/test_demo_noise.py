@@ -119,11 +119,11 @@ def test_metaworld_noise_std_is_the_std_of_the_action_noise(task):
 
 # ------------------------------------------------------------------ finetune_prior.py --demo-noise reaches both
 def stage1_demos(tmp_path, **kwargs):
-    """The demo file finetune_prior's data step (prepare_demos) writes for Args(**kwargs), as a dict."""
+    """The demo file finetune_prior's data step (obtain_demos) writes for Args(**kwargs), as a dict."""
     path = str(tmp_path / "demos.npz")
     args = fp.Args(llm="tiny-random", save_demos_path=path, **kwargs)
     env = fp.resolve_env(args.env_id)
-    fp.prepare_demos(args, env, rank=0)
+    fp.obtain_demos(args, env, rank=0)
     return fp.load_demos(path, env)
 
 

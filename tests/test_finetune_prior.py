@@ -1,23 +1,26 @@
-"""finetune_prior.py and lago_prior.py: the latent action prior, demo files, fine-tuning, saving/loading, DDP and
+"""finetune_prior.py and fp.py: the latent action prior, demo files, fine-tuning, saving/loading, DDP and
 clear errors.
 
 Fine-tuning runs use tiny-random (a ~100k-parameter random Qwen2) on real expert demos; the session
 fixtures of conftest.py (tiny_clevr_run, tiny_reach_run) are shared with the PPO scripts' tests.
 """
 
+import functools
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+import gymnasium as gym
 
 import numpy as np
 import pytest
 import torch
 
 import finetune_prior as fp
-import lago_prior as lp
-from lago_prior import PriorError, default_prior_path, load_prior
+from finetune_prior import PriorError, default_prior_path, load_prior
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = str(REPO / "finetune_prior.py")
@@ -51,7 +54,7 @@ def run_cli(args, cwd, timeout=300, extra_env=None):
 
 def run_main(argv, tmp_path, capsys, monkeypatch) -> tuple[int, str]:
     monkeypatch.chdir(tmp_path)
-    code = fp.main([*argv, "--no-progress-bar", "--output-dir", str(tmp_path / "prior")])
+    code = fp.main([*argv, "--output-dir", str(tmp_path / "prior")])
     return code, capsys.readouterr().err
 
 
@@ -70,14 +73,13 @@ def test_default_prior_path():
 
 
 def test_tiny_random_is_small_and_deterministic():
-    m1, t1, _ = lp.load_llm("tiny-random", torch.float32)
-    m2, t2, _ = lp.load_llm("tiny-random", torch.float32)
+    m1, t1 = fp.load_llm("tiny-random", torch.float32)
+    m2, t2 = fp.load_llm("tiny-random", torch.float32)
     assert 80_000 <= sum(p.numel() for p in m1.parameters()) <= 150_000
     assert m1.config.model_type == "qwen2"
-    assert lp.tokenizer_fingerprint(t1) == lp.tokenizer_fingerprint(t2)
-    assert lp.weights_fingerprint(m1) == lp.weights_fingerprint(m2)
+    assert fp.fingerprint(t1, m1) == fp.fingerprint(t2, m2) != fp.fingerprint(t1)
     assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters()))
-    assert len(t1) <= lp.TINY_VOCAB_SIZE
+    assert len(t1) <= 512
     text = "There is a red ball; is there a cyan rubber sphere in front of it? x=0.25"
     assert t1.decode(t1(text)["input_ids"]) == text  # byte-level: any text round-trips
 
@@ -190,30 +192,26 @@ def test_frozen_llm_prior(tiny_clevr_run, tmp_path, monkeypatch):
         epochs=3,
         patience=0,
         output_dir=str(tmp_path / "p"),
-        progress_bar=False,
-        time_forward=False,
     )
-    fresh, _, _ = lp.load_llm("tiny-random", torch.float32)
+    fresh, tokenizer = fp.load_llm("tiny-random", torch.float32)
     forwards = []  # the LLM's calls during training: one per batch of instructions it has not read yet
 
-    def add_lora(llm, *a):
+    def load_llm(name, dtype):
+        llm, tok = load_llm_as_is(name, dtype)
         llm.register_forward_hook(lambda module, inputs, output: forwards.append(1))
-        return add_lora_as_is(llm, *a)
+        return llm, tok
 
-    add_lora_as_is = lp._add_lora
-    monkeypatch.setattr(lp, "_add_lora", add_lora)
+    load_llm_as_is = fp.load_llm
+    monkeypatch.setattr(fp, "load_llm", load_llm)
     trained, summary = fp.train(args)
-    monkeypatch.undo()
-    monkeypatch.chdir(tmp_path)
     three_epochs = len(forwards)
     args.epochs, args.output_dir = 6, str(tmp_path / "p6")
     forwards.clear()
-    monkeypatch.setattr(lp, "_add_lora", add_lora)
     fp.train(args)
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
     assert len(forwards) == three_epochs, "a frozen LLM reads each instruction once, whatever the number of epochs"
-    assert lp.weights_fingerprint(trained.llm) == lp.weights_fingerprint(fresh)
+    assert fp.fingerprint(tokenizer, trained.llm) == fp.fingerprint(tokenizer, fresh)
     assert summary["trainable_params"] == sum(
         p.numel() for n, p in trained.named_parameters() if not n.startswith("llm")
     )
@@ -241,7 +239,7 @@ def test_bf16_base_model(tiny_clevr_prior):
     """The CUDA configuration (bf16 base, fp32 LoRA/projection/head), run on CPU: same answers up to bf16 rounding."""
     fp32 = load_prior(tiny_clevr_prior, merge_lora=False)
     config = dict(fp32.config)
-    bf16 = lp.build_prior(config, "cpu", adapter_dir=os.path.join(tiny_clevr_prior, "adapter"), dtype=torch.bfloat16)
+    bf16 = fp.build_prior(config, "cpu", adapter_dir=os.path.join(tiny_clevr_prior, "adapter"), dtype=torch.bfloat16)
     bf16.load_state_dict({k: v for k, v in fp32.state_dict().items() if not k.startswith("llm.")}, strict=False)
     assert bf16.llm.get_input_embeddings().weight.dtype == torch.bfloat16 and bf16.head.weight.dtype == torch.float32
     demos = np.load(os.path.join(os.path.dirname(tiny_clevr_prior), "demos.npz"))
@@ -261,10 +259,10 @@ def test_saved_prior_reloads_identically_and_moves(tiny_clevr_run, tmp_path, mon
         epochs=1,
         batch_size=64,
         output_dir=str(out),
-        progress_bar=False,
     )
     trained, summary = fp.train(args)
-    assert summary["output_dir"] == str(out) and summary["forward_ms_b16"] > 0
+    assert summary["output_dir"] == str(out)
+    assert all(os.stat(f).st_mode & 0o044 == 0o044 for f in out.rglob("*") if f.is_file())  # readable by others
     demos = np.load(tiny_clevr_run["demos"])
     obs, instr = torch.from_numpy(demos["observations"][:32]), demos["instructions"][:32].tolist()
     with torch.inference_mode():
@@ -287,17 +285,15 @@ def test_saved_prior_reloads_identically_and_moves(tiny_clevr_run, tmp_path, mon
         "obs_std",
         "std_floor",
         "lora",
-        "tokenizer_fingerprint",
-        "train_summary",
+        "fingerprint",
+        "file_sha256",
     ):
         assert key in cfg, key
     assert cfg["lora"]["target_modules"] == "all-linear" and cfg["pooling"] == "last"
 
 
-@pytest.mark.parametrize("encoding", ["text", "embed"])
-def test_state_in_the_prompt_round_trip(encoding, tiny_clevr_run, tmp_path, monkeypatch):
-    """--state-encoding text (the state written as numbers in the prompt) and embed (k state tokens, the paper's
-    reading): train and reload exactly."""
+def test_state_in_the_prompt_round_trip(tiny_clevr_run, tmp_path, monkeypatch):
+    """--state-encoding embed (k state tokens in the LLM's input, the paper's reading): trains and reloads exactly."""
     monkeypatch.chdir(tmp_path)
     demos = fp.load_demos(tiny_clevr_run["demos"], fp.resolve_env("CLEVR-Robot-v0"))
     small = fp.select_steps(demos, demos["episode_ids"] < 20)
@@ -305,21 +301,17 @@ def test_state_in_the_prompt_round_trip(encoding, tiny_clevr_run, tmp_path, monk
     args = fp.Args(
         llm="tiny-random",
         demos_path=str(tmp_path / "small.npz"),
-        state_encoding=encoding,
+        state_encoding="embed",
         epochs=2,
         patience=0,
         batch_size=8,
         gradient_accumulation_steps=2,
         lr_schedule="linear",
         output_dir=str(tmp_path / "p"),
-        progress_bar=False,
-        text_decimals=1,
-        time_forward=False,
     )
     trained, summary = fp.train(args)
-    assert (trained.state_proj is None) == (encoding == "text")
-    assert trained.config["num_state_tokens"] == (4 if encoding == "embed" else 0)
-    assert trained.config["prompt_template"] == fp.DEFAULT_PROMPT_TEMPLATE
+    assert trained.state_proj.out_features == 4 * 64 and trained.config["num_state_tokens"] == 4
+    assert trained.config["prompt_template"] == fp.EMBED_PROMPT_TEMPLATE
     batches = -(-summary["train_samples"] // 8)
     assert summary["optimizer_steps"] == 2 * -(-batches // 2)  # one optimizer step per 2 micro-batches
     obs, instr = torch.from_numpy(small["observations"][:8]), small["instructions"][:8].tolist()
@@ -327,29 +319,22 @@ def test_state_in_the_prompt_round_trip(encoding, tiny_clevr_run, tmp_path, monk
         assert torch.equal(load_prior(str(tmp_path / "p"), merge_lora=False)(obs, instr), trained(obs, instr))
 
 
-def test_heldout_instruction_evaluation(tiny_clevr_run, tmp_path, monkeypatch):
-    """--eval-goal-split heldout collects demos of unseen instructions and evaluates on them every epoch;
-    --eval-demos-path does the same with a file."""
+def test_more_evaluation_sets(tiny_clevr_run, tmp_path, monkeypatch):
+    """train(args, eval_sets): more demo sets (here: expert episodes of held-out instructions) evaluated before
+    training and after every epoch, reported beside the held-out episodes; early stopping still reads "eval"."""
     monkeypatch.chdir(tmp_path)
-    demos = fp.load_demos(tiny_clevr_run["demos"], fp.resolve_env("CLEVR-Robot-v0"))
+    env = fp.resolve_env("CLEVR-Robot-v0")
+    demos = fp.load_demos(tiny_clevr_run["demos"], env)
     small = fp.select_steps(demos, demos["episode_ids"] < 10)
     fp.save_demos(small, str(tmp_path / "small.npz"))
-    args = fp.Args(
-        llm="tiny-random",
-        demos_path=str(tmp_path / "small.npz"),
-        eval_goal_split="heldout",
-        eval_num_episodes=6,
-        eval_demos_path=str(tmp_path / "small.npz"),
-        epochs=1,
-        output_dir=str(tmp_path / "p"),
-        progress_bar=False,
-        time_forward=False,
-    )
-    _, summary = fp.train(args)
-    assert len(summary["history"]) == 2 and {"eval", "heldout_goals", "eval_file"} <= set(summary["history"][-1])
-    assert 0 <= summary["heldout_goals_top1"] <= 1 and summary["eval_file_samples"] == len(small["actions"])
-    heldout = np.load(next((tmp_path / "demos").glob("*heldout*.npz")))
+    recipe = fp.demo_recipe(fp.Args(num_episodes=6, demo_noise=0.0, goal_split="heldout", seed=7), env)
+    heldout = fp.collect_expert_demos(env, recipe)
     assert not set(heldout["instructions"].tolist()) & set(demos["instructions"].tolist())  # unseen instructions
+    args = fp.Args(llm="tiny-random", demos_path=str(tmp_path / "small.npz"), epochs=2, output_dir=str(tmp_path / "p"))
+    prior, summary = fp.train(args, eval_sets={"heldout_goals": heldout})
+    assert len(summary["history"]) == 3 and all(set(h) == {"eval", "heldout_goals"} for h in summary["history"])
+    best = summary["history"][summary["best_epoch"]]["heldout_goals"]
+    assert summary["heldout_goals_top1"] == best["top1"] == fp.evaluate(prior, heldout)["top1"]
 
 
 def test_minilm_encoder_prior(tiny_clevr_run, tmp_path, monkeypatch):
@@ -363,20 +348,18 @@ def test_minilm_encoder_prior(tiny_clevr_run, tmp_path, monkeypatch):
         epochs=1,
         lora_rank=2,
         output_dir=str(tmp_path / "p"),
-        progress_bar=False,
-        time_forward=False,
     )
     assert args.llm == "all-MiniLM-L6-v2"  # the default
     trained, summary = fp.train(args)
-    assert trained.config["pooling"] == "mean" and trained.config["hidden_size"] == 384
-    assert summary["trainable_params"] < 0.02 * summary["total_params"]  # LoRA + head + projection only
+    assert trained.config["pooling"] == "mean" and trained.llm.config.hidden_size == 384
+    assert summary["trainable_params"] < 0.02 * sum(p.numel() for p in trained.parameters())  # LoRA, fusion, head
     obs, instr = torch.from_numpy(small["observations"][:4]), small["instructions"][:4].tolist()
     with torch.inference_mode():
         assert torch.equal(load_prior(str(tmp_path / "p"), merge_lora=False)(obs, instr), trained(obs, instr))
-    pretrained, tokenizer, _ = lp.load_llm("all-MiniLM-L6-v2", torch.float32)
+    pretrained, tokenizer = fp.load_llm("all-MiniLM-L6-v2", torch.float32)
     assert tokenizer("a")["input_ids"] == [101, 1037, 102]  # [CLS] a [SEP]: the uncased BERT vocabulary
-    twin1, _, _ = lp.load_llm("all-MiniLM-L6-v2-random", torch.float32)
-    twin2, _, _ = lp.load_llm("all-MiniLM-L6-v2-random", torch.float32)
+    twin1, _ = fp.load_llm("all-MiniLM-L6-v2-random", torch.float32)
+    twin2, _ = fp.load_llm("all-MiniLM-L6-v2-random", torch.float32)
     for key in (
         "model_type",
         "hidden_size",
@@ -386,7 +369,7 @@ def test_minilm_encoder_prior(tiny_clevr_run, tmp_path, monkeypatch):
         "vocab_size",
     ):
         assert getattr(twin1.config, key) == getattr(pretrained.config, key), key  # same architecture
-    assert lp.weights_fingerprint(twin1) == lp.weights_fingerprint(twin2) != lp.weights_fingerprint(pretrained)
+    assert fp.fingerprint(tokenizer, twin1) == fp.fingerprint(tokenizer, twin2) != fp.fingerprint(tokenizer, pretrained)
 
 
 def test_load_prior_errors_and_atomic_save(tiny_clevr_prior, tmp_path, monkeypatch):
@@ -395,23 +378,23 @@ def test_load_prior_errors_and_atomic_save(tiny_clevr_prior, tmp_path, monkeypat
     broken = tmp_path / "broken"
     shutil.copytree(tiny_clevr_prior, broken)
     (broken / "heads.safetensors").unlink()
-    with pytest.raises(PriorError, match=r"incomplete prior directory.*heads\.safetensors"):
+    with pytest.raises(PriorError, match=r"heads\.safetensors .*incomplete prior directory"):
         load_prior(str(broken))
     # saving over an existing prior replaces it whole; an interrupted save leaves the old one intact
     prior = load_prior(tiny_clevr_prior, merge_lora=False)
     target = tmp_path / "target"
-    lp.save_prior(prior, str(target))
-    lp.save_prior(prior, str(target))
+    fp.save_prior(prior, str(target))
+    fp.save_prior(prior, str(target))
     assert sorted(os.listdir(tmp_path)) == ["broken", "target"]  # no temp or old directories left
 
     def crash(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lp, "save_file", crash)
+    monkeypatch.setattr(fp, "save_file", crash)
     with pytest.raises(KeyboardInterrupt):
-        lp.save_prior(prior, str(tmp_path / "target"))
+        fp.save_prior(prior, str(tmp_path / "target"))
     with pytest.raises(KeyboardInterrupt):
-        lp.save_prior(prior, str(tmp_path / "fresh"))
+        fp.save_prior(prior, str(tmp_path / "fresh"))
     assert not (tmp_path / "fresh").exists()
     load_prior(str(target))  # still complete
 
@@ -480,7 +463,7 @@ def test_cli_errors_in_process(tmp_path, capsys, monkeypatch):
             "and one {state} with --state-encoding embed",
         ),
         (["--demos-path", str(tmp_path / "good.npz"), "--lora-rank", "-1"], "--lora-rank must be >= 0"),
-        (["--env-id", "reach-v3", "--eval-goal-split", "heldout"], "apply to CLEVR-Robot-v0 only"),
+        (["--env-id", "reach-v3", "--goal-split", "heldout"], "--goal-split applies to CLEVR-Robot only"),
     ]
     for argv, message in cases:
         code, err = run_main(argv, tmp_path, capsys, monkeypatch)
@@ -499,22 +482,23 @@ def test_llm_from_local_directory_and_hub_cache(tmp_path, monkeypatch):
     """--llm as a local directory, and a Hub id already in the local Hugging Face cache (no network needed)."""
     import huggingface_hub
 
-    model, tokenizer, _ = lp.load_llm("tiny-random", torch.float32)
+    model, tokenizer = fp.load_llm("tiny-random", torch.float32)
     local = tmp_path / "my-model"
     model.save_pretrained(local)
     tokenizer.save_pretrained(local)
-    loaded, tok, source = lp.load_llm(str(local), torch.float32)
-    assert source == str(local) and lp.weights_fingerprint(loaded) == lp.weights_fingerprint(model)
-    assert lp.tokenizer_fingerprint(tok) == lp.tokenizer_fingerprint(tokenizer)
+    loaded, tok = fp.load_llm(str(local), torch.float32)
+    assert fp.fingerprint(tok, loaded) == fp.fingerprint(tokenizer, model)
+    twin, _ = fp.load_llm(f"{local}-random", torch.float32)  # the twin of a local directory: drawn, not loaded
+    assert twin.config.hidden_size == 64 and fp.fingerprint(tok, twin) == fp.fingerprint(tokenizer, model)
     repo = tmp_path / "hub" / "models--someone--tiny-qwen"
     shutil.copytree(local, repo / "snapshots" / "abc123")
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("abc123")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    cached, _, source = lp.load_llm("someone/tiny-qwen", torch.float32)
-    assert source == "someone/tiny-qwen" and lp.weights_fingerprint(cached) == lp.weights_fingerprint(model)
+    cached, _ = fp.load_llm("someone/tiny-qwen", torch.float32)
+    assert fp.fingerprint(tokenizer, cached) == fp.fingerprint(tokenizer, model)
     with pytest.raises(PriorError, match="cannot load a model from this directory"):
-        lp.load_llm(str(tmp_path / "hub"), torch.float32)
+        fp.load_llm(str(tmp_path / "hub"), torch.float32)
 
 
 @pytest.mark.parametrize(
@@ -534,7 +518,7 @@ def test_cli_errors_subprocess(argv, message, tmp_path):
     if argv[0] == "--llm":  # the llm is resolved after the demos: give it good ones
         fp.save_demos(synthetic_demos(), str(tmp_path / "good.npz"))
         argv += ["--demos-path", str(tmp_path / "good.npz")]
-    proc = run_cli([*argv, "--no-time-forward", "--output-dir", str(tmp_path / "p")], cwd=tmp_path)
+    proc = run_cli([*argv, "--output-dir", str(tmp_path / "p")], cwd=tmp_path)
     assert proc.returncode != 0
     assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "p").exists()
@@ -563,16 +547,15 @@ def test_torchrun_two_processes(tiny_clevr_run, tmp_path):
         "32",
         "--output-dir",
         str(out),
-        "--no-progress-bar",
     ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "2 process(es)" in proc.stdout and proc.stdout.count("SUMMARY") == 1
+    assert "2 process(es)" in proc.stdout and proc.stdout.count("saved the prior to") == 1
     assert sorted(os.listdir(tmp_path)) == ["ddp_prior", "runs"]  # one prior, no temp directories
     assert len(os.listdir(tmp_path / "runs")) == 1  # only rank 0 writes
-    prior = load_prior(str(out))
-    summary = prior.config["train_summary"]
-    assert summary["processes"] == 2 and summary["final_train_loss"] < summary["first_train_loss"]
+    losses = [float(line.split("train_loss=")[1].split()[0]) for line in proc.stdout.splitlines() if "train_loss=" in line]
+    assert len(losses) == 2 and losses[1] < losses[0]  # one line per epoch, from rank 0 only
+    assert load_prior(str(out)).config["env_id"] == "CLEVR-Robot-v0"
 
 
 def test_epoch_batches_group_instructions():
@@ -592,3 +575,80 @@ def test_epoch_batches_group_instructions():
     shards = [fp.epoch_batches(instructions, args, 1, rank, 2) for rank in (0, 1)]
     assert len(shards[0]) == len(shards[1]) == len(batches) // 2
     assert not set(np.concatenate(shards[0]).tolist()) & set(np.concatenate(shards[1]).tolist())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The prior's contract: what forward does to the state, the Gaussian's floor, the caller's random streams
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("encoding", ["fused", "embed"])
+def test_the_prior_reads_the_state_normalised_by_the_demos_statistics(encoding, tiny_clevr_run, tmp_path, monkeypatch):
+    """forward reads (state - mean) / std of the training states, clipped to +-OBS_CLIP, with dims constant in the
+    demos read as 0: moving the observations and the saved statistics together changes nothing; moving one does."""
+    monkeypatch.chdir(tmp_path)
+    prior = load_prior(tiny_clevr_run["prior"]) if encoding == "fused" else fp.train(fp.Args(
+        llm="tiny-random", demos_path=tiny_clevr_run["demos"], state_encoding="embed", epochs=1,
+        output_dir=str(tmp_path / "p")))[0]  # fmt: skip
+    train, held = fp.split_by_episode(fp.load_demos(tiny_clevr_run["demos"], fp.resolve_env("CLEVR-Robot-v0")), 0.1, 1)
+    states = train["observations"][:, :10].astype(np.float64)
+    assert np.allclose(prior.config["obs_mean"], states.mean(0)) and np.allclose(prior.config["obs_std"], states.std(0))
+    obs = torch.from_numpy(held["observations"][:16])
+    instr = held["instructions"][:16].tolist()
+    shift, scale = torch.linspace(-3, 3, 10), torch.linspace(0.5, 2, 10)
+    with torch.inference_mode():
+        want = prior(obs, instr)
+        moved = obs.clone()
+        moved[:, :10] = (obs[:, :10] - prior.obs_mean) * scale + prior.obs_mean + shift
+        assert not torch.allclose(prior(moved, instr), want, atol=1e-3)  # the state matters
+        prior.obs_mean += shift
+        prior.obs_std *= scale
+        torch.testing.assert_close(prior(moved, instr), want, rtol=1e-4, atol=1e-4)  # ... only as normalised
+        far = moved.clone()
+        far[:, 0] = prior.obs_mean[0] + 1e3 * prior.obs_std[0]
+        edge = moved.clone()
+        edge[:, 0] = prior.obs_mean[0] + fp.OBS_CLIP * prior.obs_std[0]
+        torch.testing.assert_close(prior(far, instr), prior(edge, instr))  # clipped to +-OBS_CLIP
+        prior.obs_informative[0] = 0.0  # a dim constant in the demos reads as 0, wherever it is
+        torch.testing.assert_close(prior(far, instr), prior(moved, instr))
+
+
+def test_the_gaussian_prior_never_falls_below_its_std_floor(tiny_reach_prior):
+    """std = std_floor + softplus(raw): a head that asks for no spread at all still gets std_floor (and more spread
+    adds to it)."""
+    prior = load_prior(tiny_reach_prior)
+    floor = prior.config["std_floor"]
+    obs = torch.zeros(3, 39)
+    with torch.inference_mode():
+        prior.head.weight.zero_()
+        prior.head.bias[4:] = -100.0  # the raw std
+        _, std = prior(obs, ["reach the goal"] * 3)
+        assert torch.allclose(std, torch.full_like(std, floor))
+        prior.head.bias[4:] = 0.0
+        _, std = prior(obs, ["reach the goal"] * 3)
+        assert torch.allclose(std, torch.full_like(std, floor + np.log(2.0)))
+
+
+def test_loading_a_prior_leaves_the_callers_random_streams_alone(tiny_clevr_prior, tmp_path, monkeypatch):
+    """A PPO run loads (or makes) its prior between seeding and its first rollout: its random numbers must be those of
+    vanilla PPO with the same seed. Checked for load_prior and for load_guidance_prior making a missing prior."""
+    import random
+
+    def draws():
+        return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+    def seeded():
+        random.seed(5)
+        np.random.seed(5)
+        torch.manual_seed(5)
+
+    seeded()
+    want = draws()
+    seeded()
+    load_prior(tiny_clevr_prior)
+    assert draws() == want
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fp, "Args", functools.partial(fp.Args, num_episodes=20, epochs=1))  # stage 1, small
+    envs = SimpleNamespace(single_action_space=gym.spaces.Discrete(40),
+                           single_observation_space=gym.spaces.Box(-1, 1, (24,)))  # fmt: skip
+    seeded()
+    fp.load_guidance_prior("CLEVR-Robot-v0", "tiny-random", None, envs)  # stage 1 seeds everything: restored after
+    assert draws() == want and (tmp_path / "priors" / "CLEVR-Robot-v0__tiny-random").is_dir()

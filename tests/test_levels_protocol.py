@@ -1,6 +1,6 @@
 """The instruction-level protocol (issue 11): PPO trained on a '+' mixture of CLEVR-Robot levels, its saved agent
 evaluated per level (benchmark/evaluate.py), a prior fine-tuned on 24-dim observations guiding goal_slots=2 envs
-(38 dims), errors that name a bad level, and stage 1 reporting top-1 agreement on each level of --eval-goal-split."""
+(38 dims), errors that name a bad level, and stage 1 reporting top-1 agreement on each level."""
 
 import json
 import re
@@ -13,7 +13,6 @@ import pytest
 import torch
 
 import finetune_prior as fp
-import lago_prior
 import lago_ppo_discrete as ppo
 import script_runs
 from benchmark.evaluate import evaluate_discrete
@@ -57,7 +56,7 @@ def fake_envs(obs_dim, n=40):
 
 def load_guidance_prior(args, envs):
     """fp.load_guidance_prior as lago_ppo_discrete.py calls it, for the run `args` on the vector env `envs`."""
-    return lago_prior.load_guidance_prior(args.env_id, args.llm, args.prior_path, envs)
+    return fp.load_guidance_prior(args.env_id, args.llm, args.prior_path, envs)
 
 
 def finished_run(cwd):
@@ -171,56 +170,38 @@ def test_lago_run_on_a_two_slot_mixture(tiny_clevr_prior, tmp_path):
 # ------------------------------------------------------------------------------------------------------------
 # Stage 1: top-1 agreement on each level
 # ------------------------------------------------------------------------------------------------------------
-def test_stage1_reports_top1_on_each_eval_level(tmp_path, capsys, monkeypatch):
-    """--eval-goal-split heldout,rephrase,compose: noise-free expert demos of each level (compose: 38-dim observations)
-    collected and evaluated on their own, each level its own entry in the summary, the SUMMARY line and tensorboard."""
+def test_stage1_reports_top1_on_each_eval_level(tmp_path, monkeypatch):
+    """The benchmark's per-level evaluation of stage 1 (benchmark/stage1_levels.py): noise-free expert demos of each
+    level (compose: 38-dim observations) collected with finetune_prior's recipe and evaluated on their own every epoch,
+    each level its own entry in train()'s result and in tensorboard."""
     monkeypatch.chdir(tmp_path)
-    code = fp.main(
-        [
-            "--llm",
-            "tiny-random",
-            "--num-episodes",
-            "20",
-            "--epochs",
-            "1",
-            "--eval-num-episodes",
-            "10",
-            "--eval-goal-split",
-            "heldout,rephrase,compose",
-            "--output-dir",
-            "prior",
-            "--no-progress-bar",
-            "--no-time-forward",
-        ]
-    )
-    out = capsys.readouterr().out
-    assert code == 0
-    (summary_line,) = [line for line in out.splitlines() if line.startswith("SUMMARY ")]
-    run = json.loads((tmp_path / "prior" / "prior_config.json").read_text())["train_summary"]
     env = fp.resolve_env("CLEVR-Robot-v0")
-    (tb_dir,) = (tmp_path / "runs").iterdir()
-    logs = script_runs.scalars(str(tb_dir))
+    levels = {}
     for level, dims in (("heldout", OBS_DIM), ("rephrase", OBS_DIM), ("compose", TWO_SLOTS)):
-        (path,) = (tmp_path / "demos").glob(f"*__10ep__noise0__{level}__*.npz")
-        demos = fp.load_demos(str(path), env)  # 38-dim compose demos are accepted
+        recipe = fp.demo_recipe(fp.Args(num_episodes=10, demo_noise=0.0, goal_split=level, seed=11), env)
+        fp.save_demos(fp.collect_expert_demos(env, recipe), f"{level}.npz")
+        levels[f"{level}_goals"] = demos = fp.load_demos(f"{level}.npz", env)  # 38-dim compose demos are accepted
         assert demos["observations"].shape[1] == dims
         assert set(demos["instructions"].tolist()) <= set(level_instructions(level))
-        assert run[f"{level}_goals_samples"] == len(demos["actions"])
-        assert 0.0 <= run[f"{level}_goals_top1"] <= 1.0
-        assert f" {level}_goals_top1={run[f'{level}_goals_top1']:.4f} " in summary_line
-        assert len(logs[f"{level}_goals/top1"]) == 2  # before training and after the epoch
+    args = fp.Args(llm="tiny-random", num_episodes=20, epochs=1, output_dir="prior")
+    _, run = fp.train(args, eval_sets=levels)
+    (tb_dir,) = (tmp_path / "runs").iterdir()
+    logs = script_runs.scalars(str(tb_dir))
+    for name, demos in levels.items():
+        assert 0.0 <= run[f"{name}_top1"] <= 1.0 and run[f"{name}_top1"] == run["history"][-1][name]["top1"]
+        assert len(logs[f"{name}/top1"]) == 2  # before training and after the epoch
 
 
 def test_stage1_level_flags(tmp_path, capsys, monkeypatch):
-    """Bad levels in --goal-split / --eval-goal-split: one-line errors that say what is accepted; demo files with an
-    observation size CLEVR-Robot never has are refused."""
+    """Bad levels in --goal-split: one-line errors that say what is accepted; demo files with an observation size
+    CLEVR-Robot never has are refused."""
     monkeypatch.chdir(tmp_path)
     for argv, message in (
         (["--goal-split", "train+bogus"], "--goal-split: unknown level 'bogus'"),
-        (["--eval-goal-split", "heldout,nope"], "--eval-goal-split: unknown goal_split 'nope'"),
-        (["--eval-goal-split", "rephrase,rephrase"], "--eval-goal-split 'rephrase,rephrase' names a level twice"),
+        (["--goal-split", "bogus"], "--goal-split: unknown goal_split 'bogus'"),
+        (["--goal-split", "rephrase+rephrase"], "--goal-split: goal_split mixture 'rephrase+rephrase' names a level twice"),
     ):
-        code = fp.main([*argv, "--llm", "tiny-random", "--no-progress-bar", "--output-dir", "prior"])
+        code = fp.main([*argv, "--llm", "tiny-random", "--output-dir", "prior"])
         err = capsys.readouterr().err
         assert code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1, err
         assert "heldout" in err or "twice" in err

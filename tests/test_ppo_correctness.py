@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import finetune_prior
+import finetune_prior as fp
 import lago_ppo_discrete
-import lago_prior
 
 DISCRETE, CONTINUOUS = str(REPO / "lago_ppo_discrete.py"), str(REPO / "lago_ppo_continuous.py")
 # tiny budgets: one or a few rollouts of 2 envs
@@ -165,13 +165,13 @@ class RecordingPrior:
 
 def test_continuous_prior_reads_raw_observations(tiny_reach_prior, tmp_path, monkeypatch):
     recorders = []
-    load = lago_prior.load_prior
+    load = fp.load_prior
 
     def recording_load(*args, **kwargs):
         recorders.append(RecordingPrior(load(*args, **kwargs)))
         return recorders[-1]
 
-    monkeypatch.setattr(lago_prior, "load_prior", recording_load)
+    monkeypatch.setattr(fp, "load_prior", recording_load)
     run_in_process(
         CONTINUOUS, ["--prior-path", tiny_reach_prior, "--llm", "tiny-random", *REACH_TINY], tmp_path, monkeypatch
     )
@@ -197,6 +197,7 @@ def test_continuous_prior_reads_raw_observations(tiny_reach_prior, tmp_path, mon
         (["--num-minibatches", "0"], "--num-minibatches"),
         (["--update-epochs", "0"], "--update-epochs"),
         (["--num-envs", "2", "--num-steps", "10", "--total-timesteps", "19"], "--total-timesteps >= --num-envs x"),
+        (["--num-envs", "4", "--num-steps", "128", "--num-minibatches", "7"], "--num-minibatches dividing"),
     ],
 )
 def test_bad_flags_are_refused(script, flags, message, tmp_path, monkeypatch):
@@ -215,8 +216,8 @@ def test_truncated_prior_files_are_refused(broken, tiny_clevr_prior, tmp_path):
     (path / broken).write_bytes(data[: len(data) // 2])
     args = lago_ppo_discrete.Args(llm="tiny-random", prior_path=str(path))
     envs = lago_ppo_discrete.gym.vector.SyncVectorEnv([lago_ppo_discrete.make_env("CLEVR-Robot-v0", 0, False, "x")])
-    with pytest.raises(lago_prior.PriorError, match=f"{broken} in the prior at .* is corrupt or truncated"):
-        lago_prior.load_guidance_prior(args.env_id, args.llm, args.prior_path, envs)
+    with pytest.raises(fp.PriorError, match=f"{broken} in the prior at .* is corrupt or truncated"):
+        fp.load_guidance_prior(args.env_id, args.llm, args.prior_path, envs)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -252,29 +253,30 @@ def test_ctrl_c_during_fine_tuning_saves_nothing(tmp_path):
         "30",
         "--epochs",
         "1000",
-        "--no-progress-bar",
     ]
     code, _, err = interrupt_after(cmd, tmp_path, "before training")
     assert code == 130 and "Traceback" not in err
     assert "interrupted: no prior was saved to priors/CLEVR-Robot-v0__tiny-random" in err
     assert not (tmp_path / "priors").exists()
     assert [p.name for p in (tmp_path / "demos").iterdir()] == [
-        "CLEVR-Robot-v0__30ep__noise0.3__expertlabels__train__seed1__Tdefault.npz"
+        "CLEVR-Robot-v0__30ep__noise0.3__expert__train__seed1__T50.npz"
     ]
+    again = subprocess.run([*cmd[:-1], "1"], cwd=tmp_path, capture_output=True, text=True, check=False)
+    assert again.returncode == 0 and "reusing the demonstrations in demos/CLEVR-Robot-v0__30ep" in again.stdout
 
 
 def test_interrupted_save_keeps_the_previous_prior(tiny_clevr_prior, tmp_path, monkeypatch):
     target = tmp_path / "prior"
     shutil.copytree(tiny_clevr_prior, target)
     before = sorted(p.name for p in target.rglob("*"))
-    prior = lago_prior.load_prior(str(target))
+    prior = fp.load_prior(str(target))
 
     def interrupted_save(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(lago_prior, "save_file", interrupted_save)
+    monkeypatch.setattr(fp, "save_file", interrupted_save)
     with pytest.raises(KeyboardInterrupt):
-        lago_prior.save_prior(prior, str(target))
+        fp.save_prior(prior, str(target))
     assert [p.name for p in tmp_path.iterdir()] == ["prior"]  # no temporary directory left
     assert sorted(p.name for p in target.rglob("*")) == before
 
@@ -283,7 +285,7 @@ def test_interrupted_save_keeps_the_previous_prior(tiny_clevr_prior, tmp_path, m
 # The prior ignores observation dims that never varied in the demonstrations
 # ------------------------------------------------------------------------------------------------------------
 def test_dims_constant_in_the_demos_do_not_move_the_prior(tiny_reach_run):
-    prior = lago_prior.load_prior(tiny_reach_run["prior"])
+    prior = fp.load_prior(tiny_reach_run["prior"])
     ignored = prior.config["obs_ignored"]
     demos = np.load(tiny_reach_run["demos"])
     states = demos["observations"][:8].astype(np.float32)
@@ -313,15 +315,13 @@ def test_first_run_makes_the_default_prior_and_the_next_reuses_it(kind, tmp_path
     prior = tmp_path / "priors" / f"{env_id}__tiny-random"
     making = f"making it first (stage 1), as `python finetune_prior.py --env-id {env_id} --llm tiny-random`"
     assert making in first.stdout
-    # stage 1 ran as that command (its SUMMARY line follows the message), then the PPO run used the prior it made
-    assert first.stdout.index(making) < first.stdout.index("SUMMARY env=") and (prior / "prior_config.json").exists()
+    # stage 1 ran as that command (its last line follows the message), then the PPO run used the prior it made
+    done = f"saved the prior to priors/{env_id}__tiny-random"
+    assert first.stdout.index(making) < first.stdout.index(done) and (prior / "prior_config.json").exists()
     assert f"LaGO prior: priors/{env_id}__tiny-random" in first.stdout and "prior_kl=" in first.stdout
     config = json.loads((prior / "prior_config.json").read_text())
     assert config["llm"] == "tiny-random" and config["env_id"] == env_id
     saved = (prior / "heads.safetensors").stat().st_mtime_ns
     second = script_runs.run_script(script, cmd, tmp_path)
-    assert "making it first" not in second.stdout and "SUMMARY env=" not in second.stdout
+    assert "making it first" not in second.stdout and "saved the prior" not in second.stdout
     assert (prior / "heads.safetensors").stat().st_mtime_ns == saved
-    # one direction of imports: lago_prior runs stage 1 as a command, it never imports finetune_prior
-    source = (REPO / "lago_prior.py").read_text()
-    assert "import finetune_prior" not in source and "from finetune_prior" not in source

@@ -21,9 +21,9 @@ SCRIPT = str(REPO / "lago_ppo_discrete.py")
 sys.path.insert(0, str(REPO))
 
 import lago_ppo_discrete as ppo
-import lago_prior
 from envs.clevr_robot import OBS_DIM
-from lago_prior import PriorError, action_distribution
+from finetune_prior import PriorError, action_distribution
+import finetune_prior as fp
 
 # tiny budgets: 2 envs x 16 steps per rollout, 3 rollouts
 TINY = [
@@ -69,7 +69,7 @@ def one_thread():
 
 
 def fake_envs(obs_dim, n):
-    """The two attributes Agent and lago_prior.load_guidance_prior read from a vector env."""
+    """The two attributes Agent and fp.load_guidance_prior read from a vector env."""
     return SimpleNamespace(
         single_observation_space=gym.spaces.Box(-1.0, 1.0, (obs_dim,), np.float32),
         single_action_space=gym.spaces.Discrete(n),
@@ -77,8 +77,8 @@ def fake_envs(obs_dim, n):
 
 
 def load_guidance_prior(args, envs):
-    """lago_prior.load_guidance_prior as the script calls it, for the run `args` on the vector env `envs`."""
-    return lago_prior.load_guidance_prior(args.env_id, args.llm, args.prior_path, envs)
+    """fp.load_guidance_prior as the script calls it, for the run `args` on the vector env `envs`."""
+    return fp.load_guidance_prior(args.env_id, args.llm, args.prior_path, envs)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -152,7 +152,7 @@ def test_large_beta_without_reward_moves_the_policy_to_the_prior(direction, one_
 # ------------------------------------------------------------------------------------------------------------
 def test_missing_prior_names_the_finetune_command(tmp_path):
     args = ppo.Args(env_id="CLEVR-Robot-v0", llm="tiny-random", prior_path=str(tmp_path / "nowhere"))
-    with pytest.raises(FileNotFoundError) as e:
+    with pytest.raises(PriorError) as e:
         load_guidance_prior(args, fake_envs(13, 40))
     assert "python finetune_prior.py --env-id CLEVR-Robot-v0 --llm tiny-random" in str(e.value)
     assert "nowhere" in str(e.value)
@@ -264,6 +264,10 @@ def test_script_errors_are_clear(tmp_path):
     assert "python finetune_prior.py --env-id CLEVR-Robot-v0 --llm Qwen2.5-1.5B" in proc.stdout
     assert "priors/CLEVR-Robot-v0__Qwen2.5-1.5B" in proc.stdout
     assert proc.stderr.startswith("error: --llm 'Qwen2.5-1.5B'") and "tiny-random" in proc.stderr
+    assert not (tmp_path / "demos").exists()  # the model is checked before any demonstration is collected
+    proc = run_script(["--kl-coef", "0", "--goal-split", "bogus", *TINY], tmp_path, check=False)
+    assert proc.returncode != 0 and proc.stderr.startswith("error: --goal-split: ") and proc.stderr.count("\n") == 1
+    assert "hard" in proc.stderr and "hard" in run_script(["--help"], tmp_path).stdout
     assert not (tmp_path / "priors").exists()
 
     proc = run_script(["--env-id", "Pendulum-v1", "--kl-coef", "0", *TINY], tmp_path, check=False)

@@ -26,13 +26,13 @@ import numpy as np
 import pytest
 import script_runs
 import torch
+import finetune_prior as fp
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 SCRIPTS = Path(os.environ.get("LAGO_TEST_SCRIPTS_DIR", str(REPO)))
 DISCRETE, CONTINUOUS = str(SCRIPTS / "lago_ppo_discrete.py"), str(SCRIPTS / "lago_ppo_continuous.py")
 
-import lago_prior
 
 GAMMA, LAMBDA, CLIP, ENT, VF, BETA = 0.9, 0.8, 0.2, 0.05, 0.5, 0.5
 COMMON = [
@@ -166,7 +166,7 @@ class Spy:
 
     def __init__(self, kind, prior, monkeypatch, direction="reverse", clip_vloss=True):
         self.kind, self.direction, self.clip_vloss = kind, direction, clip_vloss
-        self.prior = lago_prior.load_prior(prior)
+        self.prior = fp.load_prior(prior)
         self.steps, self.states, self.updates, self.rollouts = [], [], [], []
         real_step, real_clip = gym.vector.SyncVectorEnv.step, torch.nn.utils.clip_grad_norm_
 

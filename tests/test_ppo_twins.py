@@ -1,6 +1,6 @@
 """lago_ppo_discrete.py and lago_ppo_continuous.py are twins: the blocks they duplicate (KL to the prior, beta
 schedules, the prior over the rollout in batches, logging) behave the same on the same inputs, and both load their
-prior with lago_prior.load_guidance_prior."""
+prior with fp.load_guidance_prior."""
 
 import glob
 import inspect
@@ -19,6 +19,7 @@ sys.path.insert(0, str(REPO))
 
 import lago_ppo_continuous as cont
 import lago_ppo_discrete as disc
+import finetune_prior as fp
 
 TWINS = pytest.mark.parametrize("a,b", [(disc, cont)], ids=["discrete-continuous"])
 
@@ -46,7 +47,7 @@ def test_prior_kl_is_the_same_on_both_kinds_of_distribution(a, b):
         for direction in ("reverse", "forward"):
             assert torch.equal(a.prior_kl(pi, prior, direction), b.prior_kl(pi, prior, direction))
     # and the prior turns each script's stored prior output into that kind of distribution
-    from lago_prior import action_distribution
+    from finetune_prior import action_distribution
 
     assert isinstance(action_distribution(torch.zeros(2, 40)), Categorical)
     assert isinstance(action_distribution((torch.zeros(2, 4), torch.ones(2, 4))), Independent)
@@ -89,12 +90,12 @@ def test_unknown_direction_or_schedule_is_refused_by_the_cli(script, flags, tmp_
 
 
 def test_missing_prior_error_is_the_same(tmp_path):
-    """Both scripts load their prior with lago_prior.load_guidance_prior: one message for either env."""
-    from lago_prior import load_guidance_prior
+    """Both scripts load their prior with fp.load_guidance_prior: one message for either env."""
+    from finetune_prior import load_guidance_prior
 
     for env_id in ("CLEVR-Robot-v0", "reach-v3"):
         args = SimpleNamespace(env_id=env_id, llm="tiny-random", prior_path=str(tmp_path / "nowhere"))
-        with pytest.raises(FileNotFoundError) as exc:
+        with pytest.raises(fp.PriorError) as exc:
             load_guidance_prior(args.env_id, args.llm, args.prior_path, envs=None)
         assert str(exc.value) == (
             f"no prior at --prior-path {args.prior_path!r}. Make one with:\n"

