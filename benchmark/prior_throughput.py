@@ -134,7 +134,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     try:
         if args.llm:
-            config = prior_config(Args(env_id=env["env_id"], llm=args.llm, state_encoding=args.state_encoding), env, demos)
+            config = prior_config(
+                Args(env_id=env["env_id"], llm=args.llm, state_encoding=args.state_encoding), env, demos
+            )
             prior = build_prior(config, args.device)
             prior.llm = prior.llm.merge_and_unload()
             prior.eval()

@@ -31,7 +31,9 @@ EVAL_SEED_OFFSET = 10_000  # the levels' noise-free expert episodes are collecte
 
 def level_demos_path(results: Path, args, level: str, seed: int) -> Path:
     """The noise-free expert episodes of `level` on which every rung's top-1 is scored."""
-    return results / "demos" / f"{args.env_id}__{level}__{args.eval_episodes}ep__expert__seed{seed + EVAL_SEED_OFFSET}.npz"
+    return (
+        results / "demos" / f"{args.env_id}__{level}__{args.eval_episodes}ep__expert__seed{seed + EVAL_SEED_OFFSET}.npz"
+    )
 
 
 def rollouts(policy_or_path, seed: int, args) -> dict:

@@ -91,6 +91,11 @@ class Args:
     """override beta of the Meta-World LaGO rows"""
     metaworld_kl_schedule: Optional[Literal["constant", "linear"]] = None
     """override beta's schedule of the Meta-World lago and lago-random rows"""
+    clevr_ppo_args: str = ""
+    """more lago_ppo_discrete.py flags for every CLEVR row, e.g. "--max-grad-norm 5" (a setting that is not about the
+    prior: PPO gets it too)"""
+    clevr_lago_args: str = ""
+    """more lago_ppo_discrete.py flags for the guided CLEVR rows only, e.g. --kl-direction forward"""
     results_dir: Optional[str] = None
     """where result files, priors and run logs go (default: benchmark/results/{preset})"""
     jobs: int = 2
@@ -135,6 +140,10 @@ def resolve(args: Args) -> Preset:
         changes["metaworld_kl_coef"] = args.metaworld_kl_coef
     if args.metaworld_kl_schedule is not None:
         changes["metaworld_kl_schedule"] = args.metaworld_kl_schedule
+    if args.clevr_ppo_args:
+        changes["clevr_ppo_args"] = (*p.clevr_ppo_args, *args.clevr_ppo_args.split())
+    if args.clevr_lago_args:
+        changes["clevr_lago_args"] = (*p.clevr_lago_args, *args.clevr_lago_args.split())
     return dataclasses.replace(p, **changes)
 
 
@@ -146,8 +155,9 @@ def budget_fields(p: Preset) -> dict:
     d.pop("metaworld_tasks")  # so may more tasks
     if d["metaworld_kl_schedule"] == "constant":
         d.pop("metaworld_kl_schedule")  # results dirs made before the field existed still resume
-    if not d["metaworld_demo_tasks"]:
-        d.pop("metaworld_demo_tasks")  # results dirs made before the field existed still resume
+    for field in ("metaworld_demo_tasks", "clevr_lago_args"):
+        if not d[field]:
+            d.pop(field)  # results dirs made before the field existed still resume
     return json.loads(json.dumps(d))  # tuples -> lists, as read back from JSON
 
 
@@ -297,6 +307,8 @@ def ppo_command(env: str, task: str, row: str, seed: int, prior_path: Optional[P
         cmd += ["--max-episode-steps", str(p.metaworld_max_episode_steps)]
     elif p.clevr_goal_split != "train":  # the thesis protocol: RL on a mixture of levels
         cmd += ["--goal-split", p.clevr_goal_split]
+    if env == "clevr" and row != "ppo":
+        cmd += list(p.clevr_lago_args)
     return cmd + list(p.clevr_ppo_args if env == "clevr" else p.metaworld_ppo_args) + list(p.device_args)
 
 

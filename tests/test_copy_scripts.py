@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # A user's own env: CartPole whose info carries an instruction (what the prior reads), registered on import
 USER_ENV = textwrap.dedent(
-    '''
+    """
     import gymnasium as gym
 
 
@@ -30,7 +30,7 @@ USER_ENV = textwrap.dedent(
 
 
     gym.register("InstructedCartPole-v0", entry_point=lambda **kw: InstructedCartPole(gym.make("CartPole-v1", **kw)))
-    '''
+    """
 )
 
 
