@@ -5,7 +5,8 @@
 reads every `{results-dir}/{env}/{row}/{task}__seed{N}.json` written by `benchmark/table.py`
 (one file per finished run) and writes
 
-- `{results-dir}/table.md`: one markdown table per environment, mean +- std over seeds;
+- `{results-dir}/table.md`: one markdown table per environment, mean ± sample std (ddof=1) over seeds and,
+  for the headline score, the IQM with its 95% stratified bootstrap CI (rliable, Agarwal et al. 2021);
 - `{results-dir}/curves_{env}.png`: success rate against environment steps, mean over
   seeds with a +-1 std band, one panel per task.
 
@@ -41,6 +42,11 @@ LEVEL_TITLES = {"train": "train goals", "heldout": "held-out goals", "rephrase":
 CURVE_TAG = "charts/success_rate"
 RETURN_TAG = "charts/episodic_return"
 HPARAMS_TAG = "hyperparameters/text_summary"  # the scripts' writer.add_text("hyperparameters", ...)
+# The IQM column: rliable's stratified bootstrap, this many resamples, numpy's global generator seeded with this for
+# each row (rliable draws the resamples from np.random, not from its random_state), so table.md is reproducible.
+IQM_REPS = 2000
+IQM_SEED = 0
+PROTOCOL = "mean ± sample std over {n} seed{s}; IQM with 95% stratified bootstrap CI (rliable)"
 
 
 @dataclass
@@ -113,11 +119,13 @@ def _row_order(rows) -> list[str]:
     return known + sorted(r for r in rows if r not in ROW_LABELS)
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def _mean_std(values: list[float], ddof: int = 1) -> tuple[float, float]:
+    """Mean and std (the sample std, ddof=1, unless told; NaN where there are too few values) of the values that are
+    not None or NaN."""
     arr = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
     if arr.size == 0:
         return float("nan"), float("nan")
-    return float(arr.mean()), float(arr.std(ddof=0))
+    return float(arr.mean()), float(arr.std(ddof=ddof)) if arr.size > ddof else float("nan")
 
 
 def _fmt(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
@@ -127,6 +135,37 @@ def _fmt(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
     if len([v for v in values if v is not None]) < 2:
         return f"{mean * scale:.{digits}f}"
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def iqm_ci(scores, reps: int = IQM_REPS, seed: int = IQM_SEED) -> tuple[float, float, float]:
+    """(IQM, CI low, CI high) of a (runs x tasks) score matrix: rliable's interquartile mean (the 25% trimmed mean of
+    all its entries) and its 95% percentile CI from `reps` stratified bootstrap resamples (runs drawn with
+    replacement within each task). numpy's global generator, which rliable's resampling draws from, is seeded with
+    `seed` for the call and restored after it: the same scores give the same interval."""
+    from rliable import library, metrics
+
+    scores = np.asarray(scores, dtype=float)
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        point, interval = library.get_interval_estimates(
+            {"row": scores}, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps
+        )
+    finally:
+        np.random.set_state(state)
+    return float(point["row"][0]), float(interval["row"][0, 0]), float(interval["row"][1, 0])
+
+
+def _fmt_iqm(matrix: list[list[float | None]], scale: float = 100.0, digits: int = 1) -> str:
+    """The IQM cell of a row: its (seeds x tasks) matrix, seeds with a missing entry left out; one seed: the IQM
+    alone (no interval)."""
+    rows = [row for row in matrix if row and all(v is not None and not math.isnan(v) for v in row)]
+    if not rows:
+        return "n/a"
+    iqm, low, high = iqm_ci(rows)
+    if len(rows) < 2:
+        return f"{iqm * scale:.{digits}f}"
+    return f"{iqm * scale:.{digits}f} [{low * scale:.{digits}f}, {high * scale:.{digits}f}]"
 
 
 def _label(result: dict) -> str:
@@ -170,13 +209,16 @@ def clevr_table(results: list[dict]) -> str:
     levels = clevr_levels(results)
     mean_column = len(levels) > 2  # the thesis protocol: the mean over the levels, each seed's first
     header = "| Method | Seeds | " + " | ".join(f"Success, {LEVEL_TITLES.get(lv, lv)} (%)" for lv in levels)
-    header += (" | Mean over levels (%)" if mean_column else "") + " | Return | Wall time / run (min) |"
-    lines = [header, "|" + "---|" * (len(levels) + 4 + mean_column)]
+    header += (" | Mean over levels (%)" if mean_column else "") + " | IQM [95% CI] (%)"
+    header += " | Return | Wall time / run (min) |"
+    lines = [header, "|" + "---|" * (len(levels) + 5 + mean_column)]
     for row, runs in rows.items():
         cells = [_label(runs[0]), str(len({r["seed"] for r in runs}))]
         cells += [_fmt([r["success"].get(lv) for r in runs], 100) for lv in levels]
         if mean_column:
             cells.append(_fmt([float(np.mean([r["success"][lv] for lv in levels])) for r in runs], 100))
+        # rliable's runs x tasks matrix: seeds x levels
+        cells.append(_fmt_iqm([[r["success"].get(lv) for lv in levels] for r in sorted(runs, key=lambda r: r["seed"])]))
         cells += [_fmt([r.get("return") for r in runs], 1, 2), _fmt([r.get("wall_time_s") for r in runs], 1 / 60, 1)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -199,7 +241,7 @@ def plot_levels(results: list[dict], out_png: str | os.PathLike) -> Optional[Pat
     for i, (row, runs) in enumerate(rows.items()):
         per_level = [[r["success"].get(lv) for r in runs] for lv in levels]
         per_level.append([float(np.mean([r["success"][lv] for lv in levels])) for r in runs])
-        stats = [_mean_std(v) for v in per_level]
+        stats = [_mean_std(v, ddof=0) for v in per_level]  # the figure's bars: population std, as before
         x = np.arange(len(groups)) + (i - (len(rows) - 1) / 2) * width
         ax.bar(
             x,
@@ -229,8 +271,8 @@ def metaworld_levels_table(results: list[dict]) -> str:
     per seed; Mean is the mean over the levels."""
     rows = _group(results, "metaworld")
     levels = [lvl for lvl in ("demonstrated", "rephrase", "unseen") if any(r.get("level") == lvl for r in results)]
-    lines = ["| Method | Seeds | " + " | ".join(f"{lvl} (%)" for lvl in levels) + " | Mean (%) |"]
-    lines.append("|" + "---|" * (len(levels) + 3))
+    lines = ["| Method | Seeds | " + " | ".join(f"{lvl} (%)" for lvl in levels) + " | Mean (%) | IQM [95% CI] (%) |"]
+    lines.append("|" + "---|" * (len(levels) + 4))
 
     def level_mean(seed_runs, level):
         vals = [r["success"].get(r["task"]) for r in seed_runs if r.get("level") == level]
@@ -240,11 +282,13 @@ def metaworld_levels_table(results: list[dict]) -> str:
         cells = [_label(runs[0]), str(len({r["seed"] for r in runs}))]
         cells += [_fmt(_per_seed(runs, lambda rs, lvl=lvl: level_mean(rs, lvl)), 100) for lvl in levels]
         cells.append(_fmt(_per_seed(runs, lambda rs: float(np.mean([level_mean(rs, lvl) for lvl in levels]))), 100))
+        # rliable's runs x tasks matrix: seeds x levels (each level's success: the mean over its tasks)
+        cells.append(_fmt_iqm(_per_seed(runs, lambda rs: [level_mean(rs, lvl) for lvl in levels])))
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nPer task:\n\n" + metaworld_table(results, levels=False)
+    return "\n".join(lines) + "\n\nPer task:\n\n" + metaworld_table(results, levels=False, iqm=False)
 
 
-def metaworld_table(results: list[dict], levels: bool = True) -> str:
+def metaworld_table(results: list[dict], levels: bool = True, iqm: bool = True) -> str:
     rows = _group(results, "metaworld")
     if not rows:
         return ""
@@ -252,9 +296,13 @@ def metaworld_table(results: list[dict], levels: bool = True) -> str:
         return metaworld_levels_table(results)
     tasks = _tasks(results, "metaworld")
     header = (
-        "| Method | Seeds | " + " | ".join(f"{t} (%)" for t in tasks) + " | Mean (%) | Return | Wall time / run (min) |"
+        "| Method | Seeds | "
+        + " | ".join(f"{t} (%)" for t in tasks)
+        + " | Mean (%)"
+        + (" | IQM [95% CI] (%)" if iqm else "")
+        + " | Return | Wall time / run (min) |"
     )
-    lines = [header, "|" + "---|" * (len(tasks) + 5)]
+    lines = [header, "|" + "---|" * (len(tasks) + 5 + iqm)]
     for row, runs in rows.items():
         cells = [_label(runs[0]), str(len({r["seed"] for r in runs}))]
         for task in tasks:
@@ -266,6 +314,12 @@ def metaworld_table(results: list[dict], levels: bool = True) -> str:
             return float(np.mean(vals)) if vals else float("nan")
 
         cells.append(_fmt(_per_seed(runs, seed_mean), 100))
+        if iqm:  # rliable's runs x tasks matrix: seeds x tasks
+
+            def by_task(seed_runs):
+                return [next((r["success"].get(t) for r in seed_runs if r["task"] == t), None) for t in tasks]
+
+            cells.append(_fmt_iqm(_per_seed(runs, by_task)))
         cells.append(_fmt(_per_seed(runs, lambda rs: seed_mean(rs, "return")), 1, 1))
         cells.append(_fmt([r.get("wall_time_s") for r in runs], 1 / 60, 1))
         lines.append("| " + " | ".join(cells) + " |")
@@ -282,10 +336,19 @@ def markdown(results: list[dict]) -> str:
         env_results = [r for r in results if r["env"] == env]
         steps = sorted({r["total_timesteps"] for r in env_results if r.get("total_timesteps")})
         seeds = sorted({r["seed"] for r in env_results})
+        if env == "clevr":
+            columns, stratum = "levels", "level"
+        elif any("level" in r for r in env_results):
+            columns, stratum = "levels (a level's success: the mean over its tasks)", "level"
+        else:
+            columns, stratum = "tasks", "task"
         caption = (
             f"**{ENV_TITLES.get(env, env)}**: {', '.join(f'{s:,}' for s in steps)} env steps per run, "
-            f"seeds {seeds}; mean ± std over seeds; success rate of the evaluation episodes after training "
-            f"(the prior rows: the fine-tuned prior acting alone, no RL)."
+            f"seeds {seeds}; {PROTOCOL.format(n=len(seeds), s='' if len(seeds) == 1 else 's')}; success rate of "
+            f"the evaluation episodes after training (the prior rows: the fine-tuned prior acting alone, no RL). "
+            f"IQM: the interquartile mean of a row's seeds x {columns} success matrix; its 95% percentile CI from "
+            f"{IQM_REPS:,} resamples of the seeds within each {stratum} (rliable's stratified bootstrap, seed "
+            f"{IQM_SEED})."
         )
         betas = guidance_settings(env_results)
         if betas:
