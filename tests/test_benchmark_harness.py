@@ -131,9 +131,9 @@ def test_report_table_values_and_png(tmp_path):
             )
     table_path, pngs = plot.make_report(tmp_path)
     text = table_path.read_text()
-    # CLEVR ppo: train 30 +- 10 %, held-out 20 +- 10 %
+    # CLEVR ppo: train 30 +- 14.1 %, held-out 20 +- 14.1 % (sample std of two seeds: |difference| / sqrt(2))
     ppo_line = next(line for line in text.splitlines() if line.startswith("| PPO (beta = 0)"))
-    assert "30.0 ± 10.0" in ppo_line and "20.0 ± 10.0" in ppo_line
+    assert "30.0 ± 14.1" in ppo_line and "20.0 ± 14.1" in ppo_line
     prior_line = next(
         line for line in text.splitlines() if line.startswith("| Prior alone, greedy, no RL (tiny-random)")
     )
@@ -141,8 +141,8 @@ def test_report_table_values_and_png(tmp_path):
     # Meta-World: per-task columns and the mean over tasks (per seed, then over seeds)
     assert "reach-v3 (%)" in text and "drawer-close-v3 (%)" in text
     lago_line = next(line for line in text.splitlines() if line.startswith("| LaGO (tiny-random)"))
-    # seed 1: (40 + 20) / 2 = 30; seed 2: (80 + 40) / 2 = 60 -> 45 +- 15
-    assert "45.0 ± 15.0" in lago_line
+    # seed 1: (40 + 20) / 2 = 30; seed 2: (80 + 40) / 2 = 60 -> 45 +- 21.2 (sample std)
+    assert "45.0 ± 21.2" in lago_line
     assert sorted(p.name for p in pngs) == ["curves_clevr.png", "curves_metaworld.png"]
     for png in pngs:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
@@ -493,7 +493,7 @@ def test_levels_table_mean_column_and_figure(tmp_path):
         "Mean over levels (%)",
     ]
     ppo = [c.strip() for c in next(line for line in lines if line.startswith("| PPO")).split("|")]
-    assert ppo[3:8] == ["60.0 ± 10.0", "70.0 ± 10.0", "50.0 ± 10.0", "20.0 ± 10.0", "50.0 ± 10.0"]
+    assert ppo[3:8] == ["60.0 ± 14.1", "70.0 ± 14.1", "50.0 ± 14.1", "20.0 ± 14.1", "50.0 ± 14.1"]
     assert any(line.startswith("| Prior alone, sampled, no RL (tiny-random) | 2 | 20.0 ± 0.0") for line in lines)
     assert (tmp_path / "levels_clevr.png").is_file() and tmp_path / "levels_clevr.png" in pngs
 
@@ -574,7 +574,7 @@ def test_metaworld_levels_table_and_the_levels_preset(tmp_path):
     assert [c.strip() for c in header.split("|")[3:7]] == ["demonstrated (%)", "rephrase (%)", "unseen (%)", "Mean (%)"]
     lago = [c.strip() for c in next(line for line in lines if line.startswith("| LaGO")).split("|")]
     # demonstrated: seed 1 (20 + 40) / 2 = 30, seed 2 60; rephrase 10, 20; unseen 0, 0; mean (30+10+0)/3, (60+20)/3
-    assert lago[3:7] == ["45.0 ± 15.0", "15.0 ± 5.0", "0.0 ± 0.0", "20.0 ± 6.7"]
+    assert lago[3:7] == ["45.0 ± 21.2", "15.0 ± 7.1", "0.0 ± 0.0", "20.0 ± 9.4"]
     assert "reach-v3:rephrase (%)" in table_path.read_text()  # the per-task table
     assert tmp_path / "curves_metaworld.png" in pngs
     p = presets.PRESETS["metaworld-levels"]
