@@ -195,7 +195,10 @@ def run(results: Path, rung: str, seed: int, args) -> dict:
 
 
 def cell(values) -> str:
-    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}"
+    """Mean ± sample std over seeds (one seed: the mean alone)."""
+    if len(values) < 2:
+        return f"{100 * np.mean(values):.1f}"
+    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1):.1f}"
 
 
 def write_table(results: Path) -> str:
