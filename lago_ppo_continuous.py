@@ -237,15 +237,8 @@ if __name__ == "__main__":
             raise SystemExit(f"error: {e}")
     envs = gym.vector.SyncVectorEnv(
         [
-            make_env(
-                tasks[i % len(tasks)],
-                i,
-                args.capture_video,
-                run_name,
-                args.seed + i,
-                args.max_episode_steps,
-                args.gamma,
-            )
+            make_env(tasks[i % len(tasks)], i, args.capture_video, run_name, args.seed + i, args.max_episode_steps,
+                     args.gamma)
             for i in range(args.num_envs)
         ],
         autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
