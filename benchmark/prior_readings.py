@@ -5,7 +5,8 @@ distribution for all of them.
     python -m benchmark.prior_readings PRIOR_DIR --levels train,heldout,rephrase,compose --episodes 100
 
 For every state of episodes on each CLEVR-Robot level, the prior is read under every wording of the episode's goal at
-that level (train: 7 templates, heldout: 3, rephrase: 8, compose: 16 frames). Printed per level:
+that level (train: 7 templates, heldout: 3, rephrase: 8, compose: 16 frames; "train+rephrase": episodes of train goals,
+read under their 7 train and 8 rephrased wordings, as a policy trained on both levels is pulled). Printed per level:
   spread     the mean KL (nats) of one reading from the reverse-KL optimum of a word-blind policy, the normalised
              geometric mean of the readings (what KL(pi || prior) pulls toward), and from the forward-KL optimum, the
              arithmetic mean (what KL(prior || pi) pulls toward): the KL such a policy cannot go below
@@ -34,10 +35,11 @@ MODES = ("own wording", "geometric mean", "arithmetic mean", "agent")
 
 
 def readings(prior, obs: np.ndarray, level: str, goal_str: str) -> torch.Tensor:
-    """log p(a | s, wording) of every wording of the goal at this level: [wordings, actions]."""
+    """log p(a | s, wording) of every wording of the goal at this level ("train+rephrase": the wordings of both levels,
+    of a goal they share): [wordings, actions]."""
     goals = parse_goals(goal_str)
     goal = goals[0] if len(goals) == 1 else tuple(goals)
-    texts = [level_text(level, goal, t) for t in goal_pool(level)[1]]
+    texts = [level_text(lv, goal, t) for lv in level.split("+") for t in goal_pool(lv)[1]]
     with torch.inference_mode():
         return torch.log_softmax(prior(np.repeat(obs[None], len(texts), 0), texts), -1)
 
@@ -62,7 +64,7 @@ def load_agent(path: str, env):
 
 
 def run_level(prior, level: str, episodes: int, seed: int, success_test: str, agent_path=None) -> dict:
-    env = ClevrRobotEnv(goal_split=level, success_test=success_test, max_episode_steps=50, goal_slots=3)
+    env = ClevrRobotEnv(goal_split=level.split("+")[0], success_test=success_test, max_episode_steps=50, goal_slots=3)
     agent, width = load_agent(agent_path, env) if agent_path else (None, None)
     rng = np.random.default_rng(seed)
     spread = {"reverse": [], "forward": []}
