@@ -25,7 +25,7 @@ def write_events(run_dir: Path, points):
     writer.close()
 
 
-def fake_result(results_dir, env, row, task, seed, success, curve=None, wall=60.0, ret=1.0):
+def fake_result(results_dir, env, row, task, seed, success, curve=None, wall=60.0, ret=1.0, **extra):
     result = {
         "env": env,
         "task": task,
@@ -37,6 +37,7 @@ def fake_result(results_dir, env, row, task, seed, success, curve=None, wall=60.
         "return": ret,
         "wall_time_s": wall,
         "curve": {"steps": [s for s, _ in curve or []], "values": [v for _, v in curve or []]},
+        **extra,
     }
     table.write_json_atomic(table.result_path(Path(results_dir), env, row, task, seed), result)
     return result

@@ -2,14 +2,13 @@
 a 95% stratified bootstrap CI, reproducible byte for byte. Result files are written as benchmark/table.py writes them:
 `{results-dir}/{env}/{row}/{task}__seed{N}.json`."""
 
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.stats import trim_mean
 
 from benchmark import plot
+from test_benchmark_harness import fake_result as write_result
 
 LEVELS = ("train", "heldout", "rephrase", "compose", "hard")
 # success in %, seeds 1-4 x the five levels: a permutation of 0..19, so the IQM (the mean of the middle half, 5..14)
@@ -21,25 +20,6 @@ CLEVR = {
     4: (4, 13, 6, 10, 15),
 }
 PHRASE = "mean ± sample std over {n} seeds; IQM with 95% stratified bootstrap CI (rliable)"
-
-
-def write_result(results_dir: Path, env, row, task, seed, success, **extra):
-    result = {
-        "env": env,
-        "task": task,
-        "row": row,
-        "seed": seed,
-        "llm": None if row == "ppo" else "tiny-random",
-        "total_timesteps": 1000,
-        "success": success,
-        "return": 1.0,
-        "wall_time_s": 60.0,
-        "curve": {"steps": [], "values": []},
-        **extra,
-    }
-    path = results_dir / env / row / f"{task}__seed{seed}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result))
 
 
 def cells(text: str, prefix: str) -> list[str]:
