@@ -622,9 +622,9 @@ def load_prior(path: str, device="cpu", merge_lora: bool | None = None) -> Laten
         needed = [f for f in PRIOR_FILES if config["lora"]["rank"] > 0 or not f.startswith("adapter/")]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise PriorError(f"{path!r} holds no readable prior_config.json of this version ({e}); make the prior again")
-    for name in sorted(set(needed) | set(hashes) - {"prior_config.json"}):
+    for name in sorted((set(needed) | set(hashes)) - {"prior_config.json"}):
         ok = os.path.isfile(os.path.join(path, name)) and file_sha256(os.path.join(path, name)) == hashes.get(name)
-        if name != "prior_config.json" and not ok:
+        if not ok:
             raise PriorError(
                 f"{name} in the prior at {path!r} is corrupt or truncated, or missing (incomplete prior directory: its "
                 f"SHA-256 differs from the one saved with it); make it again with `python finetune_prior.py --env-id "
@@ -935,7 +935,8 @@ def fit(args: Args, prior: LatentActionPrior, train_data: dict, eval_sets: dict,
         results = {name: evaluate(prior, data, args.eval_batch_size, rank, world) for name, data in eval_sets.items()}
         for name, metrics in results.items():
             for k, v in metrics.items():
-                writer and writer.add_scalar(f"{name}/{k}", v, step)
+                if writer:
+                    writer.add_scalar(f"{name}/{k}", v, step)
         return results
 
     def line(results: dict) -> str:
@@ -980,11 +981,14 @@ def fit(args: Args, prior: LatentActionPrior, train_data: dict, eval_sets: dict,
         if rank == 0:
             elapsed = time.time() - t0
             eta = datetime.timedelta(seconds=int(elapsed / epoch * (args.epochs - epoch)))
-            (tqdm.write if not bar.disable else print)(
+            message = (
                 f"epoch {epoch}/{args.epochs} train_loss={np.mean(losses[-steps_per_epoch:]):.4f} {line(history[-1])} "
-                f"elapsed={datetime.timedelta(seconds=int(elapsed))} eta<={eta}",
-                **({} if not bar.disable else {"flush": True}),
+                f"elapsed={datetime.timedelta(seconds=int(elapsed))} eta<={eta}"
             )
+            if bar.disable:  # a log file: the epoch line instead of the bar
+                print(message, flush=True)
+            else:
+                tqdm.write(message)
         if stop_early and epoch - best_epoch >= args.patience:
             break
     bar.total = bar.n  # the bar ends at 100% when fine-tuning ends, early stopping or not
