@@ -97,6 +97,8 @@ class Args:
     """fraction of the rollout's states, drawn at random, at which the prior is evaluated and the KL taken"""
     prior_batch_size: int = 256
     """states per prior forward pass over the rollout (lower it if GPU memory runs out)"""
+    residual_policy: bool = False
+    """ours, not the paper's: the policy's logits are the prior's plus the actor's, so it starts as the prior"""
 
     # to be filled in runtime
     batch_size: int = 0
@@ -147,8 +149,10 @@ class Agent(nn.Module):
     def get_value(self, x):
         return self.critic(x)
 
-    def get_action_and_value(self, x, action=None):
+    def get_action_and_value(self, x, action=None, prior_logits=None):
         logits = self.actor(x)
+        if prior_logits is not None:  # LaGO --residual-policy: the actor learns a correction of the prior
+            logits = logits + prior_logits
         probs = Categorical(logits=logits)
         if action is None:
             action = probs.sample()
@@ -182,6 +186,9 @@ if __name__ == "__main__":
             "error: LaGO needs --kl-coef >= 0 (0: vanilla PPO), --kl-target > 0, --prior-batch-size >= 1, "
             "0 < --prior-fraction <= 1"
         )
+    if args.residual_policy and (args.kl_coef == 0 or args.prior_fraction < 1):  # LaGO
+        raise SystemExit("error: --residual-policy acts with the prior at every state: needs --kl-coef > 0 and "
+                         "--prior-fraction 1")
     args.batch_size = int(args.num_envs * args.num_steps)
     args.minibatch_size = int(args.batch_size // args.num_minibatches)
     args.num_iterations = args.total_timesteps // args.batch_size
@@ -249,6 +256,7 @@ if __name__ == "__main__":
     dones = torch.zeros((args.num_steps, args.num_envs)).to(device)
     values = torch.zeros((args.num_steps, args.num_envs)).to(device)
     instructions = [None] * args.num_steps  # LaGO: the instruction of each rollout state, which the prior reads
+    rollout_prior_logits = torch.zeros((args.num_steps, args.num_envs, envs.single_action_space.n)).to(device)  # LaGO
 
     # TRY NOT TO MODIFY: start the game
     global_step = 0
@@ -277,10 +285,14 @@ if __name__ == "__main__":
             dones[step] = next_done
             if use_prior:  # LaGO
                 instructions[step] = [str(s) for s in infos["instruction"]]
+            step_prior_logits = None  # LaGO: --residual-policy acts with the prior's logits at each step
+            if args.residual_policy:
+                with torch.no_grad():
+                    rollout_prior_logits[step] = step_prior_logits = prior(next_obs, instructions[step]).float()
 
             # ALGO LOGIC: action logic
             with torch.no_grad():
-                action, logprob, _, value, _ = agent.get_action_and_value(next_obs)
+                action, logprob, _, value, _ = agent.get_action_and_value(next_obs, prior_logits=step_prior_logits)
                 values[step] = value.flatten()
             actions[step] = action
             logprobs[step] = logprob
@@ -328,6 +340,7 @@ if __name__ == "__main__":
         b_advantages = advantages.reshape(-1)
         b_returns = returns.reshape(-1)
         b_values = values.reshape(-1)
+        b_policy_prior = None  # LaGO: the prior's logits that the --residual-policy adds
         if use_prior:  # LaGO: the prior at the rollout states, once, in batches; the update epochs never call it
             prior_inds = np.arange(args.batch_size)  # LaGO: every state, or a random --prior-fraction of them
             if args.prior_fraction < 1:  # (an unbiased estimate of the same mean KL)
@@ -336,14 +349,16 @@ if __name__ == "__main__":
                 )
             b_instructions = [s for step_instructions in instructions for s in step_instructions]
             chunks = np.split(prior_inds, range(args.prior_batch_size, len(prior_inds), args.prior_batch_size))
-            with torch.inference_mode():
-                prior_logits = [prior(b_obs[inds], [b_instructions[i] for i in inds]) for inds in chunks]
-            b_prior_logits = torch.zeros(args.batch_size, envs.single_action_space.n, device=device)  # LaGO
-            b_prior_logits[prior_inds] = torch.cat(prior_logits).float()  # outside inference mode: usable in the loss
+            b_prior_logits = rollout_prior_logits.reshape(args.batch_size, -1).clone()  # LaGO: outside inference mode
+            if not args.residual_policy:  # (--residual-policy has them from the rollout)
+                with torch.inference_mode():
+                    prior_logits = [prior(b_obs[inds], [b_instructions[i] for i in inds]) for inds in chunks]
+                b_prior_logits[prior_inds] = torch.cat(prior_logits).float()
             b_prior_mask = torch.zeros(args.batch_size, dtype=torch.bool, device=device)  # LaGO: where evaluated
             b_prior_mask[prior_inds] = True
             with torch.no_grad():  # LaGO: the KL of the rollout policy, which the adaptive beta follows
-                rollout_dist = agent.get_action_and_value(b_obs, b_actions.long())[4]
+                b_policy_prior = b_prior_logits if args.residual_policy else None
+                rollout_dist = agent.get_action_and_value(b_obs, b_actions.long(), b_policy_prior)[4]
                 rollout_kl = prior_kl(rollout_dist, action_distribution(b_prior_logits), args.kl_direction)
                 rollout_kl = rollout_kl[b_prior_mask].mean()
 
@@ -357,8 +372,8 @@ if __name__ == "__main__":
                 mb_inds = b_inds[start:end]
 
                 _, newlogprob, entropy, newvalue, newdist = agent.get_action_and_value(
-                    b_obs[mb_inds], b_actions.long()[mb_inds]
-                )
+                    b_obs[mb_inds], b_actions.long()[mb_inds], None if b_policy_prior is None else b_policy_prior[mb_inds]
+                )  # LaGO: the prior's logits with --residual-policy
                 logratio = newlogprob - b_logprobs[mb_inds]
                 ratio = logratio.exp()
 

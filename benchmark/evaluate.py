@@ -78,13 +78,14 @@ def _sample(dist, generator):
     return torch.normal(base.loc, base.scale, generator=generator)
 
 
-def _episodes(env, policy, episodes: int, obs, success_of) -> dict:
-    """Run `episodes` episodes from `obs` (the first, seeded reset's); mean return and success (None if the env
-    has none). The later resets are unseeded: the env's own random stream goes on."""
+def _episodes(env, policy, episodes: int, first, success_of) -> dict:
+    """Run `episodes` episodes from `first`, the (obs, info) of a seeded reset, `policy(obs, info)` acting; mean
+    return and success (None if the env has none). The later resets are unseeded: the env's own random stream goes on."""
     returns, successes = [], []
     episodic_return = 0.0
+    obs, info = first
     while len(returns) < episodes:
-        obs, reward, terminated, truncated, info = env.step(policy(obs))
+        obs, reward, terminated, truncated, info = env.step(policy(obs, info))
         episodic_return += float(reward)
         if terminated or truncated:
             returns.append(episodic_return)
@@ -92,7 +93,7 @@ def _episodes(env, policy, episodes: int, obs, success_of) -> dict:
             if success is not None:
                 successes.append(float(success))
             episodic_return = 0.0
-            obs, _ = env.reset()
+            obs, info = env.reset()
     env.close()
     return {
         "episodes": episodes,
@@ -108,9 +109,11 @@ def evaluate_discrete(
     levels: Sequence[str] = DEFAULT_LEVELS,
     env_id: str = "CLEVR-Robot-v0",
     max_episode_steps: int | None = None,
+    residual_prior: str | Path | None = None,
 ) -> dict:
     """A lago_ppo_discrete.py agent on each CLEVR-Robot level (other envs: on the env, keyed by its id), with the
-    agent's goal slots (read from its input size); `max_episode_steps` None: the env's own (50)."""
+    agent's goal slots (read from its input size); `max_episode_steps` None: the env's own (50). `residual_prior`:
+    the prior a --residual-policy agent was trained with (its logits add the prior's at info["instruction"])."""
     import gymnasium as gym
     import torch
 
@@ -119,6 +122,13 @@ def evaluate_discrete(
     kind, state_dict, _ = load_model(model_path)
     if kind != "discrete":
         raise ValueError(f"{model_path} holds a lago_ppo_continuous.py agent: evaluate it with evaluate_continuous")
+    from benchmark.plot import read_hyperparameters
+
+    residual = read_hyperparameters(Path(model_path).parent).get("residual_policy")  # the run's own record, if any
+    if residual == "True" and residual_prior is None:
+        raise ValueError(f"{model_path} acts with its prior's logits (--residual-policy): pass its prior path")
+    if residual == "False" and residual_prior is not None:
+        raise ValueError(f"{model_path} was trained without --residual-policy: it takes no residual prior")
     in_dim = state_dict["actor.0.weight"].shape[1]
     kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
     clevr = env_id.startswith("CLEVR-Robot")
@@ -135,6 +145,12 @@ def evaluate_discrete(
                 f"{model_path}: the agent reads one goal slot ({in_dim} inputs), so it cannot be evaluated on "
                 f"{composed[0]!r} (two relations at once): train with compose in --goal-split for that"
             )
+    prior = None
+    if residual_prior is not None:
+        from finetune_prior import load_prior
+
+        with NOT_THREAD_SAFE:
+            prior = load_prior(str(residual_prior))
     results = {}
     for level in levels if clevr else (None,):
         env = gym.make(env_id, **kwargs, **({} if level is None else {"goal_split": level}))
@@ -148,14 +164,16 @@ def evaluate_discrete(
         generator = torch.Generator().manual_seed(seed + EVAL_SEED_OFFSET)
         dummy = torch.zeros(1, dtype=torch.long)
 
-        def policy(obs, agent=agent, generator=generator, dummy=dummy):
+        def policy(obs, info, agent=agent, generator=generator, dummy=dummy):
             with torch.inference_mode():
-                dist = agent.get_action_and_value(torch.tensor(obs, dtype=torch.float32)[None], dummy)[4]
+                obs = torch.tensor(obs, dtype=torch.float32)[None]
+                prior_logits = None if prior is None else prior(obs, [str(info["instruction"])]).float()
+                dist = agent.get_action_and_value(obs, dummy, prior_logits)[4]
                 return _sample(dist, generator).item()
 
-        obs, _ = env.reset(seed=seed + EVAL_SEED_OFFSET)
+        first = env.reset(seed=seed + EVAL_SEED_OFFSET)
         results[env_id if level is None else level] = _episodes(
-            env, policy, episodes, obs, lambda info: info.get("success")
+            env, policy, episodes, first, lambda info: info.get("success")
         )
     return results
 
@@ -191,14 +209,14 @@ def evaluate_continuous(
         generator = torch.Generator().manual_seed(env_seed)
         dummy = torch.zeros((1, *env.action_space.shape))
 
-        def policy(obs, agent=agent, obs_rms=obs_rms, generator=generator, dummy=dummy):
+        def policy(obs, info, agent=agent, obs_rms=obs_rms, generator=generator, dummy=dummy):
             x = torch.tensor(lago_ppo_continuous.normalize_obs(obs_rms, obs), dtype=torch.float32)[None]
             with torch.inference_mode():
                 return _sample(agent.get_action_and_value(x, dummy)[4], generator)[0].numpy()
 
         with NOT_THREAD_SAFE:  # reset(seed=) re-seeds Meta-World as gym.make(seed=) does
-            obs, _ = env.reset(seed=env_seed)
-        results[task] = _episodes(env, policy, episodes, obs, lambda info: info["episode"]["success"])
+            first = env.reset(seed=env_seed)
+        results[task] = _episodes(env, policy, episodes, first, lambda info: info["episode"]["success"])
     return results
 
 
@@ -209,12 +227,18 @@ def evaluate(
     seed: int,
     levels: Sequence[str] | None = None,
     max_episode_steps: int | None = None,
+    residual_prior: str | Path | None = None,
 ) -> dict:
     """Either evaluation, picked by what the file holds. `levels` (CLEVR-Robot) None: train and heldout;
-    `max_episode_steps` None: the env's own (CLEVR-Robot 50, Meta-World 500)."""
+    `max_episode_steps` None: the env's own (CLEVR-Robot 50, Meta-World 500); `residual_prior`: the prior of a
+    lago_ppo_discrete.py --residual-policy agent."""
     kind, _, _ = load_model(model_path)
     if kind == "discrete":
-        return evaluate_discrete(model_path, episodes, seed, levels or DEFAULT_LEVELS, env_id, max_episode_steps)
+        return evaluate_discrete(
+            model_path, episodes, seed, levels or DEFAULT_LEVELS, env_id, max_episode_steps, residual_prior
+        )
+    if residual_prior is not None:
+        raise ValueError("--residual-policy is a lago_ppo_discrete.py flag: a continuous agent has no residual prior")
     return evaluate_continuous(model_path, env_id, episodes, seed, max_episode_steps or 500)
 
 
@@ -231,8 +255,11 @@ def main(argv=None) -> int:
     parser.add_argument("--levels", default=",".join(DEFAULT_LEVELS), help="CLEVR-Robot levels, a comma list")
     parser.add_argument("--max-episode-steps", type=int, default=None, help="the run's --max-episode-steps")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the agent is a small MLP)")
+    parser.add_argument("--residual-prior", default=None, help="the --prior-path of a --residual-policy run")
     args = parser.parse_args(argv)
     import torch
+
+    from finetune_prior import PriorError
 
     torch.set_num_threads(args.threads)
     try:
@@ -241,9 +268,15 @@ def main(argv=None) -> int:
             raise ValueError("a lago_ppo_continuous.py agent needs --env-id (its Meta-World task)")
         levels = tuple(s.strip() for s in args.levels.split(",") if s.strip())
         result = evaluate(
-            args.model, args.env_id or "CLEVR-Robot-v0", args.episodes, args.seed, levels, args.max_episode_steps
+            args.model,
+            args.env_id or "CLEVR-Robot-v0",
+            args.episodes,
+            args.seed,
+            levels,
+            args.max_episode_steps,
+            args.residual_prior,
         )
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, PriorError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=1))

@@ -379,6 +379,7 @@ def ppo_job(
                 seed,
                 levels=p.clevr_levels if env == "clevr" else None,
                 max_episode_steps=None if env == "clevr" else p.metaworld_max_episode_steps,
+                residual_prior=prior_path if "--residual-policy" in cmd else None,
             )
         except Exception as e:  # noqa: BLE001 - reported with the run's name, the other runs go on
             raise RuntimeError(f"evaluation of {models[0]} failed: {type(e).__name__}: {e}") from e

@@ -208,6 +208,38 @@ def test_bad_flags_are_refused(script, flags, message, tmp_path, monkeypatch):
     assert not (tmp_path / "runs").exists()
 
 
+def test_residual_policy_flags_are_refused(tmp_path, monkeypatch):
+    for flags in (["--kl-coef", "0"], ["--prior-fraction", "0.5"]):
+        with pytest.raises(SystemExit) as e:
+            run_in_process(DISCRETE, ["--residual-policy", *flags], tmp_path, monkeypatch)
+        assert str(e.value.code).startswith("error: --residual-policy") and "\n" not in str(e.value.code)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# --residual-policy (ours): the policy's logits are the prior's plus the actor's
+# ------------------------------------------------------------------------------------------------------------
+def test_residual_policy_starts_as_its_prior_and_is_evaluated_with_it(tiny_clevr_prior, tmp_path):
+    from benchmark.evaluate import evaluate_discrete
+
+    first_kl, models = {}, {}
+    for name, flags in (("kl", []), ("residual", ["--residual-policy"])):
+        (tmp_path / name).mkdir()
+        args = ["--llm", "tiny-random", "--prior-path", tiny_clevr_prior, "--save-model", *flags, *CLEVR_TINY]
+        script_runs.run_script(DISCRETE, args, tmp_path / name)
+        rdir = script_runs.run_dir(str(tmp_path / name))
+        first_kl[name] = script_runs.scalars(rdir)["losses/prior_kl"][0]
+        models[name] = next(Path(rdir).glob("*.cleanrl_model"))
+    # the first rollout's policy: the actor's logits start near 0 (its last layer's std 0.01), so the residual
+    # policy is its prior, where the plain actor is near uniform over the 40 pushes
+    assert first_kl["residual"] < 1e-3 and first_kl["kl"] > 0.05
+    with pytest.raises(ValueError, match="--residual-policy"):
+        evaluate_discrete(models["residual"], 2, seed=1, levels=("train",))
+    with pytest.raises(ValueError, match="without --residual-policy"):
+        evaluate_discrete(models["kl"], 2, seed=1, levels=("train",), residual_prior=tiny_clevr_prior)
+    runs = [evaluate_discrete(models["residual"], 4, 1, ("train",), residual_prior=tiny_clevr_prior) for _ in "ab"]
+    assert runs[0] == runs[1] and runs[0]["train"]["episodes"] == 4
+
+
 @pytest.mark.parametrize("broken", ["heads.safetensors", "adapter/adapter_model.safetensors"])
 def test_truncated_prior_files_are_refused(broken, tiny_clevr_prior, tmp_path):
     path = tmp_path / "prior"
