@@ -103,9 +103,11 @@ def read_hyperparameters(run_dir: str | os.PathLike) -> dict[str, str]:
 
 
 def load_results(results_dir: str | os.PathLike) -> list[dict]:
-    """Every result file under `results_dir`, sorted by (env, row, task, seed)."""
+    """Every result file under `results_dir` ({env}/{row}/{task}__seed{N}.json, env clevr or metaworld; other folders,
+    such as a bc/ beside them, are not the harness's), sorted by (env, row, task, seed)."""
     results = []
-    for path in sorted(Path(results_dir).glob("*/*/*__seed*.json")):
+    paths = [p for env in ("clevr", "metaworld") for p in Path(results_dir).glob(f"{env}/*/*__seed*.json")]
+    for path in sorted(paths):
         with open(path) as f:
             try:
                 results.append(json.load(f))
@@ -202,6 +204,17 @@ def clevr_levels(results: list[dict]) -> list[str]:
     return [lv for lv in LEVEL_TITLES if lv in seen] + sorted(seen - set(LEVEL_TITLES))
 
 
+def late_rise(result: dict) -> Optional[float]:
+    """Whether a run was still rising at its end: its training success (the curve) over the last quarter of its steps
+    minus over the third quarter; None without a curve in both."""
+    steps, values = (np.asarray(result.get("curve", {}).get(k) or [], dtype=float) for k in ("steps", "values"))
+    total = result.get("total_timesteps") or (steps.max() if len(steps) else 0)
+    third, last = (steps > total / 2) & (steps <= 3 * total / 4), steps > 3 * total / 4
+    if not third.any() or not last.any():
+        return None
+    return float(values[last].mean() - values[third].mean())
+
+
 def clevr_table(results: list[dict]) -> str:
     rows = _group(results, "clevr")
     if not rows:
@@ -210,8 +223,8 @@ def clevr_table(results: list[dict]) -> str:
     mean_column = len(levels) > 2  # the thesis protocol: the mean over the levels, each seed's first
     header = "| Method | Seeds | " + " | ".join(f"Success, {LEVEL_TITLES.get(lv, lv)} (%)" for lv in levels)
     header += (" | Mean over levels (%)" if mean_column else "") + " | IQM [95% CI] (%)"
-    header += " | Return | Wall time / run (min) |"
-    lines = [header, "|" + "---|" * (len(levels) + 5 + mean_column)]
+    header += " | Return | Rise, last quarter (points) | Wall time / run (min) |"
+    lines = [header, "|" + "---|" * (len(levels) + 6 + mean_column)]
     for row, runs in rows.items():
         cells = [_label(runs[0]), str(len({r["seed"] for r in runs}))]
         cells += [_fmt([r["success"].get(lv) for r in runs], 100) for lv in levels]
@@ -219,7 +232,8 @@ def clevr_table(results: list[dict]) -> str:
             cells.append(_fmt([float(np.mean([r["success"][lv] for lv in levels])) for r in runs], 100))
         # rliable's runs x tasks matrix: seeds x levels
         cells.append(_fmt_iqm([[r["success"].get(lv) for lv in levels] for r in sorted(runs, key=lambda r: r["seed"])]))
-        cells += [_fmt([r.get("return") for r in runs], 1, 2), _fmt([r.get("wall_time_s") for r in runs], 1 / 60, 1)]
+        cells += [_fmt([r.get("return") for r in runs], 1, 2), _fmt([late_rise(r) for r in runs], 100)]
+        cells.append(_fmt([r.get("wall_time_s") for r in runs], 1 / 60, 1))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -300,9 +314,9 @@ def metaworld_table(results: list[dict], levels: bool = True, iqm: bool = True) 
         + " | ".join(f"{t} (%)" for t in tasks)
         + " | Mean (%)"
         + (" | IQM [95% CI] (%)" if iqm else "")
-        + " | Return | Wall time / run (min) |"
+        + " | Return | Rise, last quarter (points) | Wall time / run (min) |"
     )
-    lines = [header, "|" + "---|" * (len(tasks) + 5 + iqm)]
+    lines = [header, "|" + "---|" * (len(tasks) + 6 + iqm)]
     for row, runs in rows.items():
         cells = [_label(runs[0]), str(len({r["seed"] for r in runs}))]
         for task in tasks:
@@ -321,6 +335,8 @@ def metaworld_table(results: list[dict], levels: bool = True, iqm: bool = True) 
 
             cells.append(_fmt_iqm(_per_seed(runs, by_task)))
         cells.append(_fmt(_per_seed(runs, lambda rs: seed_mean(rs, "return")), 1, 1))
+        rises = _per_seed(runs, lambda rs: [late_rise(r) for r in rs if late_rise(r) is not None])
+        cells.append(_fmt([float(np.mean(v)) if v else None for v in rises], 100))
         cells.append(_fmt([r.get("wall_time_s") for r in runs], 1 / 60, 1))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -348,7 +364,8 @@ def markdown(results: list[dict]) -> str:
             f"the evaluation episodes after training (the prior rows: the fine-tuned prior acting alone, no RL). "
             f"IQM: the interquartile mean of a row's seeds x {columns} success matrix; its 95% percentile CI from "
             f"{IQM_REPS:,} resamples of the seeds within each {stratum} (rliable's stratified bootstrap, seed "
-            f"{IQM_SEED})."
+            f"{IQM_SEED}). Rise: a run's training success over the last quarter of its steps minus over the third "
+            f"quarter (charts/success_rate), in points: above 0 where the row was still rising."
         )
         betas = guidance_settings(env_results)
         if betas:
@@ -381,6 +398,8 @@ def guidance_settings(results: list[dict]) -> str:
         if args.get("kl_schedule") == "adaptive" and "kl_target" in args:
             text += f" (target KL {float(args['kl_target']):g})"
         text += f", {args.get('kl_direction', 'reverse')} KL"
+        if args.get("residual_policy") == "True":
+            text += ", residual policy (ours: the prior's logits plus the actor's)"
         seen.setdefault(r["row"], text)
     return "; ".join(f"{row} {seen[row]}" for row in _row_order(seen))
 

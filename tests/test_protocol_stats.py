@@ -127,3 +127,14 @@ def test_metaworld_tasks_and_levels(tmp_path):
     assert iqm == 50.0 == pytest.approx(100 * trim_mean(np.array([demonstrated, rephrase]).T / 100, 0.25, axis=None))
     assert low <= iqm <= high
     assert header(text.split("Per task:")[1]).count("IQM [95% CI] (%)") == 0  # the per-task table has none
+
+
+def test_late_rise_is_the_last_quarter_minus_the_third():
+    """Training success at steps 10..200 (total 200): the third quarter (110..150) averages 0.3, the last (160..200)
+    0.5, so the run rose 20 points at its end; a run whose curve stops before its last quarter has no rise."""
+    steps = list(range(10, 201, 10))
+    values = [0.1] * 10 + [0.2, 0.4, 0.3, 0.3, 0.3] + [0.4, 0.6, 0.5, 0.5, 0.5]
+    result = {"total_timesteps": 200, "curve": {"steps": steps, "values": values}}
+    assert plot.late_rise(result) == pytest.approx(0.2)
+    assert plot.late_rise({"total_timesteps": 400, "curve": {"steps": steps, "values": values}}) is None
+    assert plot.late_rise({"total_timesteps": 200}) is None
