@@ -187,8 +187,9 @@ if __name__ == "__main__":
             "0 < --prior-fraction <= 1"
         )
     if args.residual_policy and (args.kl_coef == 0 or args.prior_fraction < 1):  # LaGO
-        raise SystemExit("error: --residual-policy acts with the prior at every state: needs --kl-coef > 0 and "
-                         "--prior-fraction 1")
+        raise SystemExit(
+            "error: --residual-policy acts with the prior at every state: needs --kl-coef > 0 and --prior-fraction 1"
+        )
     args.batch_size = int(args.num_envs * args.num_steps)
     args.minibatch_size = int(args.batch_size // args.num_minibatches)
     args.num_iterations = args.total_timesteps // args.batch_size
@@ -371,9 +372,10 @@ if __name__ == "__main__":
                 end = start + args.minibatch_size
                 mb_inds = b_inds[start:end]
 
+                mb_prior = None if b_policy_prior is None else b_policy_prior[mb_inds]  # LaGO: --residual-policy
                 _, newlogprob, entropy, newvalue, newdist = agent.get_action_and_value(
-                    b_obs[mb_inds], b_actions.long()[mb_inds], None if b_policy_prior is None else b_policy_prior[mb_inds]
-                )  # LaGO: the prior's logits with --residual-policy
+                    b_obs[mb_inds], b_actions.long()[mb_inds], mb_prior
+                )
                 logratio = newlogprob - b_logprobs[mb_inds]
                 ratio = logratio.exp()
 

@@ -80,7 +80,7 @@ def _sample(dist, generator):
 
 def _episodes(env, policy, episodes: int, first, success_of) -> dict:
     """Run `episodes` episodes from `first`, the (obs, info) of a seeded reset, `policy(obs, info)` acting; mean
-    return and success (None if the env has none). The later resets are unseeded: the env's own random stream goes on."""
+    return and success (None if the env has none). The later resets are unseeded: the env's random stream goes on."""
     returns, successes = [], []
     episodic_return = 0.0
     obs, info = first

@@ -137,6 +137,9 @@ def clevr_episodes(
     slots, rest = divmod(in_dim - STATE_DIM, GOAL_DIM)
     if rest or slots not in (1, 2, 3):
         raise ValueError(f"{model_path}: an agent of {in_dim} inputs is no CLEVR-Robot agent (24, 38 or 52 inputs)")
+    from benchmark.plot import read_hyperparameters
+
+    residual = read_hyperparameters(Path(model_path).parent).get("residual_policy") == "True"  # acts on the prior
     prior = load_prior(str(prior_path))
     if prior.config["action_space"] != {"type": "discrete", "n": 40}:
         raise ValueError(f"{prior_path} is not a CLEVR-Robot prior (its actions: {prior.config['action_space']})")
@@ -179,9 +182,12 @@ def clevr_episodes(
                 break
             with torch.inference_mode():
                 x = torch.tensor(obs, dtype=torch.float32)[None]
-                dist = agent.get_action_and_value(x, torch.zeros(1, dtype=torch.long))[4]
+                prior_logits = prior(obs[None], [info["instruction"]]).float()
+                dist = agent.get_action_and_value(
+                    x, torch.zeros(1, dtype=torch.long), prior_logits if residual else None
+                )[4]
                 action = int(dist.probs.argmax()) if greedy else int(_sample(dist, generator).item())
-                prior_probs = action_distribution(prior(obs[None], [info["instruction"]])).probs[0]
+                prior_probs = action_distribution(prior_logits).probs[0]
             frame.update(action=action, prior=prior_probs.float().numpy(), policy=dist.probs[0].numpy())
             obs, _, _, _, info = env.step(action)
         env.close()
