@@ -126,7 +126,7 @@ def evaluate_discrete(
 
     residual = read_hyperparameters(Path(model_path).parent).get("residual_policy")  # the run's own record, if any
     if residual == "True" and residual_prior is None:
-        raise ValueError(f"{model_path} acts with its prior's logits (--residual-policy): pass its prior path")
+        raise ValueError(f"{model_path} was trained with --residual-policy: pass --residual-prior PRIOR_DIR")
     if residual == "False" and residual_prior is not None:
         raise ValueError(f"{model_path} was trained without --residual-policy: it takes no residual prior")
     in_dim = state_dict["actor.0.weight"].shape[1]
