@@ -472,6 +472,7 @@ def plot_curves(results: list[dict], env: str, out_png: str | os.PathLike, bins:
         ax.set_xlim(0, max_step)
         ax.set_title(task)
         ax.set_xlabel("environment steps")
+        ax.xaxis.set_major_formatter(lambda x, _: f"{x / 1000:g}k" if x else "0")  # 400000 -> 400k: labels that fit
         ax.set_ylabel("training success rate")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
